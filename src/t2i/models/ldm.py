@@ -1,0 +1,193 @@
+"""Latent diffusion in the Stable Diffusion architecture, from small typed configs.
+
+Components (all diffusers / transformers classes, so the saved folder is a regular diffusers
+Stable Diffusion folder): AutoencoderKL first stage, UNet2DConditionModel with cross-attention
+on the CLIP text model's last hidden states, the real CLIP tokenizer, a DDPM noise schedule.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
+
+
+@dataclass
+class VAEConfig:
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # len - 1 downsamplings: 3 blocks = factor 4
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    cross_attention: tuple[bool, ...] = (False, True, True)  # per resolution level, top first
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    norm_num_groups: int = 32
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """DDPM training schedule; SD's scaled-linear betas by default."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"  # or "v_prediction"
+
+    def to_diffusers(self) -> dict:
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "prediction_type": self.prediction_type,
+            "clip_sample": False,
+            "set_alpha_to_one": False,
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+        }
+
+
+@dataclass
+class LDMConfig:
+    resolution: int = 64
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    scaling_factor: float = 1.0  # latents * scaling_factor have unit variance; set after stage 1
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae.downsample_factor
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LDMConfig":
+        known = {"resolution", "vae", "unet", "text", "schedule", "scaling_factor"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown LDM config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        tuples = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
+        return cls(
+            resolution=data.get("resolution", 64),
+            vae=VAEConfig(**tuples(data.get("vae", {}))),
+            unet=UNetConfig(**tuples(data.get("unet", {}))),
+            text=TextEncoderConfig(**data.get("text", {})),
+            schedule=NoiseScheduleConfig(**data.get("schedule", {})),
+            scaling_factor=data.get("scaling_factor", 1.0),
+        )
+
+
+def build_vae(config: LDMConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(config.vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=config.vae.block_out_channels,
+        layers_per_block=config.vae.layers_per_block,
+        latent_channels=config.vae.latent_channels,
+        norm_num_groups=config.vae.norm_num_groups,
+        sample_size=config.resolution,
+        scaling_factor=config.scaling_factor,
+    )
+
+
+def build_unet(config: LDMConfig):
+    from diffusers import UNet2DConditionModel
+
+    u = config.unet
+    if len(u.cross_attention) != len(u.block_out_channels):
+        raise ValueError("unet.cross_attention needs one flag per entry of unet.block_out_channels")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in u.cross_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.cross_attention))
+    return UNet2DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.vae.latent_channels,
+        out_channels=config.vae.latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=u.block_out_channels,
+        layers_per_block=u.layers_per_block,
+        cross_attention_dim=config.text.hidden_size,
+        attention_head_dim=u.attention_heads,  # diffusers' name for the number of heads here
+        norm_num_groups=u.norm_num_groups,
+    )
+
+
+class LatentDiffusion(nn.Module):
+    """The four parts of a Stable Diffusion model plus the config they were built from."""
+
+    def __init__(self, config: LDMConfig, tokenizer=None, text_encoder=None, unet=None, vae=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer or load_tokenizer(max_length=config.text.max_length)
+        self.text_encoder = text_encoder or build_text_encoder(config.text)
+        self.unet = unet or build_unet(config)
+        self.vae = vae or build_vae(config)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.config.vae.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.vae.latent_channels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B, T, D) last hidden states of the text encoder, as SD's UNet consumes them."""
+        ids = tokenize(self.tokenizer, prompts).to(self.device)
+        return self.text_encoder(ids).last_hidden_state
+
+    def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
+        dist = self.vae.encode(images).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        return self.vae.decode(latents / self.config.scaling_factor).sample
+
+    def scheduler_config(self) -> dict:
+        return self.config.schedule.to_diffusers()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """A diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/,
+        tokenizer/, scheduler/) plus t2i_config.json with the full typed config."""
+        from t2i.checkpoints.diffusers_folder import save_ldm_folder
+
+        save_ldm_folder(self, Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "LatentDiffusion":
+        from t2i.checkpoints.diffusers_folder import load_ldm_folder
+
+        return load_ldm_folder(cls, Path(directory), dtype)
+
+
+def config_to_json(config: LDMConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2)
