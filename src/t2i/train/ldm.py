@@ -1,0 +1,206 @@
+"""Recipe: latent diffusion (Stable Diffusion architecture) trained from scratch in two stages.
+
+Stage 1 (`vae`): AutoencoderKL on random crops, L1 reconstruction + a small KL term.
+Stage 2 (`unet`): the first stage is frozen; every training image is encoded once (cached
+latents), then the UNet and the CLIP text encoder learn together to predict the noise, with
+caption dropout so classifier-free guidance works, and min-SNR loss weighting (Hang et al.
+2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy") for faster convergence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from t2i.config import save_yaml, to_dict
+from t2i.data.images import ImageSource, load_image_source
+from t2i.models.ldm import LatentDiffusion, LDMConfig
+from t2i.models.text import tokenize
+from t2i.train.trainer import OptimConfig, Trainer
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # "shapes" or "folder"
+    folder: str | None = None  # images (+ .txt caption sidecars) when name == "folder"
+    size: int = 100_000  # shapes: how many samples (indices 0..size-1) to render and cache
+    seed: int = 0
+    p_two: float = 0.4
+    p_short: float = 0.3
+
+
+@dataclass
+class VAEStageConfig(OptimConfig):
+    kl_weight: float = 1e-6
+    crop: int = 32  # train on random crops: the autoencoder is convolutional, crops are cheaper
+
+
+@dataclass
+class UNetStageConfig(OptimConfig):
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0  # 0 disables min-SNR weighting
+    encode_batch_size: int = 256
+
+
+@dataclass
+class LDMTrainConfig:
+    model: LDMConfig = field(default_factory=LDMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEStageConfig = field(default_factory=VAEStageConfig)
+    unet: UNetStageConfig = field(default_factory=UNetStageConfig)
+    seed: int = 0
+    sample_prompts: tuple[str, ...] = ()
+    sample_steps: int = 20
+    sample_cfg_scale: float = 5.0
+
+
+def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    b, h, w, _ = images.shape
+    if crop >= h and crop >= w:
+        return images
+    ys = torch.randint(0, h - crop + 1, (b,), generator=generator)
+    xs = torch.randint(0, w - crop + 1, (b,), generator=generator)
+    return torch.stack([img[y:y + crop, x:x + crop] for img, y, x in zip(images, ys.tolist(), xs.tolist())])
+
+
+def vae_loss_fn(images: torch.Tensor, cfg: VAEStageConfig):
+    def loss_fn(modules, step, generator):
+        vae = modules["vae"]
+        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=generator)
+        x = _to_model_range(_random_crops(images[idx], cfg.crop, generator)).to(next(vae.parameters()).device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        return loss, len(idx)
+
+    return loss_fn
+
+
+def unet_loss_fn(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+                 alphas_cumprod: torch.Tensor, cfg: UNetStageConfig, prediction_type: str):
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+
+    def loss_fn(modules, step, generator):
+        unet, text_encoder = modules["unet"], modules["text_encoder"]
+        device = next(unet.parameters()).device
+        n = cfg.batch_size
+        idx = torch.randint(0, len(latents), (n,), generator=generator)
+        z0 = latents[idx]
+        tokens = ids[idx].clone()
+        drop = torch.rand(n, generator=generator) < cfg.caption_dropout
+        tokens[drop] = empty_ids
+        t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
+        noise = torch.randn(z0.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+        hidden = text_encoder(tokens.to(device)).last_hidden_state
+        pred = unet(zt.to(device), t.to(device), hidden).sample
+        per_sample = (pred.float() - target.to(device)).pow(2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma > 0:
+            s = snr[t].to(device)
+            weight = s.clamp(max=cfg.min_snr_gamma) / (s if prediction_type == "epsilon" else s + 1)
+            per_sample = per_sample * weight
+        return per_sample.mean(), n
+
+    return loss_fn
+
+
+@torch.no_grad()
+def encode_dataset(model: LatentDiffusion, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Posterior means of every image, unscaled (B, C, h, w), float32 on the CPU."""
+    model.vae.eval()
+    device = next(model.vae.parameters()).device
+    out = [model.vae.encode(_to_model_range(images[i:i + batch_size]).to(device)).latent_dist.mean.float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def _load_or_encode(model: LatentDiffusion, source: ImageSource, cfg: LDMTrainConfig, outdir: Path) -> torch.Tensor:
+    path = outdir / "latents.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    latents = encode_dataset(model, source.images, cfg.unet.encode_batch_size)
+    torch.save(latents, path)
+    return latents
+
+
+def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
+              stop_after: dict[str, int] | None = None, sample_fn=None) -> LatentDiffusion:
+    """Train both stages; writes `outdir/{vae,unet}.ckpt`, `outdir/model` (diffusers folder)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, outdir / "config.yaml")
+    stop_after = stop_after or {}
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = LatentDiffusion(cfg.model)
+    source = load_image_source(cfg.data, cfg.model.resolution, cache_dir=outdir / "cache")
+    run_config = to_dict(cfg)
+
+    vae_trainer = Trainer("vae", {"vae": model.vae}, cfg.vae, outdir, cfg.seed, run_config)
+    if resume:
+        vae_trainer.load()
+    if vae_trainer.step < cfg.vae.steps:
+        vae_trainer.fit(vae_loss_fn(source.images, cfg.vae), stop_after=stop_after.get("vae"))
+        if vae_trainer.step < cfg.vae.steps:
+            return model
+    model.vae.requires_grad_(False).eval()
+
+    latents = _load_or_encode(model, source, cfg, outdir)
+    scale = 1.0 / latents.std().item()
+    model.config.scaling_factor = scale
+    model.vae.register_to_config(scaling_factor=scale)
+    latents = latents * scale
+
+    ids = tokenize(model.tokenizer, list(source.captions))
+    empty_ids = tokenize(model.tokenizer, [""])[0]
+    from diffusers import DDPMScheduler
+
+    alphas_cumprod = DDPMScheduler.from_config(model.scheduler_config()).alphas_cumprod.float()
+    unet_trainer = Trainer("unet", {"unet": model.unet, "text_encoder": model.text_encoder}, cfg.unet,
+                           outdir, cfg.seed + 1, run_config, accelerator=vae_trainer.accelerator)
+    if resume:
+        unet_trainer.load()
+    loss_fn = unet_loss_fn(latents, ids, empty_ids, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
+    on_sample = (lambda step: sample_fn(model, step, outdir)) if sample_fn else None
+    unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"))
+    if unet_trainer.step < cfg.unet.steps:
+        return model
+    unet_trainer.apply_ema()
+    model.eval().requires_grad_(False)
+    model.save_pretrained(outdir / "model")
+    return model
+
+
+def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str | Path,
+                            dtype: torch.dtype | None = None, use_ema: bool = True) -> LatentDiffusion:
+    """Build a model folder from the latest stage checkpoints (e.g. of a run still going)."""
+    from t2i.checkpoints.diffusers_folder import save_ldm_folder
+
+    outdir = Path(outdir)
+    model = LatentDiffusion(cfg.model)
+    vae_state = torch.load(outdir / "vae.ckpt", map_location="cpu", weights_only=True)
+    model.vae.load_state_dict(vae_state["modules"]["vae"], strict=True)
+    unet_state = torch.load(outdir / "unet.ckpt", map_location="cpu", weights_only=True)
+    model.unet.load_state_dict(unet_state["modules"]["unet"], strict=True)
+    model.text_encoder.load_state_dict(unet_state["modules"]["text_encoder"], strict=True)
+    if use_ema and unet_state["ema"]:
+        params = [p for m in (model.unet, model.text_encoder) for p in m.parameters()]
+        with torch.no_grad():
+            for p, shadow in zip(params, unet_state["ema"]["shadow"]):
+                p.copy_(shadow)
+    latents = torch.load(outdir / "latents.pt", weights_only=True)
+    model.config.scaling_factor = 1.0 / latents.std().item()
+    model.vae.register_to_config(scaling_factor=model.config.scaling_factor)
+    model.eval().requires_grad_(False)
+    save_ldm_folder(model, Path(target), dtype=dtype)
+    return model
+
