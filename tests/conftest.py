@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models built from configs (seconds on a CPU)."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_ldm_config(resolution: int = 32):
+    from t2i.models.ldm import LDMConfig, UNetConfig, VAEConfig
+    from t2i.models.text import TextEncoderConfig
+
+    return LDMConfig(
+        resolution=resolution,
+        vae=VAEConfig(block_out_channels=(16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8),
+        unet=UNetConfig(block_out_channels=(16, 32), cross_attention=(False, True), norm_num_groups=8),
+        text=TextEncoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny latent diffusion model saved as a t2i/diffusers folder."""
+    from t2i.models.ldm import LatentDiffusion
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    LatentDiffusion(tiny_ldm_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir):
+    from t2i.checkpoints.registry import load_model
+    from t2i.runtime import Runtime
+
+    return load_model(tiny_model_dir, Runtime.auto("full", "cpu"))
