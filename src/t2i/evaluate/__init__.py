@@ -1,0 +1,1 @@
+"""Metrics and benchmark glue: scoring generated images against what their prompts say."""

@@ -1,0 +1,69 @@
+import torch
+
+from conftest import tiny_ldm_config
+from t2i.train.ldm import DataConfig, LDMTrainConfig, UNetStageConfig, VAEStageConfig, train_ldm
+
+
+def tiny_train_config(vae_steps=6, unet_steps=6, lr=1e-3):
+    return LDMTrainConfig(
+        model=tiny_ldm_config(),
+        data=DataConfig(size=64, seed=0),
+        vae=VAEStageConfig(steps=vae_steps, batch_size=8, crop=16, lr=lr, warmup_steps=1, log_every=0, checkpoint_every=2),
+        unet=UNetStageConfig(steps=unet_steps, batch_size=8, lr=lr, warmup_steps=1, ema_decay=0.9, log_every=0,
+                             checkpoint_every=2, encode_batch_size=32),
+    )
+
+
+def test_training_lowers_the_losses(tmp_path):
+    cfg = tiny_train_config(vae_steps=40, unet_steps=40, lr=3e-3)
+    train_ldm(cfg, tmp_path)
+    vae = torch.load(tmp_path / "vae.ckpt", weights_only=True)["losses"]
+    unet = torch.load(tmp_path / "unet.ckpt", weights_only=True)["losses"]
+    assert sum(vae[-5:]) / 5 < 0.8 * sum(vae[:5]) / 5
+    assert sum(unet[-10:]) / 10 < sum(unet[:10]) / 10
+    assert (tmp_path / "model" / "model_index.json").is_file()
+
+
+def test_resume_gives_the_same_weights_and_losses_as_no_interruption(tmp_path):
+    cfg = tiny_train_config()
+    straight = train_ldm(cfg, tmp_path / "a")
+    # crash in the middle of each stage, then resume
+    train_ldm(cfg, tmp_path / "b", stop_after={"vae": 3})
+    train_ldm(cfg, tmp_path / "b", resume=True, stop_after={"unet": 4})
+    resumed = train_ldm(cfg, tmp_path / "b", resume=True)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    for stage in ("vae", "unet"):
+        la = torch.load(tmp_path / "a" / f"{stage}.ckpt", weights_only=True)["losses"]
+        lb = torch.load(tmp_path / "b" / f"{stage}.ckpt", weights_only=True)["losses"]
+        assert la == lb
+
+
+def test_same_seed_same_weights(tmp_path):
+    cfg = tiny_train_config(vae_steps=2, unet_steps=2)
+    a = train_ldm(cfg, tmp_path / "a")
+    b = train_ldm(cfg, tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.unet.state_dict().values(), b.unet.state_dict().values()))
+
+
+def test_checkpoint_embeds_config_and_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    from t2i.train import trainer
+
+    cfg = tiny_train_config(vae_steps=2, unet_steps=2)
+    train_ldm(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "unet.ckpt", weights_only=True)
+    assert ckpt["config"]["model"]["resolution"] == 32 and ckpt["t2i_version"]
+    before = (tmp_path / "unet.ckpt").read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.torch, "save", broken_save)
+    try:
+        trainer.save_atomic({"x": 1}, tmp_path / "unet.ckpt")
+    except OSError:
+        pass
+    assert (tmp_path / "unet.ckpt").read_bytes() == before
+    assert not list(tmp_path.glob(".unet.ckpt.tmp*"))
