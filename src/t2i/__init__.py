@@ -37,9 +37,15 @@ def generate(prompt: str = "", *, model=None, callback=None, **params) -> list:
 
 
 def train(config, outdir, *, resume: bool = False):
-    """Train a latent diffusion model from a YAML path or an LDMTrainConfig; returns the model."""
-    from t2i.config import load_yaml
-    from t2i.train.ldm import LDMTrainConfig, train_ldm
+    """Train from a YAML path (its `family:` key picks the recipe; default ldm) or a typed
+    training config (an LDMTrainConfig, ...); returns the trained model."""
+    from t2i.train.registry import RECIPES, load_training_config
 
-    cfg = config if isinstance(config, LDMTrainConfig) else load_yaml(LDMTrainConfig, config)
-    return train_ldm(cfg, outdir, resume=resume)
+    if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
+        _, cfg, train_fn = load_training_config(config)
+    else:
+        matches = [fn for cls, fn in (entry() for entry in RECIPES.values()) if isinstance(config, cls)]
+        if not matches:
+            raise TypeError(f"cannot train from a {type(config).__name__}; pass a YAML path or a training config")
+        cfg, train_fn = config, matches[0]
+    return train_fn(cfg, outdir, resume=resume)

@@ -139,15 +139,15 @@ def _train_parser(sub) -> None:
 def _run_train(args) -> None:
     import torch
 
-    from t2i.config import load_yaml
-    from t2i.train.ldm import LDMTrainConfig, train_ldm
+    from t2i.train.registry import load_training_config
 
-    cfg = load_yaml(LDMTrainConfig, args.config)
+    family, cfg, train_fn = load_training_config(args.config)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.resume and any(args.outdir.glob("*.ckpt")):
         raise ValueError(f"{args.outdir} already holds checkpoints; pass --resume to continue or choose another --outdir")
-    train_ldm(cfg, args.outdir, resume=args.resume)
+    print(f"training {family} model from {args.config} into {args.outdir}", file=sys.stderr)
+    train_fn(cfg, args.outdir, resume=args.resume)
     print(args.outdir / "model")
 
 
