@@ -67,3 +67,16 @@ def test_checkpoint_embeds_config_and_failed_write_keeps_the_old_one(tmp_path, m
         pass
     assert (tmp_path / "unet.ckpt").read_bytes() == before
     assert not list(tmp_path.glob(".unet.ckpt.tmp*"))
+
+
+def test_periodic_sample_grids(tmp_path):
+    from PIL import Image
+
+    cfg = tiny_train_config(vae_steps=2, unet_steps=4)
+    cfg.unet.sample_every = 2
+    cfg.sample_prompts = ("a red circle", "a blue square")
+    cfg.sample_steps = 2
+    train_ldm(cfg, tmp_path)
+    grids = sorted((tmp_path / "samples").glob("step-*.png"))
+    assert [g.name for g in grids] == ["step-000002.png", "step-000004.png"]
+    assert Image.open(grids[0]).size == (4 * 32, 2 * 32)

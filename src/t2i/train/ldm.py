@@ -133,9 +133,36 @@ def _load_or_encode(model: LatentDiffusion, source: ImageSource, cfg: LDMTrainCo
     return latents
 
 
+@torch.no_grad()
+def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, outdir: Path) -> Path:
+    """A grid of the sample prompts (one row each, 4 seeds) with the current weights."""
+    from t2i.diffusion.samplers import make_scheduler
+    from t2i.diffusion.sampling import denoise, draw_noise, make_generators
+    from t2i.outputs import make_grid
+    from t2i.pipelines.txt2img import latents_to_images
+
+    model.eval()
+    prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
+    seeds = list(range(4))
+    shape = (model.latent_channels, model.config.latent_size, model.config.latent_size)
+    images = []
+    for prompt in prompts:
+        cond, uncond = model.encode_prompts([prompt]), model.encode_prompts([""])
+        generators = make_generators(seeds)
+        latents = denoise(model.unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
+                          draw_noise(generators, shape), cond, uncond, steps=cfg.sample_steps,
+                          cfg_scale=cfg.sample_cfg_scale, generators=generators)
+        images += latents_to_images(model, latents)
+    path = outdir / "samples" / f"step-{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, cols=len(seeds)).save(path)
+    return path
+
+
 def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
-              stop_after: dict[str, int] | None = None, sample_fn=None) -> LatentDiffusion:
-    """Train both stages; writes `outdir/{vae,unet}.ckpt`, `outdir/model` (diffusers folder)."""
+              stop_after: dict[str, int] | None = None) -> LatentDiffusion:
+    """Train both stages; writes `outdir/{vae,unet}.ckpt`, `outdir/model` (diffusers folder) and,
+    every `unet.sample_every` steps, a grid of `sample_prompts` in `outdir/samples/`."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, outdir / "config.yaml")
@@ -170,7 +197,7 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     if resume:
         unet_trainer.load()
     loss_fn = unet_loss_fn(latents, ids, empty_ids, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
-    on_sample = (lambda step: sample_fn(model, step, outdir)) if sample_fn else None
+    on_sample = lambda step: save_sample_grid(model, cfg, step, outdir)  # noqa: E731
     unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"))
     if unet_trainer.step < cfg.unet.steps:
         return model
