@@ -20,6 +20,7 @@ from dataclasses import dataclass
 __all__ = [
     "parse_attention",
     "schedule",
+    "has_schedule",
     "split_and",
     "has_syntax",
     "extract_extra_networks",
@@ -181,6 +182,15 @@ def schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         else:
             result.append((step, text))
     return result
+
+
+def has_schedule(prompt: str) -> bool:
+    """True when ``prompt`` holds a well-formed editing or alternation group, so ``schedule``
+    may give different texts at different steps; False means one text for any step count."""
+    if "[" not in prompt:
+        return False
+    nodes = _parse(prompt, 0, len(prompt), _match_brackets(prompt))
+    return not all(isinstance(node, str) for node in nodes)
 
 
 def _match_brackets(text: str) -> dict[int, int]:

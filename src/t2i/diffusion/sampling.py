@@ -20,7 +20,9 @@ from torch import Tensor
 
 # callback(step_index, total_steps, latents) -> "interrupt" to stop early, anything else to go on
 StepCallback = Callable[[int, int, Tensor], object]
-# model(x, t) -> the scheduler's model output (eps or v), float32, same shape as x
+# model(x, t) -> the scheduler's model output (eps or v), float32, same shape as x. A denoiser
+# whose conditioning changes over the steps also has `begin_step(i, total)`, which the loop calls
+# before each model evaluation (see t2i.diffusion.conditioning.PromptDenoiser).
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -138,7 +140,10 @@ def sample_scheduler(
     total = len(timesteps)
     step_kwargs = _step_kwargs(scheduler, generators, eta)
     latents = noise.to(device, torch.float32) * scheduler.init_noise_sigma  # scheduler math stays float32
+    begin_step = getattr(model, "begin_step", None)  # optional: per-step conditioning (prompt schedules)
     for i, t in enumerate(timesteps):
+        if begin_step is not None:
+            begin_step(i, total)
         model_output = model(scheduler.scale_model_input(latents, t), t)
         latents = scheduler.step(model_output, t, latents, **step_kwargs)[0]
         if callback is not None and callback(i, total, latents) == "interrupt":
@@ -165,13 +170,18 @@ def denoise(
     unet: a diffusers UNet2DConditionModel (any module with its call signature), on any
         device/dtype; its inputs are cast to its device and dtype, its outputs back to float32.
     cond, uncond: (B or 1, T, D) text encoder states; uncond None or cfg_scale == 1 skips guidance.
+        Or `t2i.diffusion.conditioning.PromptConditioning`s (prompt syntax: weights, schedules,
+        AND), which build their own guidance wrapper.
     generators: one CPU generator per image for stochastic schedulers (see `make_generators`).
     eta: DDIM's eta; passed only to schedulers whose step takes it.
     device: where the latents and scheduler math live; defaults to the UNet's device.
     """
     if noise.ndim != 4:
         raise ValueError(f"noise must be (B, C, H, W), got shape {tuple(noise.shape)}")
-    model = CFGDenoiser(unet, cond, uncond, cfg_scale, batch_size=noise.shape[0])
+    if isinstance(cond, Tensor):
+        model = CFGDenoiser(unet, cond, uncond, cfg_scale, batch_size=noise.shape[0])
+    else:  # a per-step conditioning provider (PromptConditioning) picks its own guidance wrapper
+        model = cond.denoiser(unet, uncond, cfg_scale, batch_size=noise.shape[0])
     return sample_scheduler(
         model, scheduler, noise, steps=steps, generators=generators, eta=eta, callback=callback,
         device=device if device is not None else model.device,

@@ -2,22 +2,27 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 from PIL import Image
 
 from t2i.diffusion.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, make_scheduler, resolve_sampler
-from t2i.diffusion.sampling import denoise, draw_noise, make_generators
+from t2i.diffusion.conditioning import PromptEncoder
+from t2i.diffusion.noise import variation_noise
+from t2i.diffusion.sampling import denoise
 from t2i.metadata import build_infotext
+from t2i.pipelines.hires import HR_UPSCALERS, check_hires, hires_fix, hires_infotext
 from t2i.pipelines.params import ParamError, param, validate
 
 MAX_SEED = 2**32 - 1
 
 
 @dataclass
-class Txt2ImgParams:
+class GenerationParams:
+    """What every diffusion pipeline shares (txt2img, img2img, inpaint, outpaint)."""
+
     prompt: str = param("", "what the image should show", cli=False)
     negative_prompt: str = param("", "what the image should not show")
     steps: int = param(20, "denoising steps", minimum=1, maximum=1000)
@@ -31,6 +36,29 @@ class Txt2ImgParams:
     height: int | None = param(None, "height in pixels (default: the model's training resolution)", minimum=8, maximum=8192)
     batch_size: int = param(1, "images generated together in one batch", minimum=1, maximum=256)
     n_iter: int = param(1, "number of batches", minimum=1, maximum=10_000)
+    # Variations: the noise of `subseed` (+ i for image i) slerped into the seed's noise.
+    subseed: int = param(-1, "variation seed; image i uses subseed + i; -1 = random", minimum=-1, maximum=MAX_SEED)
+    subseed_strength: float = param(0.0, "how much of the variation seed's noise to blend in (0 = none, 1 = all)",
+                                    minimum=0.0, maximum=1.0)
+    seed_resize_from_w: int = param(0, "draw the seed's noise at this width, centred, to keep a seed's look at a "
+                                       "new size; 0 = off", minimum=-1, maximum=8192)
+    seed_resize_from_h: int = param(0, "height for seed_resize_from_w; 0 = off", minimum=-1, maximum=8192)
+
+
+@dataclass
+class Txt2ImgParams(GenerationParams):
+    # Hires fix: a first pass at width x height, an upscale, then an img2img pass at the larger size.
+    enable_hr: bool = param(False, "hires fix: upscale the first pass and refine it with a second img2img pass")
+    hr_scale: float = param(2.0, "hires fix: upscale factor", minimum=1.0, maximum=8.0)
+    hr_upscaler: str = param("Latent", "hires fix: upscaler, " + ", ".join(HR_UPSCALERS), choices=HR_UPSCALERS)
+    hr_second_pass_steps: int = param(0, "hires fix: steps of the second pass; 0 = same as steps", minimum=0,
+                                      maximum=1000)
+    hr_resize_x: int = param(0, "hires fix: target width instead of hr_scale; 0 = from hr_scale or the aspect",
+                             minimum=0, maximum=8192)
+    hr_resize_y: int = param(0, "hires fix: target height instead of hr_scale; 0 = from hr_scale or the aspect",
+                             minimum=0, maximum=8192)
+    denoising_strength: float = param(0.7, "hires fix: denoising strength of the second pass", minimum=0.0,
+                                      maximum=1.0)
 
 
 @dataclass
@@ -38,13 +66,14 @@ class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     infotexts: list[str]
-    params: Txt2ImgParams  # as run: seed resolved, sampler canonical, size filled in
+    params: GenerationParams  # as run: seed resolved, sampler canonical, size filled in
+    subseeds: list[int] = field(default_factory=list)  # variation seed of each image
 
 
 StepCallback = Callable[[int, int, torch.Tensor], object]
 
 
-def resolve_params(params: Txt2ImgParams, loaded) -> Txt2ImgParams:
+def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
     """Check everything and fill in the defaults that depend on the model; raise ParamError."""
     validate(params)
     try:
@@ -59,11 +88,42 @@ def resolve_params(params: Txt2ImgParams, loaded) -> Txt2ImgParams:
         if value % factor:
             raise ParamError(f"{name} must be a multiple of {factor} for this model, got {value} "
                              f"(try {max(factor, round(value / factor) * factor)})")
+    resize = (params.seed_resize_from_w, params.seed_resize_from_h)
+    if any(v > 0 for v in resize) and not all(v >= factor for v in resize):
+        raise ParamError(f"seed_resize_from_w and seed_resize_from_h go together: give both (each >= {factor}), "
+                         f"or neither; got {resize[0]}x{resize[1]}")
     seed = params.seed if params.seed != -1 else secrets.randbelow(MAX_SEED + 1)
-    return replace(params, sampler=sampler, scheduler=schedule, width=width, height=height, seed=seed)
+    subseed = params.subseed if params.subseed != -1 else secrets.randbelow(MAX_SEED + 1)
+    resolved = replace(params, sampler=sampler, scheduler=schedule, width=width, height=height, seed=seed,
+                       subseed=subseed)
+    if getattr(resolved, "enable_hr", False):
+        check_hires(resolved, factor)
+    return resolved
 
 
-def infotext_for(params: Txt2ImgParams, seed: int, loaded, version: str) -> str:
+def seeds_of_batch(params: GenerationParams, batch: int) -> tuple[list[int], list[int]]:
+    """Seeds and variation seeds of batch `batch`: image i of the whole run has seed + i, subseed + i."""
+    first = batch * params.batch_size
+    seeds = [(params.seed + first + i) % (MAX_SEED + 1) for i in range(params.batch_size)]
+    subseeds = [(params.subseed + first + i) % (MAX_SEED + 1) for i in range(params.batch_size)]
+    return seeds, subseeds
+
+
+def seeded_noise(params: GenerationParams, seeds: list[int], subseeds: list[int], shape: tuple[int, int, int],
+                 factor: int):
+    """(noise (B, C, h, w), generators) for a batch, with the variation settings of `params`."""
+    resize = None
+    if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0:
+        resize = (shape[0], params.seed_resize_from_h // factor, params.seed_resize_from_w // factor)
+    return variation_noise(seeds, shape, subseeds=subseeds, subseed_strength=params.subseed_strength,
+                           resize_from=resize)
+
+
+def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subseed: int | None = None,
+                 extra: dict | None = None) -> str:
+    """One image's infotext; `extra` adds pipeline keys (Denoising strength, Mask blur, ...)."""
+    variation = params.subseed_strength > 0
+    resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
     return build_infotext(params.prompt, params.negative_prompt, {
         "Steps": params.steps,
         "Sampler": params.sampler,
@@ -74,6 +134,10 @@ def infotext_for(params: Txt2ImgParams, seed: int, loaded, version: str) -> str:
         "Model hash": loaded.hash,
         "Model": loaded.name,
         "Eta": params.eta or None,
+        "Variation seed": (params.subseed if subseed is None else subseed) if variation else None,
+        "Variation seed strength": params.subseed_strength if variation else None,
+        "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
+        **(extra or {}),
         "Version": f"t2i {version}",
     })
 
@@ -96,18 +160,27 @@ def txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None = None)
     model, device = loaded.model, loaded.runtime.device
     version = _t2i_version()
     with torch.no_grad():
-        cond = model.encode_prompts([params.prompt])  # (1, T, D): encoded once for every batch
-        uncond = model.encode_prompts([params.negative_prompt]) if params.cfg_scale != 1 else None
+        # Prompt syntax (weights, long prompts, BREAK, [a:b:when], [a|b], AND); each text is
+        # encoded once for every batch, a plain prompt before sampling.
+        encoder = PromptEncoder.from_model(model)
+        cond = encoder.conditioning(params.prompt)
+        uncond = (encoder.conditioning(params.negative_prompt, negative=True)
+                  if params.cfg_scale != 1 or cond.needs_uncond else None)
     shape = (model.latent_channels, params.height // model.vae_scale_factor, params.width // model.vae_scale_factor)
-    images, seeds = [], []
+    images, seeds, subseeds = [], [], []
     for batch in range(params.n_iter):
-        batch_seeds = [(params.seed + batch * params.batch_size + i) % (MAX_SEED + 1) for i in range(params.batch_size)]
+        batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
         scheduler = make_scheduler(params.sampler, params.scheduler, model.scheduler_config())
-        generators = make_generators(batch_seeds)
-        noise = draw_noise(generators, shape)  # the same generators then give the sampler's noise
+        # the same generators then give the sampler's noise
+        noise, generators = seeded_noise(params, batch_seeds, batch_subseeds, shape, model.vae_scale_factor)
         latents = denoise(model.unet, scheduler, noise, cond, uncond, steps=params.steps, cfg_scale=params.cfg_scale,
                           generators=generators, eta=params.eta, callback=callback, device=device)
-        images += latents_to_images(model, latents)
+        if getattr(params, "enable_hr", False):
+            images += hires_fix(loaded, params, latents, batch_seeds, batch_subseeds, cond, uncond, callback)
+        else:
+            images += latents_to_images(model, latents)
         seeds += batch_seeds
-    infotexts = [infotext_for(params, s, loaded, version) for s in seeds]
-    return GenerationResult(images, seeds, infotexts, params)
+        subseeds += batch_subseeds
+    extra = hires_infotext(params) if getattr(params, "enable_hr", False) else None
+    infotexts = [infotext_for(params, s, loaded, version, sub, extra) for s, sub in zip(seeds, subseeds)]
+    return GenerationResult(images, seeds, infotexts, params, subseeds)

@@ -1,0 +1,111 @@
+"""`t2i img2img`, `t2i inpaint` and `t2i outpaint`: thin commands over the image pipelines.
+
+Their flags come from the pipelines' parameter dataclasses (one schema, see
+t2i.pipelines.params); cli.py registers them with `add_image_commands`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from t2i.pipelines.params import add_cli_arguments
+
+# Hires flags of `t2i generate` that switch the hires fix on by being given.
+HIRES_FLAGS = ("hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
+
+
+def imply_enable_hr(args) -> None:
+    """`t2i generate --hr-scale 2` means hires fix on, unless --no-enable-hr says otherwise."""
+    if getattr(args, "enable_hr", None) is None and any(getattr(args, f, None) is not None for f in HIRES_FLAGS):
+        args.enable_hr = True
+
+
+def _common(p, command: str) -> None:
+    p.add_argument("--model", type=Path, help="model folder (default: the bundled shapes model)")
+    p.add_argument("--outdir", type=Path, default=Path(f"outputs/{command}"), help="where images go (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "full"), default="auto",
+                   help="auto: fastest correct precision for the device; full: float32 everywhere")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def add_image_commands(sub) -> None:
+    from t2i.pipelines.img2img import Img2ImgParams
+    from t2i.pipelines.inpaint import InpaintParams
+    from t2i.pipelines.outpaint import OutpaintParams
+
+    p = sub.add_parser("img2img", help="change an image with a prompt (img2img)",
+                       description="Generate images starting from IMAGE. --denoising-strength 0 returns it "
+                                   "unchanged, 1 ignores it; round(strength x steps) steps run. Width and height "
+                                   "default to IMAGE's size.")
+    p.add_argument("image", type=Path)
+    p.add_argument("prompt", nargs="?", default="", help="the prompt")
+    _common(p, "img2img")
+    add_cli_arguments(p, Img2ImgParams, skip=("prompt",))
+    p.set_defaults(run=_run_image_command, params_cls=Img2ImgParams, pipeline="img2img")
+
+    p = sub.add_parser("inpaint", help="repaint the white area of a mask",
+                       description="Repaint the area of IMAGE that MASK marks white (same size as IMAGE; "
+                                   "transparent = keep). Width and height default to IMAGE's size, with "
+                                   "--only-masked to the model's resolution (the size the crop is painted at).")
+    p.add_argument("image", type=Path)
+    p.add_argument("mask", type=Path)
+    p.add_argument("prompt", nargs="?", default="", help="the prompt")
+    _common(p, "inpaint")
+    add_cli_arguments(p, InpaintParams, skip=("prompt",))
+    p.set_defaults(run=_run_image_command, params_cls=InpaintParams, pipeline="inpaint")
+
+    p = sub.add_parser("outpaint", help="extend an image's canvas and paint the new area",
+                       description="Add --pixels on the --directions sides of IMAGE and paint them; the "
+                                   "result has the extended canvas's size.")
+    p.add_argument("image", type=Path)
+    p.add_argument("prompt", nargs="?", default="", help="the prompt")
+    _common(p, "outpaint")
+    add_cli_arguments(p, OutpaintParams, skip=("prompt",))
+    p.set_defaults(run=_run_image_command, params_cls=OutpaintParams, pipeline="outpaint")
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _run_image_command(args) -> None:
+    from t2i.checkpoints.registry import load_model
+    from t2i.metadata import write_png
+    from t2i.outputs import next_image_path
+    from t2i.pipelines.inpaint import inpaint
+    from t2i.pipelines.img2img import img2img
+    from t2i.pipelines.outpaint import outpaint
+    from t2i.pipelines.params import from_cli, validate
+    from t2i.runtime import Runtime
+
+    params = from_cli(args.params_cls, args, prompt=args.prompt)
+    validate(params)  # fail on bad parameters before loading anything
+    image = _open_image(args.image)
+    mask = _open_image(args.mask) if args.pipeline == "inpaint" else None
+    runtime = Runtime.auto(args.precision, args.device, args.threads)
+    runtime.apply_threads()
+    start = time.perf_counter()
+    loaded = load_model(args.model, runtime)
+    print(f"model {loaded.name} ({loaded.hash}) on {runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
+          file=sys.stderr)
+    if args.pipeline == "img2img":
+        result = img2img(loaded, params, image)
+    elif args.pipeline == "inpaint":
+        result = inpaint(loaded, params, image, mask)
+    else:
+        result = outpaint(loaded, params, image)
+    for out, seed, info in zip(result.images, result.seeds, result.infotexts):
+        print(write_png(out, next_image_path(args.outdir, seed, args.prompt), info))
+    print(f"seed {result.seeds[0]}{'..' + str(result.seeds[-1]) if len(result.seeds) > 1 else ''}: "
+          f"{len(result.images)} image(s) for {args.prompt!r}", file=sys.stderr)
