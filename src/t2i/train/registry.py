@@ -19,8 +19,43 @@ def _ldm():
     return LDMTrainConfig, train_ldm
 
 
+def _gan():
+    from t2i.train.gan import GANTrainConfig, train_gan
+
+    return GANTrainConfig, train_gan
+
+
+def _vae():
+    from t2i.train.vae import VAETrainConfig, train_vae
+
+    return VAETrainConfig, train_vae
+
+
+def _ddpm():
+    from t2i.train.ddpm import DDPMTrainConfig, train_ddpm
+
+    return DDPMTrainConfig, train_ddpm
+
+
+def _vqgan():
+    from t2i.train.vqgan import VQGANTrainConfig, train_vqgan
+
+    return VQGANTrainConfig, train_vqgan
+
+
+def _ar():
+    from t2i.train.ar import ARTrainConfig, train_ar
+
+    return ARTrainConfig, train_ar
+
+
 RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "ldm": _ldm,
+    "gan": _gan,
+    "vae": _vae,
+    "ddpm": _ddpm,
+    "vqgan": _vqgan,
+    "ar": _ar,
 }
 DEFAULT_FAMILY = "ldm"
 

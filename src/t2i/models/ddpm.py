@@ -1,0 +1,223 @@
+"""Denoising diffusion in pixel space (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"),
+unconditional or class-conditional, on a diffusers `UNet2DModel`.
+
+    ddpm = PixelDDPM(DDPMConfig(resolution=64, beta_schedule="cosine"))
+    loss = ddpm(x0, t, noise, labels)               # eps-prediction MSE; x0 (B, 3, H, W) in [-1, 1]
+    images = sample(ddpm, n=16, seed=0, sampler="DDIM", steps=50, eta=0.0)
+    wide = sample(ddpm, n=4, seed=0, width=128, height=64)   # larger than trained: convolutional
+
+Forward process in closed form: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. The UNet learns
+eps. Sampling runs a diffusers scheduler built on this model's betas (`trained_betas`): DDPM
+ancestral sampling, DDIM (Song et al. 2021) with eta, or any sampler name t2i knows.
+
+Class conditioning: a class embedding added to the time embedding (`num_class_embeds`), with one
+extra "no class" embedding (index K) that training uses for a random fraction of images, so that
+sampling can use classifier-free guidance (Ho & Salimans 2022) or draw unconditionally.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2i.models.common import check_seed_count, resolve_class, to_pil_images
+
+FAMILY = "ddpm"
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass
+class DDPMConfig:
+    resolution: int = 64  # trained size; sampling takes any multiple of 2^(levels - 1)
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)  # one UNet level each
+    attention: tuple[bool, ...] = (False, False, True, True)  # self-attention per level (costly at full size)
+    layers_per_block: int = 1
+    attention_head_dim: int = 32  # channels per head (diffusers' meaning for UNet2DModel)
+    norm_num_groups: int = 16  # GroupNorm groups; must divide every width
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
+    beta_start: float = 1e-4  # linear schedule ends, as in Ho et al. 2020
+    beta_end: float = 0.02
+    cosine_s: float = 0.008  # cosine offset: keeps beta_0 from being vanishingly small
+    class_names: tuple[str, ...] = ()  # empty: unconditional; set from the data by the recipe
+
+    def __post_init__(self):
+        self.block_out_channels, self.attention = tuple(self.block_out_channels), tuple(self.attention)
+        self.class_names = tuple(self.class_names)
+        if self.beta_schedule not in SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {SCHEDULES}, got {self.beta_schedule!r}")
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError("attention needs one flag per entry of block_out_channels")
+        if self.resolution % self.size_multiple:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of {self.size_multiple}")
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)  # the UNet's last level does not downsample
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Ho et al. 2020, Section 4: betas rising linearly from 1e-4 to 0.02 over T = 1000 steps."""
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", eq. 17:
+    abar(t) = f(t) / f(0), f(t) = cos((t/T + s) / (1 + s) * pi/2)^2, beta_t = 1 - abar(t)/abar(t-1),
+    clipped to max_beta so that the last steps stay invertible."""
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def make_betas(cfg: DDPMConfig) -> torch.Tensor:
+    if cfg.beta_schedule == "cosine":
+        return cosine_betas(cfg.num_train_timesteps, cfg.cosine_s)
+    return linear_betas(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+
+
+def build_unet(cfg: DDPMConfig):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=cfg.resolution,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention)),
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        class_embed_type=None,  # a plain embedding table added to the time embedding
+        num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None,  # + the "no class" index
+        num_train_timesteps=cfg.num_train_timesteps,
+    )
+
+
+class PixelDDPM(nn.Module):
+    def __init__(self, config: DDPMConfig):
+        super().__init__()
+        self.config = config
+        self.unet = build_unet(config)
+        self.betas = make_betas(config)  # float64, (T,)
+        # float32 cumulative product of float32 betas: the same numbers diffusers' schedulers use
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - self.betas.float(), 0), persistent=False)
+
+    @property
+    def null_class(self) -> int:
+        """The "no class" label of a conditional model (for guidance and unconditional draws)."""
+        return self.config.num_classes
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Closed-form forward noising q(x_t | x_0) (Ho et al. 2020, eq. 4): (B, 3, H, W)."""
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.num_classes and labels is None:
+            labels = torch.full((x_t.shape[0],), self.null_class, device=x_t.device)
+        return self.unet(x_t, t, class_labels=labels if self.config.num_classes else None).sample
+
+    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The simplified eps-prediction loss L_simple (Ho et al. 2020, eq. 14), a scalar.
+        t (B,) and noise (B, 3, H, W) come from the caller (training randomness per step)."""
+        noise = noise.to(x0)
+        return (self.predict_eps(self.q_sample(x0, t, noise), t, labels) - noise).pow(2).mean()
+
+    def scheduler_config(self) -> dict:
+        """A diffusers scheduler config on this model's betas (any scheduler that takes
+        `trained_betas` reads it; `beta_schedule` etc. are there for code that requires them)."""
+        cfg = self.config
+        return {
+            "num_train_timesteps": cfg.num_train_timesteps,
+            "trained_betas": self.betas.tolist(),
+            "beta_schedule": "linear",  # ignored: trained_betas wins
+            "beta_start": cfg.beta_start,
+            "beta_end": cfg.beta_end,
+            "prediction_type": "epsilon",
+            "clip_sample": True,  # pixel space: predicted x0 clipped to [-1, 1], as in Ho et al.'s sampler
+            "clip_sample_range": 1.0,
+            "set_alpha_to_one": False,
+            "steps_offset": 0,
+            "timestep_spacing": "trailing",  # sampling starts at the last training step
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from t2i.checkpoints.family_file import save_model_file
+
+        return save_model_file(path, FAMILY, asdict(self.config), self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PixelDDPM":
+        from t2i.checkpoints.family_file import load_into, read_model_file
+        from t2i.config import from_dict
+
+        _, config, tensors = read_model_file(path, FAMILY)
+        model = cls(from_dict(DDPMConfig, config, where=f"{path}: config"))
+        load_into(model, tensors, path)
+        return model.eval()
+
+
+def make_sampler(model: PixelDDPM, sampler: str):
+    """"DDPM": ancestral sampling (diffusers DDPMScheduler); "DDIM" (eta sets its noise) or any
+    other sampler name of t2i.diffusion.samplers, on the model's betas."""
+    if sampler.strip().lower() == "ddpm":
+        from diffusers import DDPMScheduler
+
+        keys = ("num_train_timesteps", "trained_betas", "prediction_type", "clip_sample",
+                "clip_sample_range", "timestep_spacing", "steps_offset")
+        return DDPMScheduler(**{k: model.scheduler_config()[k] for k in keys})
+    from t2i.diffusion.samplers import make_scheduler
+
+    return make_scheduler(sampler, None, model.scheduler_config())
+
+
+@torch.no_grad()
+def sample(model: PixelDDPM, n: int, seed: int, class_name: str | int | None = None, *,
+           sampler: str = "DDIM", steps: int | None = None, eta: float = 0.0, guidance_scale: float = 1.0,
+           width: int | None = None, height: int | None = None, batch_size: int = 16, callback=None) -> list:
+    """n images; image i starts from noise drawn with seed + i and its generator draws every later
+    noise too, so it equals a single run with that seed. steps None: all T steps for DDPM, 50
+    otherwise. guidance_scale > 1 (conditional models): classifier-free guidance towards the class.
+    width/height: any multiples of the UNet's size multiple, larger than trained included."""
+    from t2i.diffusion.sampling import cfg_combine, draw_noise, make_generators, sample_scheduler
+
+    cfg = model.config
+    width, height = width or cfg.resolution, height or cfg.resolution
+    m = cfg.size_multiple
+    if width % m or height % m or width < m or height < m:
+        raise ValueError(f"width and height must be multiples of {m} for this UNet, got {width}x{height}")
+    if guidance_scale != 1.0 and not cfg.num_classes:
+        raise ValueError("guidance_scale needs a class-conditional model; leave it at 1 for this one")
+    seeds = check_seed_count(n, seed)
+    labels = resolve_class(cfg.class_names, class_name, n)
+    if steps is None:
+        steps = cfg.num_train_timesteps if sampler.strip().lower() == "ddpm" else 50
+    device = next(model.parameters()).device
+    model.eval()
+    images = []
+    for i in range(0, n, batch_size):
+        gens = make_generators(seeds[i:i + batch_size])
+        noise = draw_noise(gens, (3, height, width))  # (b, 3, H, W), CPU float32
+        y = labels[i:i + batch_size].to(device) if labels is not None else None
+
+        def denoiser(x, t, y=y):
+            if y is None or guidance_scale == 1.0:
+                return model.predict_eps(x, t, y).float()
+            null = torch.full_like(y, model.null_class)
+            uncond, cond = model.predict_eps(torch.cat([x, x]), t, torch.cat([null, y])).float().chunk(2)
+            return cfg_combine(uncond, cond, guidance_scale)
+
+        x = sample_scheduler(denoiser, make_sampler(model, sampler), noise, steps=steps, generators=gens,
+                             eta=eta, callback=callback, device=device)
+        images += to_pil_images(x)
+    return images

@@ -1,0 +1,73 @@
+"""Run-folder plumbing shared by the one-file families' recipes (GAN, VAE, pixel DDPM).
+
+A run folder holds `config.yaml` (with its `family:` key, so `t2i train` can rerun it),
+`<family>.ckpt` (the training state, atomic), `cache/` (rendered `shapes`), `samples/` (periodic
+grids) and, when training finishes, `model.safetensors` (EMA weights, see
+t2i.checkpoints.family_file).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import yaml
+
+from t2i.config import to_dict
+from t2i.data.labels import LabelledImages, load_labelled_images
+
+
+def start_run(cfg, outdir: str | Path, family: str) -> tuple[Path, LabelledImages, object]:
+    """Create the folder, load the data and fill the model config's class names from it.
+
+    Returns (outdir, data, the model config to build): conditional models get the data's class
+    list; a class list in the YAML must then agree with it."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    data = load_labelled_images(cfg.data, cfg.model.resolution, cache_dir=outdir / "cache")
+    model_cfg = cfg.model
+    declared = getattr(model_cfg, "class_names", None)
+    if declared is None:
+        if data.class_names:
+            raise ValueError(f"the {family} model is unconditional; set data.classes: false")
+        return outdir, data, model_cfg
+    if declared and tuple(declared) != data.class_names:
+        raise ValueError(f"model.class_names {list(declared)} differ from the data's classes "
+                         f"{list(data.class_names)}; leave model.class_names empty (it is set from the data)")
+    if data.class_names:
+        model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names)
+    return outdir, data, model_cfg
+
+
+def run_config(cfg, family: str, model_cfg) -> dict:
+    """The config a checkpoint embeds: the training config with its family and final model config."""
+    return {"family": family, **to_dict(dataclasses.replace(cfg, model=model_cfg))}
+
+
+def save_run_config(config: dict, outdir: Path) -> None:
+    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def write_sample_grid(images: list, outdir: Path, step: int) -> Path:
+    from t2i.metadata import write_png
+    from t2i.outputs import make_grid
+
+    path = outdir / "samples" / f"step-{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(make_grid(images), path, f"step {step}")
+
+
+def load_checkpoint(path: Path, family: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("config", {}).get("family") != family:
+        raise ValueError(f"{path} is not a {family} training checkpoint")
+    return state
+
+
+def copy_ema(params: list[torch.nn.Parameter], ema_state: dict | None) -> None:
+    """Put a checkpoint's EMA shadow weights into `params` (same order as at training time)."""
+    if not ema_state:
+        return
+    with torch.no_grad():
+        for p, shadow in zip(params, ema_state["shadow"], strict=True):
+            p.copy_(shadow)

@@ -1,0 +1,177 @@
+"""Recipe: VQGAN first stage (Esser et al. 2021), `family: vqgan`.
+
+The generator (the VQModel) and the PatchGAN discriminator alternate on each batch: a generator
+step on L1 + codebook + commitment (+ the adaptive-weight hinge GAN term once
+`loss.disc_start` steps have passed), then a discriminator step on the hinge loss with the same
+batch. Two optimizers, hence this small loop instead of `Trainer.fit` (one loss, one optimizer);
+it keeps the trainer's rules: the randomness of step s comes from `step_generator(seed, s)`, so
+a resumed run replays exactly, and checkpoints are written atomically. Single process (CPU or
+one GPU).
+
+Outputs in `outdir`: vqgan.ckpt (training state), vqgan.safetensors (the model, its config
+embedded), vqgan_report.json (reconstruction L1 and codebook usage on training images).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from t2i.config import save_yaml, to_dict
+from t2i.data.images import load_image_source
+from t2i.models.vqgan import (VQGAN, DiscriminatorConfig, PatchDiscriminator, VQGANConfig, VQGANLoss,
+                              VQGANLossConfig, codebook_usage)
+from t2i.train.ldm import DataConfig, _random_crops, _to_model_range
+from t2i.train.trainer import OptimConfig, lr_at, save_atomic, step_generator
+
+
+@dataclass
+class VQGANOptimConfig(OptimConfig):
+    disc_lr: float = 0.0  # 0: the same as lr
+    betas: tuple[float, float] = (0.5, 0.9)  # the VQGAN code's Adam betas: less momentum for the GAN game
+    crop: int = 0  # > 0: train on random crops of this size (the autoencoder is convolutional)
+
+
+@dataclass
+class VQGANTrainConfig:
+    model: VQGANConfig = field(default_factory=VQGANConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: VQGANOptimConfig = field(default_factory=VQGANOptimConfig)
+    seed: int = 0
+    report_images: int = 1024  # training images for the final codebook-usage report
+
+
+class _Run:
+    """Modules, optimizers and history of one VQGAN training run."""
+
+    def __init__(self, cfg: VQGANTrainConfig, device: torch.device, perceptual=None):
+        torch.manual_seed(cfg.seed)  # weight initialisation
+        self.cfg = cfg
+        self.model = VQGAN(cfg.model).to(device)
+        self.disc = PatchDiscriminator(cfg.disc).to(device)
+        self.objective = VQGANLoss(cfg.loss, perceptual).to(device)
+        o = cfg.optim
+        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr or o.lr, betas=o.betas,
+                                       weight_decay=o.weight_decay)
+        self.step = 0
+        self.history: dict[str, list[float]] = {}
+
+    def state_dict(self) -> dict:
+        from t2i.checkpoints.diffusers_folder import _t2i_version
+
+        return {"kind": "t2i-train-vqgan", "t2i_version": _t2i_version(), "config": to_dict(self.cfg),
+                "step": self.step, "losses": self.history.get("loss", []), "history": self.history,
+                "modules": {"vqgan": self.model.state_dict(), "disc": self.disc.state_dict()},
+                "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["modules"]["vqgan"], strict=True)
+        self.disc.load_state_dict(state["modules"]["disc"], strict=True)
+        self.opt_g.load_state_dict(state["optimizers"]["g"])
+        self.opt_d.load_state_dict(state["optimizers"]["d"])
+        self.step = state["step"]
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+    def record(self, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        cfg, o = self.cfg, self.cfg.optim
+        lr = lr_at(o, self.step)
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        for group in self.opt_d.param_groups:
+            group["lr"] = lr * (o.disc_lr or o.lr) / o.lr
+        disc_on = self.objective.disc_active(self.step)
+        # generator: the discriminator is only a fixed critic here, so it gathers no gradients
+        self.disc.requires_grad_(False)
+        out = self.model(x)
+        loss, logs = self.objective.generator_loss(self.model, out, x, self.disc if disc_on else None, self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"vqgan: loss became {loss.item()} at step {self.step}; "
+                                     f"lower the learning rate or check the data")
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        self.opt_g.step()
+        # discriminator: same batch, the reconstructions as the fakes
+        self.disc.requires_grad_(True)
+        if disc_on:
+            d_loss, d_logs = self.objective.discriminator_loss(self.disc, x, out.recon)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.disc.parameters(), o.grad_clip)
+            self.opt_d.step()
+            logs.update(d_logs)
+        self.step += 1
+        return logs
+
+
+def _log(run: _Run, every: int) -> None:
+    parts = []
+    for key, values in run.history.items():
+        recent = values[-every:]
+        parts.append(f"{key} {sum(recent) / len(recent):.4f}")
+    print(f"[vqgan] step {run.step}/{run.cfg.optim.steps} " + " ".join(parts), file=sys.stderr, flush=True)
+
+
+def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False, stop_after: int | None = None,
+                perceptual=None, device: str | None = None) -> VQGAN:
+    """Train the first stage; `stop_after` steps (tests: a simulated crash) leaves the run
+    unfinished; `perceptual` is an optional distance network (see t2i.models.vqgan)."""
+    if cfg.optim.ema_decay:
+        raise ValueError("the vqgan recipe keeps no EMA of the weights: set optim.ema_decay to 0")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, outdir / "config.yaml")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = _Run(cfg, dev, perceptual)
+    checkpoint = outdir / "vqgan.ckpt"
+    if resume and checkpoint.is_file():
+        run.load_state_dict(torch.load(checkpoint, map_location=dev, weights_only=True))
+    images = load_image_source(cfg.data, cfg.model.resolution, cache_dir=outdir / "cache").images
+    o = cfg.optim
+    last = o.steps if stop_after is None else min(o.steps, run.step + stop_after)
+    run.model.train()
+    run.disc.train()
+    while run.step < last:
+        generator = step_generator(cfg.seed, run.step)
+        idx = torch.randint(0, len(images), (o.batch_size,), generator=generator)
+        batch = images[idx]
+        if o.crop:
+            batch = _random_crops(batch, o.crop, generator)
+        run.record(run.train_step(_to_model_range(batch).to(dev)))
+        if o.log_every and run.step % o.log_every == 0:
+            _log(run, o.log_every)
+        if o.checkpoint_every and run.step % o.checkpoint_every == 0:
+            save_atomic(run.state_dict(), checkpoint)
+    save_atomic(run.state_dict(), checkpoint)
+    model = run.model.eval().requires_grad_(False)
+    if run.step < o.steps:
+        return model
+    model.save(outdir / "vqgan.safetensors")
+    report = evaluate_first_stage(model, images[:cfg.report_images])
+    (outdir / "vqgan_report.json").write_text(json.dumps(report, indent=2))
+    print(f"[vqgan] codebook usage {report['codebook_used']:.1%} of {model.num_codes} codes, perplexity "
+          f"{report['perplexity']:.1f}, reconstruction L1 {report['recon_l1']:.4f}", file=sys.stderr)
+    return model
+
+
+@torch.no_grad()
+def evaluate_first_stage(model: VQGAN, images_uint8: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Reconstruction L1 (in [-1, 1] units) and codebook usage on (N, H, W, 3) uint8 images."""
+    device = next(model.parameters()).device
+    x = _to_model_range(images_uint8)
+    l1 = sum((model(x[i:i + batch_size].to(device)).recon.cpu() - x[i:i + batch_size]).abs().sum().item()
+             for i in range(0, len(x), batch_size)) / x.numel()
+    used, perplexity = codebook_usage(model, x, batch_size)
+    return {"recon_l1": l1, "codebook_used": used, "perplexity": perplexity, "images": len(x)}
