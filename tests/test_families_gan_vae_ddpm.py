@@ -258,9 +258,9 @@ def test_class_labels_from_shapes_captions_and_folders(tmp_path):
 
 # -------------------------------------------------------------------------------- training
 def _train(family, tmp_path, steps, **kw):
-    from t2i.train.ddpm import DDPMOptimConfig, DDPMTrainConfig, train_ddpm
-    from t2i.train.gan import GANOptimConfig, GANTrainConfig, train_gan
-    from t2i.train.vae import VAEOptimConfig, VAETrainConfig, train_vae
+    from t2i.training.ddpm import DDPMOptimConfig, DDPMTrainConfig, train_ddpm
+    from t2i.training.gan import GANOptimConfig, GANTrainConfig, train_gan
+    from t2i.training.vae import VAEOptimConfig, VAETrainConfig, train_vae
 
     common = dict(steps=steps, batch_size=8, log_every=0, checkpoint_every=3)
     if family == "gan":
@@ -319,7 +319,7 @@ def test_resume_equals_no_interruption(family, tmp_path):
 def test_shipped_configs_parse(family):
     from pathlib import Path
 
-    from t2i.train.registry import load_training_config
+    from t2i.training.registry import load_training_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for path in (root / f"shapes-{family}.yaml", root / f"tiny-{family}.yaml"):

@@ -6,9 +6,9 @@ import torch
 
 from t2i.models.ar import CodeTransformer, generate_images
 from t2i.models.vqgan import VQGAN, DiscriminatorConfig, VQGANConfig, VQGANLossConfig
-from t2i.train.ar import AROptimConfig, ARTrainConfig, train_ar
-from t2i.train.ldm import DataConfig
-from t2i.train.vqgan import VQGANOptimConfig, VQGANTrainConfig, train_vqgan
+from t2i.training.ar import AROptimConfig, ARTrainConfig, train_ar
+from t2i.training.ldm import DataConfig
+from t2i.training.vqgan import VQGANOptimConfig, VQGANTrainConfig, train_vqgan
 
 
 def tiny_vqgan_train(steps=6, disc_start=3):
@@ -79,7 +79,7 @@ def test_ar_recipe_text_conditional_with_exact_resume(tmp_path, first_stage):
 
 def test_ar_recipe_class_conditional_uses_single_object_scenes(tmp_path, first_stage):
     from t2i.data.shapes import ShapesDataset
-    from t2i.train.ar import class_labels
+    from t2i.training.ar import class_labels
 
     model = train_ar(tiny_ar_train(first_stage / "vqgan.safetensors", "class", steps=2), tmp_path)
     assert len(model.config.class_names) == 24 and model.config.class_names[0] == "red circle"
@@ -105,7 +105,7 @@ def test_ar_recipe_refuses_mismatched_config(tmp_path, first_stage):
 def test_registry_knows_the_families():
     from pathlib import Path
 
-    from t2i.train.registry import load_training_config
+    from t2i.training.registry import load_training_config
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     family, cfg, _ = load_training_config(configs / "shapes-vqgan.yaml")

@@ -1,7 +1,7 @@
 import torch
 
 from conftest import tiny_ldm_config
-from t2i.train.ldm import DataConfig, LDMTrainConfig, UNetStageConfig, VAEStageConfig, train_ldm
+from t2i.training.ldm import DataConfig, LDMTrainConfig, UNetStageConfig, VAEStageConfig, train_ldm
 
 
 def tiny_train_config(vae_steps=6, unet_steps=6, lr=1e-3):
@@ -48,7 +48,7 @@ def test_same_seed_same_weights(tmp_path):
 
 
 def test_checkpoint_embeds_config_and_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
-    from t2i.train import trainer
+    from t2i.training import trainer
 
     cfg = tiny_train_config(vae_steps=2, unet_steps=2)
     train_ldm(cfg, tmp_path)
@@ -80,3 +80,10 @@ def test_periodic_sample_grids(tmp_path):
     grids = sorted((tmp_path / "samples").glob("step-*.png"))
     assert [g.name for g in grids] == ["step-000002.png", "step-000004.png"]
     assert Image.open(grids[0]).size == (4 * 32, 2 * 32)
+
+
+def test_public_train_function_survives_importing_the_training_package(tmp_path):
+    import t2i
+    import t2i.training.ldm  # noqa: F401  (a subpackage import must not shadow t2i.train)
+
+    assert callable(t2i.train)

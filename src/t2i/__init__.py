@@ -39,7 +39,7 @@ def generate(prompt: str = "", *, model=None, callback=None, **params) -> list:
 def train(config, outdir, *, resume: bool = False):
     """Train from a YAML path (its `family:` key picks the recipe; default ldm) or a typed
     training config (an LDMTrainConfig, ...); returns the trained model."""
-    from t2i.train.registry import RECIPES, load_training_config
+    from t2i.training.registry import RECIPES, load_training_config
 
     if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
         _, cfg, train_fn = load_training_config(config)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from t2i.pipelines.txt2img import Txt2ImgParams
+from t2i.interfaces.cli_images import add_image_commands
 from t2i.pipelines.params import add_cli_arguments
 
 EXIT_USER_ERROR = 2
@@ -22,7 +23,8 @@ def _generate_parser(sub) -> None:
                                    "model (trained on the built-in `shapes` dataset) is used.")
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (or use --from-file)")
     p.add_argument("--from-file", type=Path, help="a text file with one prompt per line")
-    p.add_argument("--model", type=Path, help="model folder (default: the bundled shapes model)")
+    p.add_argument("--model", type=Path, help="a t2i or diffusers model folder, or a Stable Diffusion "
+                   ".safetensors/.ckpt file (default: the bundled shapes model)")
     p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="where images go (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "full"), default="auto",
                    help="auto: fastest correct precision for the device; full: float32 everywhere")
@@ -56,7 +58,10 @@ def _run_generate(args) -> None:
     from t2i.pipelines.txt2img import resolve_params, txt2img
     from t2i.runtime import Runtime
 
+    from t2i.interfaces.cli_images import imply_enable_hr
+
     prompts = _read_prompts(args)
+    imply_enable_hr(args)  # --hr-scale and friends switch the hires fix on
     params = from_cli(Txt2ImgParams, args, prompt=prompts[0])
     validate(params)
     runtime = Runtime.auto(args.precision, args.device, args.threads)
@@ -139,7 +144,7 @@ def _train_parser(sub) -> None:
 def _run_train(args) -> None:
     import torch
 
-    from t2i.train.registry import load_training_config
+    from t2i.training.registry import load_training_config
 
     family, cfg, train_fn = load_training_config(args.config)
     if args.threads:
@@ -148,7 +153,76 @@ def _run_train(args) -> None:
         raise ValueError(f"{args.outdir} already holds checkpoints; pass --resume to continue or choose another --outdir")
     print(f"training {family} model from {args.config} into {args.outdir}", file=sys.stderr)
     train_fn(cfg, args.outdir, resume=args.resume)
-    print(args.outdir / "model")
+    one_file = args.outdir / "model.safetensors"  # GAN / VAE / DDPM runs; LDM runs write a folder
+    print(one_file if one_file.is_file() else args.outdir / "model")
+
+
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="sample a grid from a GAN, VAE or pixel DDPM (model file or run folder)")
+    p.add_argument("model", type=Path, help="a model .safetensors file or a training run folder")
+    p.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    p.add_argument("-o", "--output", type=Path, default=Path("grid.png"), help="grid image (default: %(default)s)")
+    p.add_argument("--class", dest="class_name", help="class name (conditional models; default: cycle through all)")
+    p.add_argument("--width", type=int, help="image width (DDPM: any multiple of its size step, larger than trained too)")
+    p.add_argument("--height", type=int, help="image height")
+    p.add_argument("--sampler", help="DDPM only: DDPM (ancestral), DDIM (default) or another sampler name")
+    p.add_argument("--steps", type=int, help="DDPM only: sampling steps (default: all for DDPM, 50 otherwise)")
+    p.add_argument("--eta", type=float, help="DDPM only: DDIM's eta (0: deterministic)")
+    p.add_argument("--guidance-scale", type=float, help="DDPM only: classifier-free guidance for a class")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args) -> None:
+    import torch
+
+    from t2i.metadata import build_infotext, write_png
+    from t2i.outputs import make_grid
+    from t2i.pipelines.families import load_family_model, sample_family
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_family_model(args.model, args.device)
+    images = sample_family(loaded, args.n, args.seed, args.class_name, args.width, args.height,
+                           sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
+    info = build_infotext(args.class_name or "", "", {
+        "Steps": args.steps, "Sampler": args.sampler, "CFG scale": args.guidance_scale, "Seed": args.seed,
+        "Size": images[0].size, "Model": loaded.name, "Family": loaded.family, "Eta": args.eta})
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    print(write_png(make_grid(images), args.output, info))
+
+
+def _interpolate_parser(sub) -> None:
+    p = sub.add_parser("interpolate", help="a strip of frames between two images through a VAE's latent space")
+    p.add_argument("model", type=Path, help="a VAE .safetensors file or its training run folder")
+    p.add_argument("image_a", type=Path)
+    p.add_argument("image_b", type=Path)
+    p.add_argument("--n", type=int, default=8, help="frames, both ends included (default: %(default)s)")
+    p.add_argument("-o", "--output", type=Path, default=Path("strip.png"), help="(default: %(default)s)")
+    p.set_defaults(run=_run_interpolate)
+
+
+def _run_interpolate(args) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from t2i.metadata import write_png
+    from t2i.outputs import make_grid
+    from t2i.pipelines.families import interpolate_family, load_family_model
+
+    images = []
+    for path in (args.image_a, args.image_b):
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+    loaded = load_family_model(args.model)
+    frames = interpolate_family(loaded, images[0], images[1], args.n)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    info = f"t2i interpolate: {args.image_a.name} -> {args.image_b.name}, {args.n} frames, model {loaded.name}"
+    print(write_png(make_grid(frames, cols=len(frames)), args.output, info))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     _png_info_parser(sub)
     _data_parser(sub)
     _train_parser(sub)
+    add_image_commands(sub)  # img2img, inpaint, outpaint (cli_images.py)
+    _sample_parser(sub)
+    _interpolate_parser(sub)
     return parser
 
 

@@ -22,7 +22,8 @@ def imply_enable_hr(args) -> None:
 
 
 def _common(p, command: str) -> None:
-    p.add_argument("--model", type=Path, help="model folder (default: the bundled shapes model)")
+    p.add_argument("--model", type=Path, help="a t2i or diffusers model folder, or a Stable Diffusion "
+                   ".safetensors/.ckpt file (default: the bundled shapes model)")
     p.add_argument("--outdir", type=Path, default=Path(f"outputs/{command}"), help="where images go (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "full"), default="auto",
                    help="auto: fastest correct precision for the device; full: float32 everywhere")

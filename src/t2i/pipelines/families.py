@@ -19,21 +19,21 @@ from t2i.checkpoints.family_file import MODEL_FILE, read_metadata
 
 def _gan():
     from t2i.models import gan
-    from t2i.train.gan import model_from_checkpoint
+    from t2i.training.gan import model_from_checkpoint
 
     return gan.GAN, gan.sample, model_from_checkpoint
 
 
 def _vae():
     from t2i.models import vae
-    from t2i.train.vae import model_from_checkpoint
+    from t2i.training.vae import model_from_checkpoint
 
     return vae.ConvVAE, vae.sample, model_from_checkpoint
 
 
 def _ddpm():
     from t2i.models import ddpm
-    from t2i.train.ddpm import model_from_checkpoint
+    from t2i.training.ddpm import model_from_checkpoint
 
     return ddpm.PixelDDPM, ddpm.sample, model_from_checkpoint
 

@@ -24,8 +24,8 @@ from t2i.config import save_yaml, to_dict
 from t2i.data.images import load_image_source
 from t2i.models.vqgan import (VQGAN, DiscriminatorConfig, PatchDiscriminator, VQGANConfig, VQGANLoss,
                               VQGANLossConfig, codebook_usage)
-from t2i.train.ldm import DataConfig, _random_crops, _to_model_range
-from t2i.train.trainer import OptimConfig, lr_at, save_atomic, step_generator
+from t2i.training.ldm import DataConfig, _random_crops, _to_model_range
+from t2i.training.trainer import OptimConfig, lr_at, save_atomic, step_generator
 
 
 @dataclass

@@ -14,37 +14,37 @@ from t2i.config import ConfigError, from_dict
 
 
 def _ldm():
-    from t2i.train.ldm import LDMTrainConfig, train_ldm
+    from t2i.training.ldm import LDMTrainConfig, train_ldm
 
     return LDMTrainConfig, train_ldm
 
 
 def _gan():
-    from t2i.train.gan import GANTrainConfig, train_gan
+    from t2i.training.gan import GANTrainConfig, train_gan
 
     return GANTrainConfig, train_gan
 
 
 def _vae():
-    from t2i.train.vae import VAETrainConfig, train_vae
+    from t2i.training.vae import VAETrainConfig, train_vae
 
     return VAETrainConfig, train_vae
 
 
 def _ddpm():
-    from t2i.train.ddpm import DDPMTrainConfig, train_ddpm
+    from t2i.training.ddpm import DDPMTrainConfig, train_ddpm
 
     return DDPMTrainConfig, train_ddpm
 
 
 def _vqgan():
-    from t2i.train.vqgan import VQGANTrainConfig, train_vqgan
+    from t2i.training.vqgan import VQGANTrainConfig, train_vqgan
 
     return VQGANTrainConfig, train_vqgan
 
 
 def _ar():
-    from t2i.train.ar import ARTrainConfig, train_ar
+    from t2i.training.ar import ARTrainConfig, train_ar
 
     return ARTrainConfig, train_ar
 

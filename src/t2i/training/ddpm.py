@@ -14,8 +14,8 @@ import torch
 
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.ddpm import DDPMConfig, PixelDDPM, sample
-from t2i.train.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
-from t2i.train.trainer import OptimConfig, Trainer
+from t2i.training.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
+from t2i.training.trainer import OptimConfig, Trainer
 
 FAMILY = "ddpm"
 

@@ -18,7 +18,7 @@ from t2i.config import save_yaml, to_dict
 from t2i.data.images import ImageSource, load_image_source
 from t2i.models.ldm import LatentDiffusion, LDMConfig
 from t2i.models.text import tokenize
-from t2i.train.trainer import OptimConfig, Trainer
+from t2i.training.trainer import OptimConfig, Trainer
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.gan import GAN, LOSSES, GANConfig, d_loss, g_loss, r1_penalty, sample
-from t2i.train.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
-from t2i.train.trainer import EMA, OptimConfig, lr_at, save_atomic, step_generator
+from t2i.training.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
+from t2i.training.trainer import EMA, OptimConfig, lr_at, save_atomic, step_generator
 
 FAMILY = "gan"
 

@@ -2,7 +2,7 @@
 
 Needs a trained first stage (`first_stage:`, the vqgan.safetensors of a `family: vqgan` run).
 Every training image is encoded once into its code grid (cached in outdir/codes.pt, keyed by
-the first stage's hash), then `t2i.train.trainer.Trainer` fits the transformer by next-code
+the first stage's hash), then `t2i.training.trainer.Trainer` fits the transformer by next-code
 cross-entropy. Conditions per `model.conditioning`:
 - none:  every image;
 - class: shapes: colour × shape of single-object scenes (24 classes; two-object scenes are left
@@ -28,8 +28,8 @@ from t2i.config import save_yaml, to_dict
 from t2i.data.images import ImageSource, load_image_source
 from t2i.models.ar import ARConfig, CodeTransformer
 from t2i.models.vqgan import VQGAN
-from t2i.train.ldm import DataConfig, _to_model_range
-from t2i.train.trainer import OptimConfig, Trainer
+from t2i.training.ldm import DataConfig, _to_model_range
+from t2i.training.trainer import OptimConfig, Trainer
 
 
 @dataclass
