@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from t2i.checkpoints.diffusers_folder import WEIGHTS, ModelLoadError
+from t2i.checkpoints.diffusers_folder import T2I_CONFIG, WEIGHTS, ModelLoadError
 from t2i.runtime import Runtime
 
 DEFAULT_MODEL_NAME = "t2i-shapes-ldm"
@@ -37,7 +37,8 @@ class LoadedModel:
 
 
 def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -> LoadedModel:
-    """Load a t2i model folder (default: the bundled model) onto the runtime's device and dtype."""
+    """Load a t2i model folder (default: the bundled model), a Stable Diffusion single file
+    (.safetensors, .ckpt) or a diffusers folder onto the runtime's device and dtype."""
     from t2i.models.ldm import LatentDiffusion
 
     runtime = runtime or Runtime.auto()
@@ -46,9 +47,11 @@ def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -
         hint = "" if path else " (the bundled default model is missing: reinstall t2i)"
         raise ModelLoadError(f"model {folder} not found{hint}; expected a folder saved by t2i "
                              f"(model_index.json, t2i_config.json, unet/, vae/, text_encoder/, tokenizer/)")
-    if folder.is_file():
-        raise ModelLoadError(f"{folder} is a file; this version of t2i loads model folders saved by t2i "
-                             f"(diffusers layout with t2i_config.json)")
+    if folder.is_file() or not (folder / T2I_CONFIG).is_file():
+        # a Stable Diffusion single file (.safetensors, .ckpt) or a plain diffusers folder
+        from t2i.checkpoints.single_file import load_user_model
+
+        return load_user_model(folder, runtime)
     model = LatentDiffusion.from_pretrained(folder, dtype=runtime.dtype).to(runtime.device)
     name = DEFAULT_MODEL_NAME if path is None else folder.name
     return LoadedModel(model, name, file_hash(folder / "unet" / WEIGHTS["unet"]), folder, runtime)

@@ -1,0 +1,114 @@
+"""Stable Diffusion 1.x / 2.x / SDXL models loaded from users' files, behind the same small
+interface as t2i's own LatentDiffusion, so every pipeline runs them unchanged:
+
+    model.encode_prompts(["a cat"])   # (B, T, D) text context for the UNet
+    model.unet, model.vae, model.tokenizer, model.text_encoder
+    model.decode_latents(z)           # scaled latents -> images in [-1, 1]
+    model.scheduler_config()          # the DDPM training schedule as diffusers scheduler kwargs
+
+The parts are diffusers / transformers modules; building them from files lives in
+t2i.checkpoints.single_file (models never do I/O).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from t2i.models.text import tokenize
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+@dataclass
+class SDModelConfig:
+    family: str = "sd1"  # sd1 | sd2 | sdxl
+    resolution: int = 512  # the training resolution: default width and height
+    prediction_type: str = "epsilon"  # or "v_prediction" (SD 2.x 768 models)
+    scaling_factor: float = 0.18215  # latents * scaling_factor have unit variance (SDXL: 0.13025)
+    clip_skip: int = 1  # the web UI's "Clip skip": 1 = last text encoder layer, 2 = the one before, ...
+    inpainting: bool = False  # 9-channel UNet input: latents + mask + masked-image latents
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.clip_skip < 1:
+            raise ValueError(f"clip_skip must be >= 1 (1 = last layer), got {self.clip_skip}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _final_layer_norm(text_encoder) -> nn.Module:
+    inner = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattens CLIPTextModel
+    return inner.final_layer_norm
+
+
+class StableDiffusionModel(nn.Module):
+    """The parts of a Stable Diffusion checkpoint plus what the file itself cannot say."""
+
+    def __init__(self, config: SDModelConfig, *, tokenizer, text_encoder, unet, vae, scheduler_config: dict,
+                 tokenizer_2=None, text_encoder_2=None, notes: tuple[str, ...] = ()):
+        super().__init__()
+        if (config.family == "sdxl") != (text_encoder_2 is not None):
+            raise ValueError("SDXL models need text_encoder_2 and tokenizer_2; SD 1.x/2.x models have one encoder")
+        self.config = config
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
+        self.unet, self.vae = unet, vae
+        self._scheduler_config = {**scheduler_config, "prediction_type": config.prediction_type}
+        self.notes = tuple(notes)  # what loading assumed, for the user (e.g. epsilon vs v for SD 2.x)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def scheduler_config(self) -> dict:
+        return dict(self._scheduler_config)
+
+    def _hidden(self, tokenizer, text_encoder, prompts: list[str], skip: int):
+        """(hidden states `skip` layers from the end (1 = last), encoder output)."""
+        ids = tokenize(tokenizer, prompts).to(self.device)
+        out = text_encoder(ids, output_hidden_states=skip > 1)
+        return (out.last_hidden_state if skip == 1 else out.hidden_states[-skip]), out
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B, T, D) text context as the original models condition on it.
+
+        SD 1.x/2.x: the encoder's last layer (SD 2.x's file already ends at OpenCLIP's penultimate
+        layer); clip skip N takes hidden states N layers from the end through the final layer norm,
+        as the web UI does. SDXL: both encoders' penultimate hidden states, concatenated."""
+        if self.config.family == "sdxl":
+            return self.encode_prompts_sdxl(prompts)[0]
+        skip = self.config.clip_skip
+        hidden, _ = self._hidden(self.tokenizer, self.text_encoder, prompts, skip)
+        return hidden if skip == 1 else _final_layer_norm(self.text_encoder)(hidden)
+
+    def encode_prompts_sdxl(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL: ((B, T, 768 + 1280) context, (B, 1280) pooled projection of the second encoder)."""
+        if self.config.family != "sdxl":
+            raise ValueError(f"encode_prompts_sdxl needs an SDXL model, this one is {self.config.family}")
+        skip = self.config.clip_skip + 1  # SDXL's default is already the penultimate layer
+        first, _ = self._hidden(self.tokenizer, self.text_encoder, prompts, skip)
+        second, out = self._hidden(self.tokenizer_2, self.text_encoder_2, prompts, skip)
+        return torch.cat([first, second], dim=-1), out.text_embeds
+
+    def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
+        dist = self.vae.encode(images).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        return self.vae.decode(latents / self.config.scaling_factor).sample
+
