@@ -6,7 +6,6 @@ on the CLIP text model's last hidden states, the real CLIP tokenizer, a DDPM noi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,7 +130,22 @@ def build_unet(config: LDMConfig):
     )
 
 
-class LatentDiffusion(nn.Module):
+class VAELatents:
+    """Images <-> scaled latents through `self.vae` and `self.config.scaling_factor`; shared by
+    t2i's own models and the Stable Diffusion adapter (t2i.models.sd)."""
+
+    def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
+        dist = self.vae.encode(images).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        return self.vae.decode(latents / self.config.scaling_factor).sample
+
+
+class LatentDiffusion(VAELatents, nn.Module):
     """The four parts of a Stable Diffusion model plus the config they were built from."""
 
     def __init__(self, config: LDMConfig, tokenizer=None, text_encoder=None, unet=None, vae=None):
@@ -159,16 +173,6 @@ class LatentDiffusion(nn.Module):
         ids = tokenize(self.tokenizer, prompts).to(self.device)
         return self.text_encoder(ids).last_hidden_state
 
-    def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
-        """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
-        dist = self.vae.encode(images).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
-        return z * self.config.scaling_factor
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]."""
-        return self.vae.decode(latents / self.config.scaling_factor).sample
-
     def scheduler_config(self) -> dict:
         return self.config.schedule.to_diffusers()
 
@@ -185,6 +189,3 @@ class LatentDiffusion(nn.Module):
 
         return load_ldm_folder(cls, Path(directory), dtype)
 
-
-def config_to_json(config: LDMConfig) -> str:
-    return json.dumps(config.to_dict(), indent=2)

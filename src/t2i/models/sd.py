@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from t2i.models.ldm import VAELatents
 from t2i.models.text import tokenize
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -45,7 +46,7 @@ def _final_layer_norm(text_encoder) -> nn.Module:
     return inner.final_layer_norm
 
 
-class StableDiffusionModel(nn.Module):
+class StableDiffusionModel(VAELatents, nn.Module):
     """The parts of a Stable Diffusion checkpoint plus what the file itself cannot say."""
 
     def __init__(self, config: SDModelConfig, *, tokenizer, text_encoder, unet, vae, scheduler_config: dict,
@@ -102,13 +103,4 @@ class StableDiffusionModel(nn.Module):
         second, out = self._hidden(self.tokenizer_2, self.text_encoder_2, prompts, skip)
         return torch.cat([first, second], dim=-1), out.text_embeds
 
-    def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
-        """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
-        dist = self.vae.encode(images).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
-        return z * self.config.scaling_factor
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]."""
-        return self.vae.decode(latents / self.config.scaling_factor).sample
 
