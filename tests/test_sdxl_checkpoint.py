@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from t2i.checkpoints.convert import save_single_file, text_name
-from t2i.checkpoints.diffusers_folder import ModelLoadError
 from t2i.checkpoints.single_file import load_single_file, load_user_model
 from t2i.runtime import Runtime
 
@@ -95,7 +94,8 @@ def test_sdxl_text_conditioning_matches_diffusers(sdxl):
     assert torch.allclose(context, expected, atol=1e-6) and torch.allclose(pooled, expected_pooled, atol=1e-6)
 
 
-def test_sdxl_generation_is_refused_clearly(sdxl):
+def test_sdxl_loads_for_generation(sdxl):
+    """Generation itself is checked against diffusers in tests/test_sd_anchor.py."""
     _, folder, path = sdxl
-    with pytest.raises(ModelLoadError, match="SDXL generation is not yet supported"):
-        load_user_model(path, Runtime.auto("full", "cpu"), config_dir=folder)
+    loaded = load_user_model(path, Runtime.auto("full", "cpu"), config_dir=folder)
+    assert loaded.model.config.family == "sdxl" and loaded.name == "tiny-xl" and len(loaded.hash) == 10

@@ -67,6 +67,11 @@ def test_ar_recipe_text_conditional_with_exact_resume(tmp_path, first_stage):
     cfg = tiny_ar_train(first_stage / "vqgan.safetensors")
     straight = train_ar(cfg, tmp_path / "a")
     train_ar(cfg, tmp_path / "b", stop_after=3)
+    from t2i.pipelines.families import load_family_model, sample_family
+
+    mid = load_family_model(tmp_path / "b")  # unfinished: the checkpoint's EMA weights, the config's first stage
+    assert mid.family == "ar" and mid.path.name == "ar.ckpt"
+    assert sample_family(mid, 1, 0, prompt="a red circle", top_k=4)[0].size == (16, 16)
     resumed = train_ar(cfg, tmp_path / "b", resume=True)
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,24 +13,42 @@ __version__ = "0.1.0"
 __all__ = ["load", "generate", "train", "__version__"]
 
 
-def load(model=None, *, precision: str = "auto", device: str | None = None):
-    """Load a model folder (None: the bundled default) -> a LoadedModel for `generate`."""
+def load(model=None, *, precision: str = "auto", device: str | None = None, vae=None, lora_dirs=None,
+         embedding_dirs=None):
+    """Load a model folder or file (None: the bundled default) -> a LoadedModel for `generate`.
+    `vae`: a separate VAE file or folder; `lora_dirs` / `embedding_dirs`: where `<lora:name>` tags
+    and embedding names in prompts are looked up (default: loras/ and models/Lora/, embeddings/
+    and models/embeddings/ in the working directory)."""
     from t2i.checkpoints.registry import load_model
+    from t2i.extra_networks.library import configure_extra_networks
     from t2i.runtime import Runtime
 
-    return load_model(model, Runtime.auto(precision, device))
+    loaded = load_model(model, Runtime.auto(precision, device))
+    configure_extra_networks(loaded, vae=vae, lora_dirs=lora_dirs, embedding_dirs=embedding_dirs)
+    return loaded
 
 
-def generate(prompt: str = "", *, model=None, callback=None, **params) -> list:
+def generate(prompt: str = "", *, model=None, callback=None, styles=None, styles_file=None, progress=None,
+             control=None, **params) -> list:
     """Generate images for `prompt`; `params` are the fields of Txt2ImgParams (negative_prompt,
-    steps, cfg_scale, sampler, scheduler, eta, seed, width, height, batch_size, n_iter).
+    steps, cfg_scale, sampler, scheduler, eta, seed, width, height, batch_size, n_iter, and
+    loras={"name or path": weight} besides the prompt's `<lora:name:weight>` tags).
     `model` is a LoadedModel from `load`, a model folder, or None for the bundled model.
+    `styles` names styles of `styles_file` (a web-UI styles CSV; default: ./styles.csv) to apply.
+    `progress(p)` gets a t2i.pipelines.progress.Progress after every step (step, total, ETA,
+    `p.preview()`); `control`, a GenerationControl, interrupts the run or skips a batch.
     Returns a list of PIL images, each carrying its infotext in `image.info["parameters"]`."""
     from t2i.checkpoints.registry import LoadedModel
     from t2i.pipelines.txt2img import Txt2ImgParams, txt2img
 
     loaded = model if isinstance(model, LoadedModel) else load(model)
-    result = txt2img(loaded, Txt2ImgParams(prompt=prompt, **params), callback=callback)
+    request = Txt2ImgParams(prompt=prompt, **params)
+    if styles:
+        from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles
+
+        path = styles_file or default_styles_file()
+        request = apply_styles(request, styles, load_styles(path) if path else None)
+    result = txt2img(loaded, request, callback=callback, progress=progress, control=control)
     for image, info in zip(result.images, result.infotexts):
         image.info["parameters"] = info
     return result.images

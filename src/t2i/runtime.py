@@ -1,38 +1,143 @@
-"""Where and how models run: device, dtype and CPU threads, chosen by the caller.
+"""Where and how models run: device, dtypes, memory layout and CPU threads, chosen by the caller.
 
 Nothing probes hardware at import; `Runtime.auto()` is called by the front ends (CLI, API) and
-reports what it chose so a user can see it.
+`describe()` reports what it chose so a user can see it.
+
+The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast path"):
+- CUDA: bfloat16 where the GPU has it, else float16 (diffusers' SDPA attention either way).
+- A CPU with native bf16 matmuls (AVX512-BF16 or AMX): bfloat16 UNet and VAE in channels_last.
+  On such a CPU bf16 doubles the matmul peak, and oneDNN's bf16 convolutions are fast only in
+  NHWC (bf16 in NCHW gains nothing; fp32 in NHWC is slower). The text encoder stays float32: it
+  runs once per prompt, so bf16 would only cost accuracy. The scheduler math stays float32
+  (t2i.diffusion.sampling casts to the model dtype for each UNet call only).
+- Any other CPU: float32 (bf16 without native support is emulated, ~100x slower than fp32).
+- A small UNet (t2i's own bundled model) stays float32 on every CPU: its small convolutions
+  are bound by per-op overhead, not by the matmul peak that bf16 raises (see `for_model`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "full")
+# A UNet with fewer parameters than this runs in float32 on a CPU even where bf16 is native.
+# t2i's bundled model has 4.1 M; Stable Diffusion UNets have 860 M (SD 1.x/2.x) to 2.6 G (SDXL).
+SMALL_UNET_PARAMS = 50_000_000
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):  # x86: the same for every core
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_native_bf16() -> str | None:
+    """The CPU feature that makes bf16 matmuls fast here ("amx_bf16", "avx512_bf16"), or None.
+
+    Asks torch's own CPU probe (cpuinfo, the same check its kernels dispatch on) and, should those
+    private helpers move, the kernel's /proc/cpuinfo flags."""
+    probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for feature, probe_name in probes:
+        probe = getattr(torch.cpu, probe_name, None)
+        try:
+            if probe is not None and probe():
+                return feature
+        except Exception:  # a probe that fails says nothing either way; fall back to the flags
+            pass
+    flags = _cpuinfo_flags()
+    return next((feature for feature, _ in probes if feature in flags), None)
 
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # UNet and VAE weights and compute
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    channels_last: bool = False  # UNet and VAE in NHWC memory format
+    text_dtype: torch.dtype | None = None  # text encoder(s); None: same as dtype
+    small_unet_dtype: torch.dtype | None = None  # dtype for a UNet below SMALL_UNET_PARAMS; None: dtype
+    reason: str = ""  # why this choice, for describe()
+    # What the caller asked for, kept by for_model so that the next model gets its own choice
+    requested: "Runtime | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def auto(cls, precision: str = "auto", device: str | None = None, threads: int | None = None) -> "Runtime":
-        """`full`: float32 anywhere. `auto`: half precision on CUDA; float32 on a CPU (t2i's own
-        small models are dispatch-bound there, where bf16 gains nothing)."""
+        """`full`: float32 anywhere. `auto`: the fastest correct settings for the device (see the
+        module docstring); the final choice for a model is `for_model(model)`."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float32
-        if precision == "auto" and dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return cls(dev, dtype, threads)
+        if precision == "full":
+            return cls(dev, torch.float32, threads, reason="--precision full")
+        if dev.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+            return cls(dev, torch.bfloat16 if bf16 else torch.float16, threads,
+                       reason="GPU supports bf16" if bf16 else "GPU without bf16")
+        if dev.type == "cpu":
+            feature = cpu_native_bf16()
+            if feature is not None:
+                return cls(dev, torch.bfloat16, threads, channels_last=True, text_dtype=torch.float32,
+                           small_unet_dtype=torch.float32, reason=f"CPU has {feature}")
+            return cls(dev, torch.float32, threads, reason="CPU without native bf16")
+        return cls(dev, torch.float32, threads, reason=f"{dev.type}: float32")
+
+    def for_model(self, model) -> "Runtime":
+        """The settings for this model (anything with a `.unet`): a UNet below SMALL_UNET_PARAMS
+        takes `small_unet_dtype` without channels_last. Idempotent; the result remembers the
+        request, so passing it to another load decides afresh for that model."""
+        base = self.requested or self
+        unet = getattr(model, "unet", None)
+        if base.small_unet_dtype is None or unet is None:
+            return replace(base, requested=base)
+        n = sum(p.numel() for p in unet.parameters())
+        if n >= SMALL_UNET_PARAMS:
+            return replace(base, requested=base)
+        return replace(base, dtype=base.small_unet_dtype, channels_last=False, text_dtype=None, requested=base,
+                       reason=f"{base.reason}, but a small UNet ({n / 1e6:.1f} M parameters) is faster in float32")
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype to read weights into; `place` casts the UNet and VAE from there."""
+        return self.text_dtype or self.dtype
+
+    def place(self, model):
+        """Move `model` (a LatentDiffusion or StableDiffusionModel) to the device, the UNet and VAE
+        to `dtype` (and channels_last), the text encoders to `text_dtype`. Returns `model`."""
+        model.to(self.device)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        for name in ("unet", "vae"):
+            module = getattr(model, name, None)
+            if module is None:
+                continue
+            dtype = self.dtype
+            if name == "vae" and dtype == torch.float16 and getattr(module.config, "force_upcast", False):
+                dtype = torch.float32  # as diffusers does: SD VAEs overflow float16 while decoding
+            # nn.Module.to, not diffusers' override of it: that one warns on every dtype cast
+            # (about fp32-only modules, even when a model has none); t2i models are never quantized
+            # or offloaded, which is all else the override handles
+            torch.nn.Module.to(module, dtype=dtype, memory_format=layout)
+        for name in ("text_encoder", "text_encoder_2"):
+            module = getattr(model, name, None)
+            if module is not None:
+                module.to(self.text_dtype or self.dtype)
+        return model
 
     def apply_threads(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
 
     def describe(self) -> str:
-        return f"{self.device.type}, {str(self.dtype).removeprefix('torch.')}"
+        name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
+        text = f"{self.device.type}, {name(self.dtype)}"
+        if self.channels_last:
+            text += " channels_last"
+        if self.text_dtype not in (None, self.dtype):
+            text += f", text encoder {name(self.text_dtype)}"
+        return f"{text} ({self.reason})" if self.reason else text

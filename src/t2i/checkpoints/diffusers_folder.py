@@ -79,6 +79,8 @@ def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) ->
             sub.mkdir()
             state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous()
                      for k, v in module.state_dict().items()}
+            if name == "text_encoder":  # transformers 5 drops `text_model.`; older readers need it
+                state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
             save_file(state, str(sub / WEIGHTS[name]), metadata={"format": "pt"})
             if name == "text_encoder":
                 module.config.save_pretrained(str(sub))
@@ -136,9 +138,12 @@ def load_ldm_folder(cls, directory: Path, dtype: torch.dtype = torch.float32):
             state = load_file(str(path))
         except Exception as err:  # safetensors raises several types for corrupt files
             raise ModelLoadError(f"cannot read {path}: {err}") from err
+        if name == "text_encoder":  # written with `text_model.` (older t2i: without); the module has none
+            state = {k.removeprefix("text_model."): v for k, v in state.items()}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ModelLoadError(f"{path} does not match the config in {meta_path}: {err}") from err
-        module.to(dtype).eval().requires_grad_(False)
+        # nn.Module.to: diffusers' override warns on every dtype cast, even for models without fp32-only modules
+        torch.nn.Module.to(module, dtype).eval().requires_grad_(False)
     return cls(config, tokenizer=tokenizer, **parts)

@@ -34,6 +34,9 @@ class LoadedModel:
     hash: str
     path: Path
     runtime: Runtime
+    # LoRA / embedding folders, a separate VAE and their caches (t2i.extra_networks.ExtraNetworks);
+    # None: the default folders, made on first use
+    extra_networks: object = None
 
 
 def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -> LoadedModel:
@@ -47,11 +50,19 @@ def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -
         hint = "" if path else " (the bundled default model is missing: reinstall t2i)"
         raise ModelLoadError(f"model {folder} not found{hint}; expected a folder saved by t2i "
                              f"(model_index.json, t2i_config.json, unet/, vae/, text_encoder/, tokenizer/)")
+    if folder.is_file():
+        from t2i.checkpoints.embedded import load_embedded_model
+
+        loaded = load_embedded_model(folder, runtime)  # a single file t2i wrote with its configs inside
+        if loaded is not None:
+            return loaded
     if folder.is_file() or not (folder / T2I_CONFIG).is_file():
         # a Stable Diffusion single file (.safetensors, .ckpt) or a plain diffusers folder
         from t2i.checkpoints.single_file import load_user_model
 
         return load_user_model(folder, runtime)
-    model = LatentDiffusion.from_pretrained(folder, dtype=runtime.dtype).to(runtime.device)
+    model = LatentDiffusion.from_pretrained(folder, dtype=runtime.load_dtype)
+    runtime = runtime.for_model(model)  # the final precision and layout depend on the model's size
+    runtime.place(model)
     name = DEFAULT_MODEL_NAME if path is None else folder.name
     return LoadedModel(model, name, file_hash(folder / "unet" / WEIGHTS["unet"]), folder, runtime)

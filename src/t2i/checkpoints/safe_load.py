@@ -43,13 +43,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     a missing, corrupt, truncated or unsafe file.
     """
     path = Path(path)
+    return _tensors_only(load_weights_object(path), path)
+
+
+def load_weights_object(path: str | Path) -> object:
+    """What a weights file holds, as stored (a safetensors file: {name: tensor}; a pickle: nested
+    dicts, lists, strings, numbers and tensors, as textual-inversion `.pt` files are), on the CPU.
+    Same safety and errors as `load_state_dict_file`."""
+    path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint file {path} does not exist")
     if path.stat().st_size < 8:
         raise ModelLoadError(f"{path} is empty or truncated ({path.stat().st_size} bytes); it is not a checkpoint")
-    kind = sniff_format(path)
-    state = _load_safetensors(path) if kind == "safetensors" else _load_pickle(path)
-    return _tensors_only(state, path)
+    return _load_safetensors(path) if sniff_format(path) == "safetensors" else _load_pickle(path)
 
 
 def sniff_format(path: Path) -> str:

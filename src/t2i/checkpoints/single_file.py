@@ -289,7 +289,7 @@ def load_user_model(path: str | Path, runtime, *, config_dir: str | Path | None 
     from t2i.checkpoints.registry import LoadedModel, file_hash
 
     path = Path(path)
-    options = {"prediction_type": prediction_type, "dtype": runtime.dtype, "clip_skip": clip_skip}
+    options = {"prediction_type": prediction_type, "dtype": runtime.load_dtype, "clip_skip": clip_skip}
     if path.is_file():
         model = load_single_file(path, config_dir=config_dir, **options)
         hashed, name = path, path.stem
@@ -299,13 +299,8 @@ def load_user_model(path: str | Path, runtime, *, config_dir: str | Path | None 
     else:
         raise ModelLoadError(f"{path} is neither a model file (.safetensors, .ckpt) nor a model folder "
                              f"(model_index.json with unet/, vae/, text_encoder/, tokenizer/)")
-    if model.config.family == "sdxl":
-        # Loading (detection, both text encoders, strict weights) works; sampling does not yet pass
-        # SDXL's pooled text embedding and size/crop ids to the UNet, so stop here, clearly.
-        raise ModelLoadError(f"{path} is an SDXL base model: it loads, but SDXL generation is not yet supported "
-                             f"by t2i (it needs pooled text embeddings and size conditioning in the sampler); "
-                             f"use an SD 1.x or 2.x model")
     for note in model.notes:
         logging.getLogger("t2i").warning("%s: %s", path.name, note)
-    return LoadedModel(model.to(runtime.device), name, file_hash(hashed), path, runtime)
+    runtime = runtime.for_model(model)  # the final precision and layout depend on the model's size
+    return LoadedModel(runtime.place(model), name, file_hash(hashed), path, runtime)
 

@@ -35,6 +35,7 @@ class LabelledImages:
     images: torch.Tensor  # (N, H, W, 3) uint8
     labels: torch.Tensor | None  # (N,) int64 indices into class_names; None when unlabelled
     class_names: tuple[str, ...]
+    captions: list[str]  # one per image (text-conditional models)
 
 
 SHAPES_CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
@@ -67,7 +68,7 @@ def folder_classes(folder: str | Path) -> list[str]:
 def load_labelled_images(cfg: ImageDataConfig, resolution: int, cache_dir: Path | None = None) -> LabelledImages:
     source = load_image_source(cfg, resolution, cache_dir=cache_dir)
     if not cfg.classes:
-        return LabelledImages(source.images, None, ())
+        return LabelledImages(source.images, None, (), list(source.captions))
     if cfg.name == "folder":
         names = folder_classes(cfg.folder)
         if len(names) != len(source.images):  # the folder changed between the two listings
@@ -77,14 +78,14 @@ def load_labelled_images(cfg: ImageDataConfig, resolution: int, cache_dir: Path 
             raise ValueError(f"{cfg.folder} has only the class {class_names}; class-conditional training "
                              f"needs at least two sub-directories")
         labels = torch.tensor([class_names.index(n) for n in names])
-        return LabelledImages(source.images, labels, class_names)
+        return LabelledImages(source.images, labels, class_names, list(source.captions))
     classes = [shapes_class(c) for c in source.captions]
     keep = [i for i, c in enumerate(classes) if c is not None]
     if not keep:
         raise ValueError("no single-object scenes in the data; lower data.p_two for class-conditional training")
     labels = torch.tensor([SHAPES_CLASSES.index(classes[i]) for i in keep])
     images = source.images if len(keep) == len(classes) else source.images[torch.tensor(keep)]
-    return LabelledImages(images, labels, SHAPES_CLASSES)
+    return LabelledImages(images, labels, SHAPES_CLASSES, [source.captions[i] for i in keep])
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ base `CFGDenoiser` path: no extra work per step.
 from __future__ import annotations
 
 from bisect import bisect_left
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,8 @@ class TokenChunk:
 
     ids: tuple[int, ...]  # (chunk_length + 2,)
     weights: tuple[float, ...]  # (chunk_length + 2,) 1.0 at BOS, EOS and padding
+    # textual-inversion embeddings: (index in ids of the first of its vectors, embedding name)
+    fixes: tuple[tuple[int, str], ...] = ()
 
 
 def chunk_length_for(tokenizer, text_encoder=None) -> int:
@@ -79,12 +82,14 @@ def chunk_length_for(tokenizer, text_encoder=None) -> int:
 
 
 def chunk_tokens(tokenizer, pieces: list[tuple[str, float]], *, comma_backtrack: int = COMMA_BACKTRACK,
-                 chunk_length: int | None = None) -> list[TokenChunk]:
+                 chunk_length: int | None = None, embeddings=None) -> list[TokenChunk]:
     """Tokenize `parse_attention` output into chunks of `chunk_length` tokens (default
     model_max_length − 2), each with BOS, EOS and padding; ("BREAK", -1.0) closes a chunk.
 
     Always at least one chunk (an empty prompt is BOS, EOS, padding). The layout equals the
     tokenizer's own `padding="max_length"` output for a prompt that fits in one chunk.
+    `embeddings` (an EmbeddingMatcher): a textual-inversion name becomes its N vectors'
+    placeholders, which count toward the chunk and never straddle two chunks (as in the web UI).
     """
     size = chunk_length or chunk_length_for(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -96,21 +101,27 @@ def chunk_tokens(tokenizer, pieces: list[tuple[str, float]], *, comma_backtrack:
     chunks: list[TokenChunk] = []
     ids: list[int] = []
     weights: list[float] = []
+    fixes: list[tuple[int, str]] = []  # (index in `ids`, embedding name) of the current chunk
     last_comma = -1  # index in `ids` of the last comma of the current chunk
 
     def close() -> None:
         nonlocal last_comma
         n_pad = size - len(ids)
-        chunks.append(TokenChunk(tuple([bos, *ids, eos] + [pad] * n_pad), tuple([1.0, *weights, 1.0] + [1.0] * n_pad)))
+        chunks.append(TokenChunk(tuple([bos, *ids, eos] + [pad] * n_pad), tuple([1.0, *weights, 1.0] + [1.0] * n_pad),
+                                 tuple((1 + at, name) for at, name in fixes)))  # 1 +: after BOS
         ids.clear()
         weights.clear()
+        fixes.clear()
         last_comma = -1
 
     for (text, weight), tokens in zip(pieces, piece_ids):
         if text == "BREAK" and weight == BREAK_WEIGHT:
             close()
             continue
-        for token in tokens:
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            found = embeddings.match(tokens, i) if embeddings is not None else None
             if token == comma:
                 last_comma = len(ids)
             elif len(ids) == size and last_comma != -1 and len(ids) - last_comma <= comma_backtrack:
@@ -118,14 +129,30 @@ def chunk_tokens(tokenizer, pieces: list[tuple[str, float]], *, comma_backtrack:
                 # that a phrase is not cut in two between chunks.
                 cut = last_comma + 1
                 moved_ids, moved_weights = ids[cut:], weights[cut:]
+                moved_fixes = [(at - cut, name) for at, name in fixes if at >= cut]
                 del ids[cut:], weights[cut:]
+                fixes[:] = [(at, name) for at, name in fixes if at < cut]
                 close()
                 ids.extend(moved_ids)
                 weights.extend(moved_weights)
+                fixes.extend(moved_fixes)
             if len(ids) == size:
                 close()
-            ids.append(token)
-            weights.append(weight)
+            if found is None:
+                ids.append(token)
+                weights.append(weight)
+                i += 1
+                continue
+            embedding, name_tokens = found
+            if embedding.count > size:
+                raise ValueError(f"embedding {embedding.name!r} has {embedding.count} vectors, more than the {size} "
+                                 f"tokens of a prompt chunk; it cannot be used with this model")
+            if len(ids) + embedding.count > size:
+                close()
+            fixes.append((len(ids), embedding.name))
+            ids.extend([embeddings.placeholder] * embedding.count)
+            weights.extend([weight] * embedding.count)
+            i += name_tokens
     if ids or not chunks:
         close()
     return chunks
@@ -146,22 +173,58 @@ def apply_weights(z: Tensor, weights: Tensor) -> Tensor:
 class PromptEncoder:
     """Text → (1, n_chunks · (chunk_length + 2), D) hidden states, cached per text."""
 
-    def __init__(self, tokenizer, text_encoder, *, comma_backtrack: int = COMMA_BACKTRACK):
+    def __init__(self, tokenizer, text_encoder, *, comma_backtrack: int = COMMA_BACKTRACK, clip_skip: int = 1):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.comma_backtrack = int(comma_backtrack)
+        self.clip_skip = int(clip_skip)  # the web UI's "Clip skip" (see t2i.models.text.text_hidden_states)
         self.chunk_length = chunk_length_for(tokenizer, text_encoder)
         self._cache: dict[str, Tensor] = {}
+        self.embeddings: dict = {}  # textual-inversion embeddings by name (see use_embeddings)
+        self._matcher = None
+
+    # SDXL zeroes an empty negative prompt instead of encoding "" (see t2i.diffusion.sdxl)
+    zero_empty_negative = False
 
     @classmethod
-    def from_model(cls, model, **kwargs) -> "PromptEncoder":
-        """For a LatentDiffusion (anything with `.tokenizer` and `.text_encoder`)."""
-        return cls(model.tokenizer, model.text_encoder, **kwargs)
+    def from_model(cls, model, *, embeddings=None, **kwargs) -> "PromptEncoder":
+        """For a LatentDiffusion (anything with `.tokenizer` and `.text_encoder`); an SDXL model
+        (a second text encoder) gets the SDXLPromptEncoder. `clip_skip` defaults to the model's
+        config (1 where it has none). `embeddings`: textual-inversion embeddings prompts may name."""
+        kwargs.setdefault("clip_skip", getattr(getattr(model, "config", None), "clip_skip", 1))
+        if cls is PromptEncoder and getattr(model, "text_encoder_2", None) is not None:
+            from t2i.diffusion.sdxl import SDXLPromptEncoder
+
+            encoder = SDXLPromptEncoder.from_model(model, **kwargs)
+        else:
+            encoder = cls(model.tokenizer, model.text_encoder, **kwargs)
+        return encoder.use_embeddings(embeddings) if embeddings else encoder
+
+    def use_embeddings(self, embeddings) -> "PromptEncoder":
+        """Let prompts name these textual-inversion embeddings (t2i.extra_networks.embeddings);
+        set before the first encoding, since encodings are cached per text."""
+        from t2i.extra_networks.embeddings import EmbeddingMatcher
+
+        if self._cache:
+            raise RuntimeError("set embeddings before encoding any text with this PromptEncoder")
+        embeddings = list(embeddings or ())
+        self.embeddings = {e.name: e for e in embeddings}
+        self._matcher = EmbeddingMatcher(embeddings, self.tokenizer) if embeddings else None
+        return self
+
+    def placing_embeddings(self, text_encoder, chunks: list[TokenChunk]):
+        """Context in which `text_encoder` sees the chunks' embedding vectors at their positions."""
+        if self._matcher is None:
+            return nullcontext()
+        from t2i.extra_networks.embeddings import placing_embeddings
+
+        return placing_embeddings(text_encoder, chunks, self.embeddings)
 
     def chunks(self, text: str) -> list[TokenChunk]:
         """The token chunks of one text: attention weights and BREAK apply; AND and [..] do not."""
         pieces = parse_attention(text) if has_syntax(text) else [(text, 1.0)]
-        return chunk_tokens(self.tokenizer, pieces, comma_backtrack=self.comma_backtrack, chunk_length=self.chunk_length)
+        return chunk_tokens(self.tokenizer, pieces, comma_backtrack=self.comma_backtrack, chunk_length=self.chunk_length,
+                            embeddings=self._matcher)
 
     def encode(self, text: str) -> Tensor:
         """(1, T, D) hidden states of one text (one AND part at one step), encoded once."""
@@ -170,6 +233,10 @@ class PromptEncoder:
             z = self._cache[text] = self._encode(self.chunks(text))
         return z
 
+    def pooled(self, text: str) -> Tensor | None:
+        """(1, P) pooled text embedding, for models conditioned on one besides the context (SDXL)."""
+        return None
+
     @property
     def empty(self) -> Tensor:
         """(1, L, D) the empty prompt: what pads an unconditional context to a conditional one."""
@@ -177,9 +244,12 @@ class PromptEncoder:
 
     @torch.no_grad()
     def _encode(self, chunks: list[TokenChunk]) -> Tensor:
+        from t2i.models.text import text_hidden_states  # imports transformers: not at CLI start-up
+
         device = _device_dtype(self.text_encoder)[0]
         ids = torch.tensor([chunk.ids for chunk in chunks], device=device)  # (n, L)
-        z = self.text_encoder(ids).last_hidden_state  # (n, L, D)
+        with self.placing_embeddings(self.text_encoder, chunks):
+            z = text_hidden_states(self.text_encoder, ids, self.clip_skip)  # (n, L, D)
         weights = torch.tensor([chunk.weights for chunk in chunks])  # (n, L)
         if (weights != 1.0).any():  # all-1 weights leave the states bit-identical
             z = apply_weights(z, weights)
@@ -246,6 +316,8 @@ class PromptConditioning:
         if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
             raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
         self.steps = steps
+        # an all-empty negative prompt is zeros for models trained that way (SDXL), as the web UI does
+        self.zeroed = not composable and encoder.zero_empty_negative and all(p == "" for p in self.prompts)
         self.parts = [_split(prompt, composable) for prompt in self.prompts]
         self.static = all(text.static for parts in self.parts for text, _ in parts)
         # simple: one part of weight 1 per prompt, i.e. plain classifier-free guidance
@@ -265,6 +337,16 @@ class PromptConditioning:
                 for variant in text.texts(total if total is not None else self.steps):
                     self.encoder.encode(variant)
 
+    def context(self, text: str) -> Tensor:
+        """(1, T, D) hidden states of one of these prompts' texts."""
+        z = self.encoder.encode(text)
+        return torch.zeros_like(z) if self.zeroed else z
+
+    def pooled(self, text: str) -> Tensor | None:
+        """(1, P) pooled embedding of one of these prompts' texts, or None (models without one)."""
+        p = self.encoder.pooled(text)
+        return torch.zeros_like(p) if self.zeroed and p is not None else p
+
     def texts_at(self, step: int, total: int | None = None) -> tuple:
         """Per prompt, per part: (text, weight) at 0-based `step`; hashable, to key caches."""
         total = total if total is not None else self.steps
@@ -272,7 +354,7 @@ class PromptConditioning:
 
     def at_step(self, step: int, total: int | None = None) -> list[list[tuple[Tensor, float]]]:
         """Per prompt, per part: (hidden states (1, T, D), weight) at 0-based `step`."""
-        return [[(self.encoder.encode(text), weight) for text, weight in parts] for parts in self.texts_at(step, total)]
+        return [[(self.context(text), weight) for text, weight in parts] for parts in self.texts_at(step, total)]
 
     def denoiser(self, unet, uncond: "PromptConditioning | None", cfg_scale: float, batch_size: int,
                  steps: int | None = None) -> "PromptDenoiser":
@@ -340,28 +422,29 @@ class PromptDenoiser(CFGDenoiser):
         self.part_weights = torch.tensor([w for _, w in image_parts]).view(-1, 1, 1, 1)  # (R, 1, 1, 1)
         rows = list(range(batch_size)) + [b for b, _ in image_parts] if self.guided else [b for b, _ in image_parts]
         self.rows = torch.tensor(rows, device=self.device)  # image of each UNet batch row
-        self._per_step: dict[int, list[Tensor]] = {}  # total -> the context of each step
+        self._per_step: dict[int, list[tuple]] = {}  # total -> the (context, pooled) of each step
         self.context = None
+        self.pooled: Tensor | None = None  # (rows, P) pooled text embeddings (SDXL), row for row with context
         if self.static or steps is not None:
             self.begin_step(0, steps)
 
     def begin_step(self, step: int, total: int | None) -> None:
         if self.static:
             if self.context is None:
-                self.context = self._build_context(*self._key_at(0, None))
+                self.context, self.pooled = self._build_context(*self._key_at(0, None))
             return  # a prompt without schedules: nothing to do per step
         contexts = self._per_step.get(total)
         if contexts is None:  # first step of a run: every step's context, each distinct one built once
             contexts = self._per_step[total] = self._contexts_for(total)
-        self.context = contexts[min(step, len(contexts) - 1)]
+        self.context, self.pooled = contexts[min(step, len(contexts) - 1)]
 
     def _key_at(self, step: int, total: int | None) -> tuple:
         return self.cond.texts_at(step, total), self.uncond.texts_at(step, total) if self.uncond is not None else None
 
-    def _contexts_for(self, total: int | None) -> list[Tensor]:
+    def _contexts_for(self, total: int | None) -> list[tuple]:
         if total is None:
             raise ValueError("this prompt changes over the steps: give the number of model evaluations")
-        built: dict[tuple, Tensor] = {}
+        built: dict[tuple, tuple] = {}
         contexts = []
         for step in range(total):
             key = self._key_at(step, total)
@@ -370,19 +453,33 @@ class PromptDenoiser(CFGDenoiser):
             contexts.append(built[key])
         return contexts
 
-    def _build_context(self, cond_texts: tuple, uncond_texts: tuple | None) -> Tensor:
-        """(B + R or R, T, D): uncond of each image, then each part of each image."""
-        encode = self.cond.encoder.encode
+    def _build_context(self, cond_texts: tuple, uncond_texts: tuple | None) -> tuple[Tensor, Tensor | None]:
+        """(context (B + R or R, T, D), pooled (B + R or R, P) or None): uncond of each image,
+        then each part of each image."""
         per_image = lambda texts, b: texts[b if len(texts) > 1 else 0]  # noqa: E731
-        cond = _pad_repeat_last([encode(text) for b in range(self.batch_size) for text, _ in per_image(cond_texts, b)])
+        cond_rows = [text for b in range(self.batch_size) for text, _ in per_image(cond_texts, b)]
+        cond = _pad_repeat_last([self.cond.context(text) for text in cond_rows])
+        pooled = self._pooled_rows(self.cond, cond_rows)
         if uncond_texts is None:
-            return cond.to(self.device, self.dtype)
-        encode_u = self.uncond.encoder.encode
-        uncond = _pad_repeat_last([encode_u(per_image(uncond_texts, b)[0][0]) for b in range(self.batch_size)])
+            return cond.to(self.device, self.dtype), pooled
+        uncond_rows = [per_image(uncond_texts, b)[0][0] for b in range(self.batch_size)]
+        uncond = _pad_repeat_last([self.uncond.context(text) for text in uncond_rows])
         length = max(cond.shape[1], uncond.shape[1])
         cond = _pad_with_empty(cond, length, self.cond.encoder.empty)
         uncond = _pad_with_empty(uncond, length, self.uncond.encoder.empty)
-        return torch.cat([uncond, cond]).to(self.device, self.dtype)
+        if pooled is not None:
+            pooled = torch.cat([self._pooled_rows(self.uncond, uncond_rows), pooled])
+        return torch.cat([uncond, cond]).to(self.device, self.dtype), pooled
+
+    def _pooled_rows(self, conditioning: PromptConditioning, texts: list[str]) -> Tensor | None:
+        vectors = [conditioning.pooled(text) for text in texts]
+        return None if vectors[0] is None else torch.cat(vectors).to(self.device, self.dtype)
+
+    def unet_kwargs(self, x: Tensor) -> dict:
+        """SDXL: the pooled embeddings and size conditioning of the current rows (x: the UNet input)."""
+        if self.pooled is None:
+            return {}
+        return {"added_cond_kwargs": self.cond.encoder.unet_conditions(self.pooled, tuple(x.shape[-2:]))}
 
     def combine_parts(self, uncond_out: Tensor, cond_out: Tensor) -> Tensor:
         """uncond + cfg · Σ_i w_i (cond_i − uncond), the sum over each image's parts."""
@@ -398,6 +495,6 @@ class PromptDenoiser(CFGDenoiser):
         if self.simple:
             return super().__call__(x, t)
         x_in = x.to(self.device, self.dtype)[self.rows]  # (B + R, C, H, W)
-        out = self.unet(x_in, t.to(self.device), encoder_hidden_states=self.context).sample
+        out = self.unet(x_in, t.to(self.device), encoder_hidden_states=self.context, **self.unet_kwargs(x_in)).sample
         out = out.to(x.device, torch.float32)
         return self.combine_parts(out[: self.batch_size], out[self.batch_size:])

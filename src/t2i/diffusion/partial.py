@@ -76,6 +76,31 @@ def inpainting_conditioning(model, images: Tensor, repaint: Tensor) -> Tensor:
     return torch.cat([mask.to(latents.device), latents], dim=1)
 
 
+INPAINTING_UNET_CHANNELS = 9  # latents + 1 mask channel + masked-image latents
+
+
+def is_inpainting_unet(unet) -> bool:
+    return getattr(getattr(unet, "config", None), "in_channels", None) == INPAINTING_UNET_CHANNELS
+
+
+@torch.no_grad()
+def repaint_all_conditioning(model, batch_size: int, height: int, width: int) -> Tensor:
+    """(B, 5, h, w) inpainting conditioning with nothing to keep, for `height` x `width` images:
+    a mask of ones and the latents of a mid-grey image, as the web UI gives inpainting models in
+    txt2img (and the hires fix's second pass)."""
+    grey = torch.zeros(1, 3, height, width)  # mid grey: 0.5 in [0, 1] is 0 in [-1, 1]
+    extra = inpainting_conditioning(model, grey, torch.ones(1, 1, height, width))
+    return extra.expand(batch_size, -1, -1, -1)
+
+
+def txt2img_unet(model, batch_size: int, height: int, width: int) -> nn.Module:
+    """The UNet that txt2img samples: the model's own, or a 9-channel inpainting UNet with its
+    repaint-everything conditioning attached."""
+    if not is_inpainting_unet(model.unet):
+        return model.unet
+    return ConcatChannels(model.unet, repaint_all_conditioning(model, batch_size, height, width))
+
+
 @torch.no_grad()
 def sample_partial(
     model: Denoiser,
@@ -90,6 +115,7 @@ def sample_partial(
     callback: StepCallback | None = None,
     device: torch.device | str | None = None,
     keep: Tensor | None = None,
+    step_options: dict | None = None,
 ) -> Tensor:
     """Denoise `init_latents` (B, C, h, w) with `noise` (B, C, h, w) over round(strength * steps)
     steps of the `steps`-step schedule; returns float32 latents (B, C, h, w).
@@ -97,6 +123,7 @@ def sample_partial(
     keep: optional (B or 1, 1, h, w) mask in [0, 1], 1 = keep the init latents there (inpainting
         with an ordinary model; leave None for 9-channel UNets, which see the mask themselves).
     callback(i, total, latents) runs after each model evaluation; "interrupt" stops early.
+    step_options: extra `scheduler.step` kwargs (s_churn, ...), passed where accepted.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -116,7 +143,7 @@ def sample_partial(
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     if keep is not None:
         keep = keep.to(device, torch.float32)
-    step_kwargs = _step_kwargs(scheduler, generators, eta)
+    step_kwargs = _step_kwargs(scheduler, generators, eta, step_options)
     total = len(timesteps)
     # Prompt schedules count from the run's first step over the whole schedule's length, as the
     # web UI does for img2img (so [a:b:0.5] at strength 0.5 never reaches b).

@@ -198,3 +198,10 @@ def make_scheduler(sampler: str, schedule_type: str | None, base_config: dict):
         raise RuntimeError(f"{cls.__name__} does not accept {rejected} (sampler {sampler!r}, schedule {effective!r})")
     kwargs = {k: v for k, v in base_config.items() if k in accepted}
     return cls(**{**kwargs, **extra})
+
+
+def step_accepts(sampler: str, name: str) -> bool:
+    """Whether `sampler`'s scheduler takes the `scheduler.step` kwarg `name` (eta for DDIM;
+    s_churn, s_tmin, s_tmax, s_noise for Euler): a setting it does not take changes nothing."""
+    sampler, _ = resolve_sampler(sampler)
+    return name in inspect.signature(scheduler_class(sampler).step).parameters

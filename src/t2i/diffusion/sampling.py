@@ -77,11 +77,15 @@ class CFGDenoiser:
     def combine(self, uncond_out: Tensor, cond_out: Tensor) -> Tensor:
         return cfg_combine(uncond_out, cond_out, self.cfg_scale)
 
+    def unet_kwargs(self, x: Tensor) -> dict:
+        """Extra UNet keyword arguments for the batch `x` (SDXL's added conditions); none here."""
+        return {}
+
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         x_in = x.to(self.device, self.dtype)
         if self.guided:
             x_in = torch.cat([x_in, x_in])  # (2B, C, H, W)
-        out = self.unet(x_in, t.to(self.device), encoder_hidden_states=self.context).sample
+        out = self.unet(x_in, t.to(self.device), encoder_hidden_states=self.context, **self.unet_kwargs(x_in)).sample
         out = out.to(x.device, torch.float32)
         if not self.guided:
             return out
@@ -100,14 +104,17 @@ def _batched(context: Tensor, batch_size: int, what: str) -> Tensor:
     raise ValueError(f"{what} has batch {context.shape[0]} but the noise has {batch_size} images; give 1 or {batch_size}")
 
 
-def _step_kwargs(scheduler, generators: list[torch.Generator] | None, eta: float) -> dict:
-    """Extra `scheduler.step` kwargs, computed once: generators and eta only where accepted."""
+def _step_kwargs(scheduler, generators: list[torch.Generator] | None, eta: float,
+                 step_options: dict | None = None) -> dict:
+    """Extra `scheduler.step` kwargs, computed once: generators, eta and each of `step_options`
+    (e.g. Euler's s_churn, s_tmin, s_tmax, s_noise) only where the scheduler accepts them."""
     params = inspect.signature(scheduler.step).parameters
     kwargs = {"return_dict": False}
     if generators is not None and "generator" in params:
         kwargs["generator"] = list(generators)
     if "eta" in params:
         kwargs["eta"] = float(eta)
+    kwargs.update({k: v for k, v in (step_options or {}).items() if k in params})
     return kwargs
 
 
@@ -122,13 +129,14 @@ def sample_scheduler(
     eta: float = 0.0,
     callback: StepCallback | None = None,
     device: torch.device | str | None = None,
+    step_options: dict | None = None,
 ) -> Tensor:
     """Run `scheduler` for `steps` steps from unit-variance `noise` (B, C, H, W) over any denoiser
     `model(x_scaled, t)`; returns float32 latents (B, C, H, W) on `device`.
 
     `callback(i, total, latents)` runs after each of the `total = len(scheduler.timesteps)` model
     evaluations (2 per step for Heun and DPM2); returning "interrupt" stops and returns the
-    current latents.
+    current latents. `step_options`: extra `scheduler.step` kwargs, passed where accepted.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -138,7 +146,7 @@ def sample_scheduler(
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
     total = len(timesteps)
-    step_kwargs = _step_kwargs(scheduler, generators, eta)
+    step_kwargs = _step_kwargs(scheduler, generators, eta, step_options)
     latents = noise.to(device, torch.float32) * scheduler.init_noise_sigma  # scheduler math stays float32
     begin_step = getattr(model, "begin_step", None)  # optional: per-step conditioning (prompt schedules)
     for i, t in enumerate(timesteps):
@@ -164,6 +172,7 @@ def denoise(
     eta: float = 0.0,
     callback: StepCallback | None = None,
     device: torch.device | str | None = None,
+    step_options: dict | None = None,
 ) -> Tensor:
     """Text-conditioned sampling: latents (B, C, H, W) float32 from `noise` (B, C, H, W).
 
@@ -174,6 +183,8 @@ def denoise(
         AND), which build their own guidance wrapper.
     generators: one CPU generator per image for stochastic schedulers (see `make_generators`).
     eta: DDIM's eta; passed only to schedulers whose step takes it.
+    step_options: other `scheduler.step` kwargs (s_churn, s_tmin, s_tmax, s_noise for Euler),
+        passed only to schedulers whose step takes them.
     device: where the latents and scheduler math live; defaults to the UNet's device.
     """
     if noise.ndim != 4:
@@ -184,5 +195,5 @@ def denoise(
         model = cond.denoiser(unet, uncond, cfg_scale, batch_size=noise.shape[0])
     return sample_scheduler(
         model, scheduler, noise, steps=steps, generators=generators, eta=eta, callback=callback,
-        device=device if device is not None else model.device,
+        device=device if device is not None else model.device, step_options=step_options,
     )

@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from t2i.pipelines.txt2img import Txt2ImgParams
+from t2i.interfaces.cli_extra_networks import add_extra_network_arguments, configure_from_args
 from t2i.interfaces.cli_images import add_image_commands
+from t2i.interfaces.cli_models import add_model_commands
+from t2i.interfaces.cli_scripts import add_script_commands, add_style_arguments, apply_cli_styles
+from t2i.interfaces.cli_families import add_family_commands
+from t2i.interfaces.cli_evaluate import add_evaluate_commands
+from t2i.interfaces.cli_speed import add_speed_arguments, apply_speed_options
 from t2i.pipelines.params import add_cli_arguments
 
 EXIT_USER_ERROR = 2
@@ -31,7 +37,13 @@ def _generate_parser(sub) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--grid", action="store_true", help="also save a grid of each prompt's images")
+    p.add_argument("--infotext", type=Path, metavar="FILE",
+                   help="reproduce an image: every parameter (prompt included) from the infotext of FILE (a "
+                        "PNG/JPEG/WEBP made by t2i or the web UI, or a text file); flags given override it")
     add_cli_arguments(p, Txt2ImgParams, skip=("prompt",))
+    add_style_arguments(p)  # --style, --styles-file (cli_scripts.py)
+    add_extra_network_arguments(p)  # --vae, --lora-dir, --embeddings-dir (cli_extra_networks.py)
+    add_speed_arguments(p)  # --compile, --vae-decoder tiny FILE (cli_speed.py); --attention-slicing, --vae-tiling, --offload (cli_models.py)
     p.set_defaults(run=_run_generate)
 
 
@@ -54,25 +66,40 @@ def _run_generate(args) -> None:
     from t2i.checkpoints.registry import load_model
     from t2i.metadata import write_png
     from t2i.outputs import make_grid, next_image_path
+    from t2i.pipelines.infotext import model_mismatch
     from t2i.pipelines.params import from_cli, validate
     from t2i.pipelines.txt2img import resolve_params, txt2img
     from t2i.runtime import Runtime
 
     from t2i.interfaces.cli_images import imply_enable_hr
+    from t2i.interfaces.cli_progress import ProgressBar
+    from t2i.interfaces.cli_models import apply_memory_from_args, decode_size, load_for_memory
 
-    prompts = _read_prompts(args)
+    settings = _infotext_settings(args)  # None without --infotext
+    base = settings.params if settings is not None else None
+    reuse_prompt = base is not None and args.prompt is None and args.from_file is None
+    prompts = [base.prompt] if reuse_prompt else _read_prompts(args)
     imply_enable_hr(args)  # --hr-scale and friends switch the hires fix on
-    params = from_cli(Txt2ImgParams, args, prompt=prompts[0])
+    params = apply_cli_styles(args, from_cli(Txt2ImgParams, args, base, prompt=prompts[0]))
     validate(params)
     runtime = Runtime.auto(args.precision, args.device, args.threads)
     runtime.apply_threads()
     start = time.perf_counter()
-    loaded = load_model(args.model, runtime)
-    resolve_params(params, loaded)  # fail on bad parameters before any work
-    print(f"model {loaded.name} ({loaded.hash}) on {runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
-          file=sys.stderr)
+    loaded = load_for_memory(args, runtime)  # load_model; into main memory when --offload asks
+    configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir
+    resolved = resolve_params(params, loaded)  # fail on bad parameters before any work
+    memory = apply_memory_from_args(args, loaded, runtime, *decode_size(resolved, loaded.model.vae_scale_factor))
+    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}, {memory.describe()}, "
+          f"loaded in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    apply_speed_options(loaded, args)
+    warning = model_mismatch(settings, loaded) if settings is not None else None
+    if warning:
+        print(warning, file=sys.stderr)
+    bar = ProgressBar()  # per-step tqdm bar with the run's ETA, on a terminal (cli_progress.py)
     for prompt in prompts:
-        result = txt2img(loaded, from_cli(Txt2ImgParams, args, prompt=prompt))
+        result = txt2img(loaded, apply_cli_styles(args, from_cli(Txt2ImgParams, args, base, prompt=prompt)),
+                         progress=bar)
+        bar.close()
         for image, seed, info in zip(result.images, result.seeds, result.infotexts):
             path = write_png(image, next_image_path(args.outdir, seed, prompt), info)
             print(path)
@@ -81,6 +108,18 @@ def _run_generate(args) -> None:
             print(write_png(make_grid(result.images), grid_path, result.infotexts[0]))
         print(f"seed {result.seeds[0]}{'..' + str(result.seeds[-1]) if len(result.seeds) > 1 else ''}: "
               f"{len(result.images)} image(s) for {prompt!r}", file=sys.stderr)
+
+
+def _infotext_settings(args):
+    """The parameters in the --infotext file (None without it); notes the keys t2i cannot apply."""
+    if args.infotext is None:
+        return None
+    from t2i.pipelines.infotext import infotext_from_file, read_settings
+
+    settings = read_settings(infotext_from_file(args.infotext))
+    if settings.ignored:
+        print(f"note: {args.infotext} sets {', '.join(settings.ignored)}, which t2i does not apply", file=sys.stderr)
+    return settings
 
 
 def _png_info_parser(sub) -> None:
@@ -153,76 +192,11 @@ def _run_train(args) -> None:
         raise ValueError(f"{args.outdir} already holds checkpoints; pass --resume to continue or choose another --outdir")
     print(f"training {family} model from {args.config} into {args.outdir}", file=sys.stderr)
     train_fn(cfg, args.outdir, resume=args.resume)
-    one_file = args.outdir / "model.safetensors"  # GAN / VAE / DDPM runs; LDM runs write a folder
-    print(one_file if one_file.is_file() else args.outdir / "model")
-
-
-def _sample_parser(sub) -> None:
-    p = sub.add_parser("sample", help="sample a grid from a GAN, VAE or pixel DDPM (model file or run folder)")
-    p.add_argument("model", type=Path, help="a model .safetensors file or a training run folder")
-    p.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
-    p.add_argument("-o", "--output", type=Path, default=Path("grid.png"), help="grid image (default: %(default)s)")
-    p.add_argument("--class", dest="class_name", help="class name (conditional models; default: cycle through all)")
-    p.add_argument("--width", type=int, help="image width (DDPM: any multiple of its size step, larger than trained too)")
-    p.add_argument("--height", type=int, help="image height")
-    p.add_argument("--sampler", help="DDPM only: DDPM (ancestral), DDIM (default) or another sampler name")
-    p.add_argument("--steps", type=int, help="DDPM only: sampling steps (default: all for DDPM, 50 otherwise)")
-    p.add_argument("--eta", type=float, help="DDPM only: DDIM's eta (0: deterministic)")
-    p.add_argument("--guidance-scale", type=float, help="DDPM only: classifier-free guidance for a class")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.set_defaults(run=_run_sample)
-
-
-def _run_sample(args) -> None:
-    import torch
-
-    from t2i.metadata import build_infotext, write_png
-    from t2i.outputs import make_grid
-    from t2i.pipelines.families import load_family_model, sample_family
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_family_model(args.model, args.device)
-    images = sample_family(loaded, args.n, args.seed, args.class_name, args.width, args.height,
-                           sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale)
-    info = build_infotext(args.class_name or "", "", {
-        "Steps": args.steps, "Sampler": args.sampler, "CFG scale": args.guidance_scale, "Seed": args.seed,
-        "Size": images[0].size, "Model": loaded.name, "Family": loaded.family, "Eta": args.eta})
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    print(write_png(make_grid(images), args.output, info))
-
-
-def _interpolate_parser(sub) -> None:
-    p = sub.add_parser("interpolate", help="a strip of frames between two images through a VAE's latent space")
-    p.add_argument("model", type=Path, help="a VAE .safetensors file or its training run folder")
-    p.add_argument("image_a", type=Path)
-    p.add_argument("image_b", type=Path)
-    p.add_argument("--n", type=int, default=8, help="frames, both ends included (default: %(default)s)")
-    p.add_argument("-o", "--output", type=Path, default=Path("strip.png"), help="(default: %(default)s)")
-    p.set_defaults(run=_run_interpolate)
-
-
-def _run_interpolate(args) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    from t2i.metadata import write_png
-    from t2i.outputs import make_grid
-    from t2i.pipelines.families import interpolate_family, load_family_model
-
-    images = []
-    for path in (args.image_a, args.image_b):
-        try:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-    loaded = load_family_model(args.model)
-    frames = interpolate_family(loaded, images[0], images[1], args.n)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    info = f"t2i interpolate: {args.image_a.name} -> {args.image_b.name}, {args.n} frames, model {loaded.name}"
-    print(write_png(make_grid(frames, cols=len(frames)), args.output, info))
+    # GAN / VAE / DDPM runs write model.safetensors, AR runs ar.safetensors, VQGAN runs
+    # vqgan.safetensors, KL autoencoder runs autoencoder.safetensors; LDM runs write a folder
+    files = [args.outdir / name for name in ("model.safetensors", "ar.safetensors", "vqgan.safetensors",
+                                             "autoencoder.safetensors")]
+    print(next((f for f in files if f.is_file()), args.outdir / "model"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,8 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _train_parser(sub)
     add_image_commands(sub)  # img2img, inpaint, outpaint (cli_images.py)
-    _sample_parser(sub)
-    _interpolate_parser(sub)
+    add_script_commands(sub)  # xyz, prompt-matrix, loopback (cli_scripts.py)
+    add_family_commands(sub)  # sample, interpolate (cli_families.py)
+    add_evaluate_commands(sub)  # evaluate recon (cli_evaluate.py)
+    add_model_commands(sub)  # convert, merge (cli_models.py)
     return parser
 
 

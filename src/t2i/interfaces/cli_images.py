@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from t2i.interfaces.cli_scripts import add_batch_arguments, add_style_arguments
+from t2i.interfaces.cli_extra_networks import add_extra_network_arguments, configure_from_args
 from t2i.pipelines.params import add_cli_arguments
 
 # Hires flags of `t2i generate` that switch the hires fix on by being given.
@@ -29,6 +31,7 @@ def _common(p, command: str) -> None:
                    help="auto: fastest correct precision for the device; full: float32 everywhere")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_extra_network_arguments(p)  # --vae, --lora-dir, --embeddings-dir
 
 
 def add_image_commands(sub) -> None:
@@ -39,11 +42,13 @@ def add_image_commands(sub) -> None:
     p = sub.add_parser("img2img", help="change an image with a prompt (img2img)",
                        description="Generate images starting from IMAGE. --denoising-strength 0 returns it "
                                    "unchanged, 1 ignores it; round(strength x steps) steps run. Width and height "
-                                   "default to IMAGE's size.")
-    p.add_argument("image", type=Path)
+                                   "default to IMAGE's size. With --input-dir, every image of a folder.")
+    p.add_argument("image", type=Path, nargs="?", help="the input image (none with --input-dir)")
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
     _common(p, "img2img")
     add_cli_arguments(p, Img2ImgParams, skip=("prompt",))
+    add_batch_arguments(p)  # --input-dir, --mask-dir (cli_scripts.py)
+    add_style_arguments(p)
     p.set_defaults(run=_run_image_command, params_cls=Img2ImgParams, pipeline="img2img")
 
     p = sub.add_parser("inpaint", help="repaint the white area of a mask",
@@ -55,6 +60,7 @@ def add_image_commands(sub) -> None:
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
     _common(p, "inpaint")
     add_cli_arguments(p, InpaintParams, skip=("prompt",))
+    add_style_arguments(p)
     p.set_defaults(run=_run_image_command, params_cls=InpaintParams, pipeline="inpaint")
 
     p = sub.add_parser("outpaint", help="extend an image's canvas and paint the new area",
@@ -64,6 +70,7 @@ def add_image_commands(sub) -> None:
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
     _common(p, "outpaint")
     add_cli_arguments(p, OutpaintParams, skip=("prompt",))
+    add_style_arguments(p)
     p.set_defaults(run=_run_image_command, params_cls=OutpaintParams, pipeline="outpaint")
 
 
@@ -82,6 +89,7 @@ def _open_image(path: Path):
 
 def _run_image_command(args) -> None:
     from t2i.checkpoints.registry import load_model
+    from t2i.interfaces.cli_progress import ProgressBar
     from t2i.metadata import write_png
     from t2i.outputs import next_image_path
     from t2i.pipelines.inpaint import inpaint
@@ -90,7 +98,13 @@ def _run_image_command(args) -> None:
     from t2i.pipelines.params import from_cli, validate
     from t2i.runtime import Runtime
 
-    params = from_cli(args.params_cls, args, prompt=args.prompt)
+    from t2i.interfaces.cli_scripts import apply_cli_styles, run_img2img_batch
+
+    if getattr(args, "input_dir", None) is not None:
+        return run_img2img_batch(args)
+    if args.image is None:
+        raise ValueError("give an IMAGE, or --input-dir for a folder of images")
+    params = apply_cli_styles(args, from_cli(args.params_cls, args, prompt=args.prompt))
     validate(params)  # fail on bad parameters before loading anything
     image = _open_image(args.image)
     mask = _open_image(args.mask) if args.pipeline == "inpaint" else None
@@ -98,14 +112,16 @@ def _run_image_command(args) -> None:
     runtime.apply_threads()
     start = time.perf_counter()
     loaded = load_model(args.model, runtime)
-    print(f"model {loaded.name} ({loaded.hash}) on {runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
+    configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir
+    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
           file=sys.stderr)
-    if args.pipeline == "img2img":
-        result = img2img(loaded, params, image)
-    elif args.pipeline == "inpaint":
-        result = inpaint(loaded, params, image, mask)
-    else:
-        result = outpaint(loaded, params, image)
+    with ProgressBar() as bar:  # per-step tqdm bar with the run's ETA, on a terminal
+        if args.pipeline == "img2img":
+            result = img2img(loaded, params, image, progress=bar)
+        elif args.pipeline == "inpaint":
+            result = inpaint(loaded, params, image, mask, progress=bar)
+        else:
+            result = outpaint(loaded, params, image, progress=bar)
     for out, seed, info in zip(result.images, result.seeds, result.infotexts):
         print(write_png(out, next_image_path(args.outdir, seed, args.prompt), info))
     print(f"seed {result.seeds[0]}{'..' + str(result.seeds[-1]) if len(result.seeds) > 1 else ''}: "

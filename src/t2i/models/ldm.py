@@ -141,7 +141,11 @@ class VAELatents:
         return z * self.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]."""
+        """Scaled latents -> images in [-1, 1]; through `tiny_decoder` when one is set (a TAESD
+        decoder, which takes the scaled latents as they are: t2i.speedups.use_tiny_decoder)."""
+        tiny = getattr(self, "tiny_decoder", None)
+        if tiny is not None:
+            return tiny(latents)
         return self.vae.decode(latents / self.config.scaling_factor).sample
 
 

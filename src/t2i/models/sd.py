@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from t2i.models.ldm import VAELatents
-from t2i.models.text import tokenize
+from t2i.models.text import final_layer_norm, text_hidden_states, tokenize
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -41,9 +41,7 @@ class SDModelConfig:
         return asdict(self)
 
 
-def _final_layer_norm(text_encoder) -> nn.Module:
-    inner = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattens CLIPTextModel
-    return inner.final_layer_norm
+_final_layer_norm = final_layer_norm  # the one definition lives in t2i.models.text
 
 
 class StableDiffusionModel(VAELatents, nn.Module):
@@ -90,9 +88,8 @@ class StableDiffusionModel(VAELatents, nn.Module):
         as the web UI does. SDXL: both encoders' penultimate hidden states, concatenated."""
         if self.config.family == "sdxl":
             return self.encode_prompts_sdxl(prompts)[0]
-        skip = self.config.clip_skip
-        hidden, _ = self._hidden(self.tokenizer, self.text_encoder, prompts, skip)
-        return hidden if skip == 1 else _final_layer_norm(self.text_encoder)(hidden)
+        ids = tokenize(self.tokenizer, prompts).to(self.device)
+        return text_hidden_states(self.text_encoder, ids, self.config.clip_skip)  # as PromptEncoder does
 
     def encode_prompts_sdxl(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL: ((B, T, 768 + 1280) context, (B, 1280) pooled projection of the second encoder)."""

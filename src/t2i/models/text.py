@@ -73,3 +73,25 @@ def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
     """(B, max_length) ids, padded with EOS and truncated, as Stable Diffusion does."""
     return tokenizer(prompts, padding="max_length", truncation=True,
                      max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+
+def final_layer_norm(text_encoder) -> torch.nn.Module:
+    """The CLIP text model's last LayerNorm (transformers 5 may flatten `text_model`)."""
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
+def text_hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """(B, T, D) what the UNet cross-attends to, with the web UI's "Clip skip".
+
+    clip_skip 1 is the last layer's output (after the final LayerNorm, as SD 1.x trained on);
+    N > 1 takes the hidden states N layers from the end and passes them through the final
+    LayerNorm, as the web UI does (2 = the penultimate layer, NovelAI-style models' setting).
+    """
+    if clip_skip == 1:
+        return text_encoder(ids).last_hidden_state
+    layers = text_encoder.config.num_hidden_layers
+    if not 1 <= clip_skip <= layers:
+        raise ValueError(f"clip skip must be between 1 and {layers} (the text encoder's layers), got {clip_skip}")
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    return final_layer_norm(text_encoder)(hidden)

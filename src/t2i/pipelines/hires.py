@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i.diffusion.noise import variation_noise
-from t2i.diffusion.partial import denoise_partial
+from t2i.diffusion.partial import denoise_partial, is_inpainting_unet, repaint_all_conditioning
 from t2i.diffusion.samplers import make_scheduler
 from t2i.pipelines.imageops import decode, encode, images_to_tensor, resize_image
 from t2i.pipelines.params import ParamError
@@ -90,6 +90,8 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
 def hires_fix(loaded, params, latents: torch.Tensor, seeds: list[int], subseeds: list[int], cond, uncond,
               callback=None) -> list[Image.Image]:
     """Upscale the first pass's latents (B, C, h, w) and refine them: the final images."""
+    from t2i.pipelines.txt2img import step_options  # txt2img imports this module
+
     model = loaded.model
     factor = model.vae_scale_factor
     width, height = hires_size(params, factor)
@@ -107,9 +109,12 @@ def hires_fix(loaded, params, latents: torch.Tensor, seeds: list[int], subseeds:
     noise, generators = variation_noise(seeds, (model.latent_channels, *size), subseeds=subseeds,
                                         subseed_strength=params.subseed_strength)
     scheduler = make_scheduler(params.sampler, params.scheduler, model.scheduler_config())
+    # an inpainting UNet repaints everything here too, as the web UI conditions it
+    extra = repaint_all_conditioning(model, len(seeds), height, width) if is_inpainting_unet(model.unet) else None
     refined = denoise_partial(
-        model.unet, scheduler, init, noise, cond, uncond, cfg_scale=params.cfg_scale,
+        model.unet, scheduler, init, noise, cond, uncond, cfg_scale=params.cfg_scale, extra_channels=extra,
         steps=params.hr_second_pass_steps or params.steps, strength=params.denoising_strength,
         generators=generators, eta=params.eta, callback=callback, device=loaded.runtime.device,
+        step_options=step_options(params),
     )
     return decode(model, refined)

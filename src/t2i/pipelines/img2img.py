@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from t2i.diffusion.conditioning import PromptEncoder
-from t2i.diffusion.partial import denoise_partial, inpainting_conditioning
+from t2i.diffusion.partial import INPAINTING_UNET_CHANNELS, denoise_partial, inpainting_conditioning
 from t2i.diffusion.samplers import make_scheduler
 from t2i.pipelines.imageops import (
     RESIZE_MODES,
@@ -35,6 +35,7 @@ from t2i.pipelines.imageops import (
     snap_size,
 )
 from t2i.pipelines.params import param
+from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 from t2i.pipelines.txt2img import (
     GenerationParams,
     GenerationResult,
@@ -43,10 +44,11 @@ from t2i.pipelines.txt2img import (
     resolve_params,
     seeded_noise,
     seeds_of_batch,
+    step_options,
 )
+from t2i.models.tiling import circular_padding
 
 LATENT_FILLS = ("latent noise", "latent nothing")
-INPAINTING_UNET_CHANNELS = 9  # latents + 1 mask channel + masked-image latents
 
 
 @dataclass
@@ -81,10 +83,11 @@ def img2img_infotext(params: Img2ImgParams) -> dict:
     }
 
 
-def encode_conditioning(model, params: GenerationParams):
-    """(cond, uncond) for the prompt syntax, as txt2img builds them; uncond None without guidance."""
+def encode_conditioning(model, params: GenerationParams, embeddings=None):
+    """(cond, uncond) for the prompt syntax, as txt2img builds them; uncond None without guidance.
+    `embeddings`: the textual inversions the prompts name (t2i.extra_networks)."""
     with torch.no_grad():
-        encoder = PromptEncoder.from_model(model)
+        encoder = PromptEncoder.from_model(model, clip_skip=params.clip_skip, embeddings=embeddings)
         cond = encoder.conditioning(params.prompt)
         uncond = (encoder.conditioning(params.negative_prompt, negative=True)
                   if params.cfg_scale != 1 or cond.needs_uncond else None)
@@ -100,13 +103,15 @@ def make_result(loaded, params: GenerationParams, images: list[Image.Image], see
     return GenerationResult(images, seeds, infotexts, params, subseeds)
 
 
-def img2img(loaded, params: Img2ImgParams, images, callback: StepCallback | None = None) -> GenerationResult:
+def img2img(loaded, params: Img2ImgParams, images, callback: StepCallback | None = None, *,
+            progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
     """Generate `n_iter` batches of `batch_size` images from `images` (one PIL image or a list,
-    image i of the run starting from images[i % len(images)])."""
+    image i of the run starting from images[i % len(images)]). `progress` and `control`: per-step
+    progress events and interrupt / skip, as txt2img (t2i.pipelines.progress)."""
     images = as_image_list(images)
     params = resolve_img2img_params(params, loaded, images[0].size)
     prepared = [resize_image(im.convert("RGB"), params.resize_mode, params.width, params.height) for im in images]
-    out, seeds, subseeds = sample_images(loaded, params, prepared, callback=callback)
+    out, seeds, subseeds = sample_images(loaded, params, prepared, callback=callback, progress=progress, control=control)
     return make_result(loaded, params, out, seeds, subseeds, img2img_infotext(params))
 
 
@@ -120,7 +125,22 @@ def _unet_channels(model) -> int:
 
 def sample_images(loaded, params: GenerationParams, init_images: list[Image.Image],
                   masks: list[Image.Image] | None = None, *, fill: str = "original",
-                  callback: StepCallback | None = None) -> tuple[list[Image.Image], list[int], list[int]]:
+                  callback: StepCallback | None = None, progress: ProgressCallback | None = None,
+                  control: GenerationControl | None = None) -> tuple[list[Image.Image], list[int], list[int]]:
+    """`_sample_images` with tiling (circular padding in the UNet and VAE) and the prompt's
+    extra networks (LoRAs merged, embeddings found; t2i.extra_networks) while it runs."""
+    from t2i.extra_networks.library import activate_extra_networks
+
+    with circular_padding(loaded.model.unet, loaded.model.vae, enabled=params.tiling), \
+            activate_extra_networks(loaded, params) as networks:
+        return _sample_images(loaded, params, init_images, masks, fill=fill, callback=callback,
+                              embeddings=networks.embeddings, progress=progress, control=control)
+
+
+def _sample_images(loaded, params: GenerationParams, init_images: list[Image.Image],
+                   masks: list[Image.Image] | None = None, *, fill: str = "original",
+                   callback: StepCallback | None = None, embeddings=None, progress: ProgressCallback | None = None,
+                   control: GenerationControl | None = None) -> tuple[list[Image.Image], list[int], list[int]]:
     """The sampling core of img2img and inpainting: (images, seeds, subseeds).
 
     init_images: RGB images at params.width x params.height; run image i starts from
@@ -130,6 +150,8 @@ def sample_images(loaded, params: GenerationParams, init_images: list[Image.Imag
     Ordinary UNets keep the unmasked latents by blending at every step; 9-channel inpainting
     UNets get [mask, masked-image latents] as extra input channels instead (a whole-image mask
     without `masks`, as the web UI does for their img2img).
+    A skipped batch (`control.skip()`) is left out of all three lists; an interrupted run ends
+    with the batch under way, decoded as far as it got.
     """
     model = loaded.model
     factor = model.vae_scale_factor
@@ -144,7 +166,7 @@ def sample_images(loaded, params: GenerationParams, init_images: list[Image.Imag
         return results, sum(seeds, []), sum(subseeds, [])
 
     channels = _unet_channels(model)
-    cond, uncond = encode_conditioning(model, params)
+    cond, uncond = encode_conditioning(model, params, embeddings)
     pixels = images_to_tensor(init_images)  # (N, 3, H, W) in [-1, 1]
     # one image at a time, so an image's latents never depend on what else is in the batch
     latents = torch.cat([encode(model, pixels[i:i + 1]) for i in range(len(init_images))])  # (N, C, h, w)
@@ -156,8 +178,12 @@ def sample_images(loaded, params: GenerationParams, init_images: list[Image.Imag
         extra = torch.cat([inpainting_conditioning(model, pixels[i:i + 1], hard[i:i + 1])
                            for i in range(len(init_images))])  # (N, 5, h, w)
     shape = (model.latent_channels, params.height // factor, params.width // factor)
+    tracker = ProgressTracker(model, params.n_iter, callback=callback, progress=progress, control=control)
     images, seeds, subseeds = [], [], []
     for batch in range(params.n_iter):
+        if tracker.interrupted:
+            break
+        tracker.begin_batch()
         batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
         index = [(batch * params.batch_size + i) % len(init_images) for i in range(params.batch_size)]
         noise, generators = seeded_noise(params, batch_seeds, batch_subseeds, shape, factor)
@@ -173,9 +199,12 @@ def sample_images(loaded, params: GenerationParams, init_images: list[Image.Imag
         out = denoise_partial(
             model.unet, scheduler, init, noise, cond, uncond, cfg_scale=params.cfg_scale,
             extra_channels=extra[index] if extra is not None else None, keep=keep, steps=params.steps,
-            strength=params.denoising_strength, generators=generators, eta=params.eta, callback=callback,
-            device=loaded.runtime.device,
+            strength=params.denoising_strength, generators=generators, eta=params.eta,
+            callback=tracker.job_callback(batch, "img2img"), device=loaded.runtime.device,
+            step_options=step_options(params),
         )
+        if tracker.batch_skipped:  # skipped: drop the batch, go on with the next
+            continue
         images += decode(model, out)
         seeds += batch_seeds
         subseeds += batch_subseeds

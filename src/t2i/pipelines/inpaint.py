@@ -42,7 +42,8 @@ from t2i.pipelines.img2img import (
     sample_images,
 )
 from t2i.pipelines.params import ParamError, param
-from t2i.pipelines.txt2img import GenerationResult, StepCallback, resolve_params
+from t2i.pipelines.progress import GenerationControl, ProgressCallback
+from t2i.pipelines.txt2img import MAX_SEED, GenerationResult, StepCallback, resolve_params
 
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 
@@ -125,14 +126,17 @@ def _finish(painted: Image.Image, piece: _Piece) -> Image.Image:
     return Image.composite(painted, piece.base, piece.overlay)
 
 
-def inpaint(loaded, params: InpaintParams, images, masks, callback: StepCallback | None = None) -> GenerationResult:
+def inpaint(loaded, params: InpaintParams, images, masks, callback: StepCallback | None = None, *,
+            progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
     """Repaint the masked area of `images` (one PIL image or a list); `masks` is one mask for
-    every image or one per image. Run image i starts from images[i % len(images)]."""
-    return inpaint_with_info(loaded, params, images, masks, callback)
+    every image or one per image. Run image i starts from images[i % len(images)]. `progress`
+    and `control`: per-step progress events and interrupt / skip (t2i.pipelines.progress)."""
+    return inpaint_with_info(loaded, params, images, masks, callback, progress=progress, control=control)
 
 
 def inpaint_with_info(loaded, params: InpaintParams, images, masks, callback: StepCallback | None = None,
-                      extra_info: dict | None = None) -> GenerationResult:
+                      extra_info: dict | None = None, *, progress: ProgressCallback | None = None,
+                      control: GenerationControl | None = None) -> GenerationResult:
     """`inpaint` with extra infotext keys (outpainting's)."""
     images = as_image_list(images)
     masks = as_image_list(masks, "mask")
@@ -147,6 +151,9 @@ def inpaint_with_info(loaded, params: InpaintParams, images, masks, callback: St
         inits = [fill_masked(p.init, p.mask) for p in pieces]
     latent_fill = params.inpainting_fill if params.inpainting_fill.startswith("latent") else "original"
     painted, seeds, subseeds = sample_images(loaded, params, inits, [p.mask for p in pieces], fill=latent_fill,
-                                             callback=callback)
-    results = [_finish(im, pieces[i % len(pieces)]) for i, im in enumerate(painted)]
+                                             callback=callback, progress=progress, control=control)
+    # run image i goes back into pieces[i % len]; i comes from the seed (seed + i), since a
+    # skipped batch leaves a gap in `painted`
+    results = [_finish(im, pieces[(seed - params.seed) % (MAX_SEED + 1) % len(pieces)])
+               for im, seed in zip(painted, seeds)]
     return make_result(loaded, params, results, seeds, subseeds, {**inpaint_infotext(params), **(extra_info or {})})

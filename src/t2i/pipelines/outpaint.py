@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from t2i.pipelines.img2img import as_image_list
 from t2i.pipelines.inpaint import FILL_MODES, InpaintParams, inpaint_with_info
 from t2i.pipelines.params import ParamError, param
+from t2i.pipelines.progress import GenerationControl, ProgressCallback
 from t2i.pipelines.txt2img import GenerationResult, StepCallback
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -89,8 +90,10 @@ def outpaint_mask(size: tuple[int, int], add: dict[str, int], overlap: int) -> I
     return mask
 
 
-def outpaint(loaded, params: OutpaintParams, images, callback: StepCallback | None = None) -> GenerationResult:
-    """Extend `images` (one PIL image or a list of same-sized images) and paint the new area."""
+def outpaint(loaded, params: OutpaintParams, images, callback: StepCallback | None = None, *,
+             progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
+    """Extend `images` (one PIL image or a list of same-sized images) and paint the new area.
+    `progress` and `control`: per-step progress events and interrupt / skip (t2i.pipelines.progress)."""
     images = [im.convert("RGB") for im in as_image_list(images)]
     sizes = {im.size for im in images}
     if len(sizes) > 1:
@@ -104,4 +107,5 @@ def outpaint(loaded, params: OutpaintParams, images, callback: StepCallback | No
                          "and keep the empty bands: leave inpainting_mask_invert off")
     params = replace(params, directions=",".join(sides))
     info = {"Outpaint pixels": params.pixels, "Outpaint directions": params.directions}
-    return inpaint_with_info(loaded, params, canvases, mask, callback, extra_info=info)
+    return inpaint_with_info(loaded, params, canvases, mask, callback, extra_info=info, progress=progress,
+                             control=control)

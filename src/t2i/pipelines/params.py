@@ -60,9 +60,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...
                                 metavar=f.name.upper())
 
 
-def from_cli(cls, namespace: argparse.Namespace, **overrides):
-    """Build params from parsed flags: flags that were not given keep the dataclass defaults."""
+def from_cli(cls, namespace: argparse.Namespace, base=None, **overrides):
+    """Build params from parsed flags: flags that were not given keep the dataclass defaults, or
+    the values of `base` (a `cls` instance, e.g. parameters read from an image's infotext)."""
     values = {f.name: getattr(namespace, f.name) for f, _ in field_specs(cls)
               if getattr(namespace, f.name, None) is not None}
     values.update(overrides)
-    return cls(**values)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)

@@ -8,13 +8,17 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from t2i.diffusion.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, make_scheduler, resolve_sampler
+from t2i.diffusion.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, make_scheduler, resolve_sampler, step_accepts
 from t2i.diffusion.conditioning import PromptEncoder
+from t2i.diffusion.deepcache import deep_cache
 from t2i.diffusion.noise import variation_noise
+from t2i.diffusion.partial import txt2img_unet
 from t2i.diffusion.sampling import denoise
 from t2i.metadata import build_infotext
+from t2i.models.tiling import circular_padding
 from t2i.pipelines.hires import HR_UPSCALERS, check_hires, hires_fix, hires_infotext
 from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 
 MAX_SEED = 2**32 - 1
 
@@ -43,6 +47,21 @@ class GenerationParams:
     seed_resize_from_w: int = param(0, "draw the seed's noise at this width, centred, to keep a seed's look at a "
                                        "new size; 0 = off", minimum=-1, maximum=8192)
     seed_resize_from_h: int = param(0, "height for seed_resize_from_w; 0 = off", minimum=-1, maximum=8192)
+    clip_skip: int = param(1, "text encoder layer to condition on, counted from the end: 1 = the last, 2 = the "
+                              "penultimate (then the final layer norm, as the web UI does)", minimum=1, maximum=12)
+    tiling: bool = param(False, "seamless textures: the image wraps around at its edges (circular padding in the "
+                                "UNet and VAE)")
+    # The web UI's noise settings for Euler (diffusers' Euler takes them; other samplers ignore them).
+    s_churn: float = param(0.0, "Euler: sigma churn, extra noise added at each step (0 = none)", minimum=0.0,
+                           maximum=100.0)
+    s_tmin: float = param(0.0, "Euler: sigma churn applies from this noise level (sigma) up", minimum=0.0,
+                          maximum=1000.0)
+    s_tmax: float = param(0.0, "Euler: sigma churn applies up to this noise level (sigma); 0 = no limit", minimum=0.0,
+                          maximum=1000.0)
+    s_noise: float = param(1.0, "Euler: scale of the sigma churn noise", minimum=0.0, maximum=10.0)
+    # LoRAs besides the prompt's <lora:name:weight> tags (t2i.extra_networks): Python API only.
+    loras: dict | None = param(None, "LoRA name (in the LoRA folders) or file path -> weight, or -> (text encoder, "
+                                     "UNet) weights", cli=False)
 
 
 @dataclass
@@ -59,6 +78,9 @@ class Txt2ImgParams(GenerationParams):
                              minimum=0, maximum=8192)
     denoising_strength: float = param(0.7, "hires fix: denoising strength of the second pass", minimum=0.0,
                                       maximum=1.0)
+    # DeepCache (t2i.diffusion.deepcache): the first pass reuses the UNet's deep features between steps.
+    deepcache_interval: int = param(1, "DeepCache: run the whole UNet every N model evaluations and only its shallow "
+                                       "layers in between (faster, approximate); 1 = off", minimum=1, maximum=100)
 
 
 @dataclass
@@ -92,6 +114,10 @@ def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
     if any(v > 0 for v in resize) and not all(v >= factor for v in resize):
         raise ParamError(f"seed_resize_from_w and seed_resize_from_h go together: give both (each >= {factor}), "
                          f"or neither; got {resize[0]}x{resize[1]}")
+    layers = getattr(getattr(model.text_encoder, "config", None), "num_hidden_layers", None)
+    if layers is not None and params.clip_skip > layers:
+        raise ParamError(f"clip_skip must be at most {layers} for this model (its text encoder has {layers} "
+                         f"layers), got {params.clip_skip}")
     seed = params.seed if params.seed != -1 else secrets.randbelow(MAX_SEED + 1)
     subseed = params.subseed if params.subseed != -1 else secrets.randbelow(MAX_SEED + 1)
     resolved = replace(params, sampler=sampler, scheduler=schedule, width=width, height=height, seed=seed,
@@ -119,9 +145,30 @@ def seeded_noise(params: GenerationParams, seeds: list[int], subseeds: list[int]
                            resize_from=resize)
 
 
+def step_options(params: GenerationParams) -> dict:
+    """The noise settings as `scheduler.step` kwargs; the sampling loop passes each only to a
+    scheduler that takes it (diffusers' Euler). s_tmax 0 means no limit, as in the web UI."""
+    return {"s_churn": params.s_churn, "s_tmin": params.s_tmin, "s_tmax": params.s_tmax or float("inf"),
+            "s_noise": params.s_noise}
+
+
+# GenerationParams field -> (the web UI's infotext key, default): written only when the value is
+# not the default and the sampler takes it, as the web UI does (eta is DDIM's here).
+SAMPLER_SETTINGS = {"eta": ("Eta DDIM", 0.0), "s_churn": ("Sigma churn", 0.0), "s_tmin": ("Sigma tmin", 0.0),
+                    "s_tmax": ("Sigma tmax", 0.0), "s_noise": ("Sigma noise", 1.0)}
+
+
+def sampler_infotext(params: GenerationParams) -> dict:
+    """Infotext keys of the sampler settings that change this image."""
+    return {key: getattr(params, name) for name, (key, default) in SAMPLER_SETTINGS.items()
+            if getattr(params, name) != default and step_accepts(params.sampler, name)}
+
+
 def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subseed: int | None = None,
                  extra: dict | None = None) -> str:
     """One image's infotext; `extra` adds pipeline keys (Denoising strength, Mask blur, ...)."""
+    from t2i.extra_networks.library import network_infotext, vae_infotext
+
     variation = params.subseed_strength > 0
     resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
     return build_infotext(params.prompt, params.negative_prompt, {
@@ -133,11 +180,15 @@ def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subs
         "Size": f"{params.width}x{params.height}",
         "Model hash": loaded.hash,
         "Model": loaded.name,
-        "Eta": params.eta or None,
+        **vae_infotext(loaded),  # a separate VAE file (--vae)
         "Variation seed": (params.subseed if subseed is None else subseed) if variation else None,
         "Variation seed strength": params.subseed_strength if variation else None,
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
+        "Clip skip": params.clip_skip,  # written only when > 1
+        "Tiling": True if params.tiling else None,
+        **sampler_infotext(params),
         **(extra or {}),
+        **network_infotext(loaded, params),  # Lora hashes, TI hashes
         "Version": f"t2i {version}",
     })
 
@@ -151,36 +202,71 @@ def latents_to_images(model, latents: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(p) for p in pixels]
 
 
-def txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None = None) -> GenerationResult:
+def txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None = None, *,
+            progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
     """Generate `n_iter` batches of `batch_size` images. Image i has seed `params.seed + i`, drawn
-    on the CPU with its own generator, so it equals a single run with that seed."""
-    from t2i.checkpoints.diffusers_folder import _t2i_version
+    on the CPU with its own generator, so it equals a single run with that seed.
+
+    progress: gets a `Progress` (step, total, ETA, latents, preview) after every model evaluation;
+    control: a `GenerationControl` to interrupt the run or skip a batch (t2i.pipelines.progress)."""
+    from t2i.extra_networks.library import activate_extra_networks
 
     params = resolve_params(params, loaded)
+    # Tiling: circular padding in the UNet and VAE for this generation only, restored afterwards;
+    # LoRAs (<lora:...> tags, params.loras) merged for it and restored too.
+    with circular_padding(loaded.model.unet, loaded.model.vae, enabled=params.tiling), \
+            activate_extra_networks(loaded, params) as networks:
+        return _txt2img(loaded, params, callback, networks.embeddings, progress=progress, control=control)
+
+
+def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embeddings=None, *,
+             progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
+    """txt2img with resolved params; `embeddings`: the textual inversions its prompts name."""
+    from t2i.checkpoints.diffusers_folder import _t2i_version
+
     model, device = loaded.model, loaded.runtime.device
     version = _t2i_version()
     with torch.no_grad():
         # Prompt syntax (weights, long prompts, BREAK, [a:b:when], [a|b], AND); each text is
         # encoded once for every batch, a plain prompt before sampling.
-        encoder = PromptEncoder.from_model(model)
+        encoder = PromptEncoder.from_model(model, clip_skip=params.clip_skip, embeddings=embeddings)
         cond = encoder.conditioning(params.prompt)
         uncond = (encoder.conditioning(params.negative_prompt, negative=True)
                   if params.cfg_scale != 1 or cond.needs_uncond else None)
     shape = (model.latent_channels, params.height // model.vae_scale_factor, params.width // model.vae_scale_factor)
+    unet = txt2img_unet(model, params.batch_size, params.height, params.width)  # inpainting UNets: all repainted
+    hires = getattr(params, "enable_hr", False)
+    # progress counts one sampling pass per batch, two with the hires fix
+    tracker = ProgressTracker(model, params.n_iter, 2 if hires else 1, callback=callback, progress=progress,
+                              control=control)
     images, seeds, subseeds = [], [], []
     for batch in range(params.n_iter):
+        if tracker.interrupted:
+            break
+        tracker.begin_batch()
         batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
         scheduler = make_scheduler(params.sampler, params.scheduler, model.scheduler_config())
         # the same generators then give the sampler's noise
         noise, generators = seeded_noise(params, batch_seeds, batch_subseeds, shape, model.vae_scale_factor)
-        latents = denoise(model.unet, scheduler, noise, cond, uncond, steps=params.steps, cfg_scale=params.cfg_scale,
-                          generators=generators, eta=params.eta, callback=callback, device=device)
-        if getattr(params, "enable_hr", False):
-            images += hires_fix(loaded, params, latents, batch_seeds, batch_subseeds, cond, uncond, callback)
+        with deep_cache(unet, getattr(params, "deepcache_interval", 1)) as step_unet:  # a fresh cache per batch
+            latents = denoise(step_unet, scheduler, noise, cond, uncond, steps=params.steps,
+                              cfg_scale=params.cfg_scale, generators=generators, eta=params.eta,
+                              callback=tracker.job_callback(batch, "txt2img"),
+                              device=device, step_options=step_options(params))
+        if tracker.batch_skipped:  # skipped: drop the batch, go on with the next
+            continue
+        if hires and not tracker.interrupted:  # interrupted: the first pass's latents as they are
+            step_callback = tracker.job_callback(batch, "hires", pass_index=1)
+            batch_images = hires_fix(loaded, params, latents, batch_seeds, batch_subseeds, cond, uncond, step_callback)
         else:
-            images += latents_to_images(model, latents)
+            batch_images = latents_to_images(model, latents)
+        if tracker.batch_skipped:
+            continue
+        images += batch_images
         seeds += batch_seeds
         subseeds += batch_subseeds
     extra = hires_infotext(params) if getattr(params, "enable_hr", False) else None
+    if getattr(params, "deepcache_interval", 1) > 1:
+        extra = {**(extra or {}), "DeepCache interval": params.deepcache_interval}
     infotexts = [infotext_for(params, s, loaded, version, sub, extra) for s, sub in zip(seeds, subseeds)]
     return GenerationResult(images, seeds, infotexts, params, subseeds)

@@ -15,7 +15,6 @@ the first stage as vqgan.safetensors, so the folder alone can generate images.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -49,11 +48,9 @@ class ARTrainConfig:
 
 
 def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from t2i.checkpoints.registry import file_hash
+
+    return file_hash(path, chars=64)  # the whole sha256: the code cache is keyed on the exact first stage
 
 
 @torch.no_grad()
@@ -153,7 +150,7 @@ def train_ar(cfg: ARTrainConfig, outdir: str | Path, resume: bool = False,
     print(f"[ar] {len(codes)} code grids of {model_cfg.code_shape}, {model_cfg.conditioning}-conditional, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", file=sys.stderr)
 
-    run_config = to_dict(cfg)
+    run_config = {"family": "ar", **to_dict(cfg)}  # the family key: t2i sample reads unfinished runs by it
     run_config["model"] = to_dict(model_cfg)
     trainer = Trainer("ar", {"ar": model}, cfg.optim, outdir, cfg.seed, run_config)
     if resume:

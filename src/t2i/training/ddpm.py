@@ -4,6 +4,10 @@
 
 Class-conditional runs (data.classes: true) replace a `class_dropout` share of labels by the
 "no class" label, so one model serves conditional, unconditional and guided sampling.
+Text-conditional runs (model.conditioning: text) learn from the captions (shapes captions or a
+folder's .txt sidecars) and replace a `caption_dropout` share of them by "" for the same reason.
+
+    t2i train configs/shapes-ddpm-text.yaml --outdir runs/ddpm-text
 """
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import torch
 
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.ddpm import DDPMConfig, PixelDDPM, sample
-from t2i.training.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
-from t2i.training.trainer import OptimConfig, Trainer
+from t2i.training.runs import finish_run, open_run, write_sample_grid
+from t2i.training.trainer import OptimConfig
 
 FAMILY = "ddpm"
 
@@ -26,7 +30,8 @@ class DDPMOptimConfig(OptimConfig):
     batch_size: int = 64
     lr: float = 2e-4  # Ho et al. used 2e-4 on CIFAR-10
     ema_decay: float = 0.999  # DDPM samples come from EMA weights (Ho et al.: 0.9999 over 800k steps)
-    class_dropout: float = 0.1  # conditional models: share of labels dropped to "no class"
+    class_dropout: float = 0.1  # class models: share of labels dropped to "no class"
+    caption_dropout: float = 0.1  # text models: share of captions dropped to "" (for guidance)
 
 
 @dataclass
@@ -37,62 +42,67 @@ class DDPMTrainConfig:
     seed: int = 0
     sample_n: int = 16  # periodic grids (train.sample_every): DDIM, 50 steps
     sample_steps: int = 50
+    sample_guidance_scale: float = 1.0  # conditional models' grids: classifier-free guidance
+    sample_prompts: tuple[str, ...] = ()  # text models' grids (default: the first training captions)
 
 
-def ddpm_loss_fn(images: torch.Tensor, labels: torch.Tensor | None, cfg: DDPMOptimConfig, null_class: int,
+def ddpm_loss_fn(images: torch.Tensor, conds: torch.Tensor | None, null_cond, dropout: float, batch_size: int,
                  num_timesteps: int):
+    """conds: per image, class labels (N,) or caption token ids (N, L); a `dropout` share of each
+    batch's conditions becomes `null_cond` ("no class", or the ids of the empty caption)."""
     def loss_fn(modules, step, generator):
         model = modules["ddpm"]
         device = next(model.parameters()).device
-        n = cfg.batch_size
+        n = batch_size
         idx = torch.randint(0, len(images), (n,), generator=generator)
         x0 = to_model_range(images[idx])  # (B, 3, H, W)
         t = torch.randint(0, num_timesteps, (n,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         y = None
-        if labels is not None:
-            y = labels[idx].clone()
-            y[torch.rand(n, generator=generator) < cfg.class_dropout] = null_class
+        if conds is not None:
+            y = conds[idx].clone()
+            y[torch.rand(n, generator=generator) < dropout] = null_cond
             y = y.to(device)
         return model(x0.to(device), t.to(device), noise.to(device), y), n
 
     return loss_fn
 
 
+def _check_conditioning(cfg: DDPMTrainConfig) -> None:
+    kind = cfg.model.conditioning
+    if kind == "text" and cfg.data.classes:
+        raise ValueError("model.conditioning: text learns from captions; set data.classes: false")
+    if kind == "class" and not cfg.data.classes:
+        raise ValueError("model.conditioning: class needs class labels; set data.classes: true")
+
+
+def _conditions(model: PixelDDPM, cfg: DDPMTrainConfig, data) -> tuple[torch.Tensor | None, object, float]:
+    """(per-image conditions, the dropped condition, the dropout share) for the loss."""
+    if model.config.conditioning == "text":
+        ids = torch.cat([model.token_ids(data.captions[i:i + 4096]) for i in range(0, len(data.captions), 4096)])
+        return ids, model.token_ids([""])[0], cfg.train.caption_dropout
+    return data.labels, model.null_class, cfg.train.class_dropout
+
+
 def train_ddpm(cfg: DDPMTrainConfig, outdir: str | Path, resume: bool = False,
                stop_after: int | None = None) -> PixelDDPM:
     """Train; writes `outdir/ddpm.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights
     when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it)."""
-    outdir, data, model_cfg = start_run(cfg, outdir, FAMILY)
-    config = run_config(cfg, FAMILY, model_cfg)
-    save_run_config(config, outdir)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    model = PixelDDPM(model_cfg)
-    trainer = Trainer(FAMILY, {"ddpm": model}, cfg.train, outdir, cfg.seed, config)
-    if resume:
-        trainer.load()
+    _check_conditioning(cfg)
+    outdir, data, model, trainer = open_run(cfg, outdir, FAMILY, PixelDDPM, resume)
+    model_cfg = model.config
+    prompts = None
+    if model_cfg.conditioning == "text":
+        prompts = list(cfg.sample_prompts or data.captions[:cfg.sample_n])
+        prompts = [prompts[i % len(prompts)] for i in range(cfg.sample_n)]
 
     def on_sample(step):
-        images = sample(model, cfg.sample_n, seed=0, steps=cfg.sample_steps)
+        images = sample(model, cfg.sample_n, seed=0, prompt=prompts, steps=cfg.sample_steps,
+                        guidance_scale=cfg.sample_guidance_scale if model_cfg.conditioning != "none" else 1.0)
         write_sample_grid(images, outdir, step)
 
-    loss_fn = ddpm_loss_fn(data.images, data.labels, cfg.train, model.null_class, model_cfg.num_train_timesteps)
+    conds, null_cond, dropout = _conditions(model, cfg, data)
+    loss_fn = ddpm_loss_fn(data.images, conds, null_cond, dropout, cfg.train.batch_size, model_cfg.num_train_timesteps)
     trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after)
-    if trainer.step < cfg.train.steps:
-        return model
-    trainer.apply_ema()
-    model.eval().requires_grad_(False)
-    model.save(outdir / "model.safetensors")
-    return model
+    return finish_run(trainer, model, outdir)
 
-
-def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> PixelDDPM:
-    """The model in a (possibly unfinished) run's checkpoint, EMA weights by default."""
-    from t2i.config import from_dict
-
-    state = load_checkpoint(Path(path), FAMILY)
-    model = PixelDDPM(from_dict(DDPMConfig, state["config"]["model"], where=f"{path}: model"))
-    model.load_state_dict(state["modules"]["ddpm"], strict=True)
-    if use_ema:
-        copy_ema(list(model.parameters()), state["ema"])
-    return model.eval()

@@ -16,7 +16,7 @@ import torch
 
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.gan import GAN, LOSSES, GANConfig, d_loss, g_loss, r1_penalty, sample
-from t2i.training.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
+from t2i.training.runs import load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
 from t2i.training.trainer import EMA, OptimConfig, lr_at, save_atomic, step_generator
 
 FAMILY = "gan"
@@ -206,15 +206,3 @@ def train_gan(cfg: GANTrainConfig, outdir: str | Path, resume: bool = False,
     gan.save(outdir / "model.safetensors")
     return gan
 
-
-def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> GAN:
-    """The GAN in a (possibly unfinished) run's checkpoint, generator EMA weights by default."""
-    from t2i.config import from_dict
-
-    state = load_checkpoint(Path(path), FAMILY)
-    gan = GAN(from_dict(GANConfig, state["config"]["model"], where=f"{path}: model"))
-    gan.generator.load_state_dict(state["modules"]["generator"], strict=True)
-    gan.discriminator.load_state_dict(state["modules"]["discriminator"], strict=True)
-    if use_ema:
-        copy_ema(list(gan.generator.parameters()), state["ema"])
-    return gan.eval()

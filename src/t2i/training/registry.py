@@ -43,6 +43,12 @@ def _vqgan():
     return VQGANTrainConfig, train_vqgan
 
 
+def _autoencoder():
+    from t2i.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    return AutoencoderTrainConfig, train_autoencoder
+
+
 def _ar():
     from t2i.training.ar import ARTrainConfig, train_ar
 
@@ -56,6 +62,7 @@ RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "ddpm": _ddpm,
     "vqgan": _vqgan,
     "ar": _ar,
+    "autoencoder": _autoencoder,  # a KL autoencoder alone (VQ ones: vqgan)
 }
 DEFAULT_FAMILY = "ldm"
 

@@ -1,4 +1,4 @@
-"""Run-folder plumbing shared by the one-file families' recipes (GAN, VAE, pixel DDPM).
+"""Run-folder plumbing shared by the one-file families' recipes (GAN, VAE, pixel DDPM, AR).
 
 A run folder holds `config.yaml` (with its `family:` key, so `t2i train` can rerun it),
 `<family>.ckpt` (the training state, atomic), `cache/` (rendered `shapes`), `samples/` (periodic
@@ -48,6 +48,34 @@ def save_run_config(config: dict, outdir: Path) -> None:
     (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def open_run(cfg, outdir: str | Path, family: str, model_cls: type, resume: bool):
+    """Start (or, with `resume`, continue) a run trained by t2i.training.trainer.Trainer: the folder,
+    the data, config.yaml, the model (initialised from cfg.seed) and its Trainer over `cfg.train`,
+    the model registered under the family's name. Returns (outdir, data, model, trainer)."""
+    from t2i.training.trainer import Trainer
+
+    outdir, data, model_cfg = start_run(cfg, outdir, family)
+    config = run_config(cfg, family, model_cfg)
+    save_run_config(config, outdir)
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = model_cls(model_cfg)
+    trainer = Trainer(family, {family: model}, cfg.train, outdir, cfg.seed, config)
+    if resume:
+        trainer.load()
+    return outdir, data, model, trainer
+
+
+def finish_run(trainer, model, outdir: Path):
+    """After `trainer.fit`: a finished run puts the EMA weights into the model and writes
+    model.safetensors; an unfinished one (stopped early) leaves only its checkpoint."""
+    if trainer.step < trainer.cfg.steps:
+        return model
+    trainer.apply_ema()
+    model.eval().requires_grad_(False)
+    model.save(outdir / "model.safetensors")
+    return model
+
+
 def write_sample_grid(images: list, outdir: Path, step: int) -> Path:
     from t2i.metadata import write_png
     from t2i.outputs import make_grid
@@ -71,3 +99,20 @@ def copy_ema(params: list[torch.nn.Parameter], ema_state: dict | None) -> None:
     with torch.no_grad():
         for p, shadow in zip(params, ema_state["shadow"], strict=True):
             p.copy_(shadow)
+
+
+def model_from_checkpoint(path: str | Path, family: str, model_cls: type, config_cls: type,
+                          parts: dict[str, str] | None = None, ema_part: str = "", use_ema: bool = True):
+    """The model in a (possibly unfinished) run's `<family>.ckpt`, EMA weights by default.
+
+    parts: the checkpoint's module names -> the model's attribute holding each ("" = the model
+    itself; default {family: ""}); ema_part: the attribute whose parameters the EMA shadows."""
+    from t2i.config import from_dict
+
+    state = load_checkpoint(Path(path), family)
+    model = model_cls(from_dict(config_cls, state["config"]["model"], where=f"{path}: model"))
+    for name, attr in (parts or {family: ""}).items():
+        (getattr(model, attr) if attr else model).load_state_dict(state["modules"][name], strict=True)
+    if use_ema:
+        copy_ema(list((getattr(model, ema_part) if ema_part else model).parameters()), state["ema"])
+    return model.eval()

@@ -11,8 +11,8 @@ import torch
 
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.vae import ConvVAE, ConvVAEConfig, elbo_loss, sample
-from t2i.training.runs import copy_ema, load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
-from t2i.training.trainer import OptimConfig, Trainer
+from t2i.training.runs import finish_run, open_run, write_sample_grid
+from t2i.training.trainer import OptimConfig
 
 FAMILY = "vae"
 
@@ -52,34 +52,12 @@ def train_vae(cfg: VAETrainConfig, outdir: str | Path, resume: bool = False,
               stop_after: int | None = None) -> ConvVAE:
     """Train; writes `outdir/vae.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights
     when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it)."""
-    outdir, data, model_cfg = start_run(cfg, outdir, FAMILY)
-    config = run_config(cfg, FAMILY, model_cfg)
-    save_run_config(config, outdir)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    model = ConvVAE(model_cfg)
-    trainer = Trainer(FAMILY, {"vae": model}, cfg.train, outdir, cfg.seed, config)
-    if resume:
-        trainer.load()
+    outdir, data, model, trainer = open_run(cfg, outdir, FAMILY, ConvVAE, resume)
 
     def on_sample(step):
         write_sample_grid(sample(model, cfg.sample_n, seed=0), outdir, step)
 
-    trainer.fit(vae_loss_fn(data.images, cfg.train, model_cfg.latent_dim), on_sample=on_sample, stop_after=stop_after)
-    if trainer.step < cfg.train.steps:
-        return model
-    trainer.apply_ema()
-    model.eval().requires_grad_(False)
-    model.save(outdir / "model.safetensors")
-    return model
+    trainer.fit(vae_loss_fn(data.images, cfg.train, model.config.latent_dim), on_sample=on_sample,
+                stop_after=stop_after)
+    return finish_run(trainer, model, outdir)
 
-
-def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> ConvVAE:
-    """The model in a (possibly unfinished) run's checkpoint, EMA weights by default."""
-    from t2i.config import from_dict
-
-    state = load_checkpoint(Path(path), FAMILY)
-    model = ConvVAE(from_dict(ConvVAEConfig, state["config"]["model"], where=f"{path}: model"))
-    model.load_state_dict(state["modules"]["vae"], strict=True)
-    if use_ema:
-        copy_ema(list(model.parameters()), state["ema"])
-    return model.eval()

@@ -1,0 +1,369 @@
+"""LoRA files: read the kohya / web-UI and diffusers / peft formats, find each layer's module in a
+model, merge them into its weights (and restore them exactly), and write the kohya format.
+
+A LoRA layer adds a low-rank product to one weight (Hu et al. 2021, "LoRA: Low-Rank Adaptation
+of Large Language Models"):
+
+    W' = W + multiplier · (alpha / rank) · up @ down      # down (rank, in[, kh, kw]), up (out, rank[, 1, 1])
+
+Names in files, for the module `down_blocks.1.attentions.0.proj_in` of the UNet:
+
+| format                          | tensors                                                                 |
+|---------------------------------|-------------------------------------------------------------------------|
+| kohya, diffusers-layout UNet    | `lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight`, `.lora_up.weight`, `.alpha` |
+| kohya, original (web-UI) layout | `lora_unet_input_blocks_4_1_proj_in.lora_down.weight`, ...              |
+| diffusers / peft                | `unet.down_blocks.1.attentions.0.proj_in.lora_A.weight`, `.lora_B.weight` (alpha in the header's `lora_adapter_metadata`, else = rank) |
+| older diffusers                 | `unet.<module>.lora.down.weight`, attention processors `...attn1.processor.to_q_lora.down.weight` |
+Text encoders: `lora_te_text_model_encoder_layers_0_self_attn_q_proj` (SDXL: `lora_te1_`, `lora_te2_`),
+or `text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight` (`text_encoder_2.`).
+
+kohya names flatten module paths with `_`, which is ambiguous to split (`to_q`, `proj_in`), so
+they are looked up in an index of every linear and convolution module of the model under all
+the names a file may use; the original-layout names come from t2i.checkpoints.convert.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from t2i.checkpoints.convert import text_name, unet_target
+from t2i.checkpoints.detect import UNET_PREFIX
+from t2i.checkpoints.diffusers_folder import ModelLoadError
+
+log = logging.getLogger("t2i")
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
+                   ("lora_te_", "text_encoder"))
+_KOHYA_PARTS = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"))
+_DIFFUSERS_PARTS = ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora.down.weight", "down"),
+                    (".lora.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
+                    (".lora_linear_layer.up.weight", "up"), (".alpha", "alpha"))
+_ATTN_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+# Variants whose math is not W + up @ down: applying their up/down alone would be silently wrong.
+_UNSUPPORTED = {"dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", ".lora_mid.": "LoCon with a CP middle factor",
+                "hada_": "LyCORIS LoHa", "lokr_": "LyCORIS LoKr", "oft_": "OFT", "ia3_l": "IA3"}
+
+
+@dataclass
+class LoraLayer:
+    """One weight's low-rank update."""
+
+    down: Tensor  # (rank, in) or (rank, in, kh, kw)
+    up: Tensor  # (out, rank) or (out, rank, 1, 1)
+    alpha: float | None = None  # None: alpha = rank (scale 1), as diffusers and kohya assume
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def fits(self, weight: Tensor) -> bool:
+        """Whether up @ down has `weight`'s output rows and input size (any 1x1 or linear layout)."""
+        up, down = self.up.reshape(self.up.shape[0], -1), self.down.reshape(self.rank, -1)
+        return up.shape[1] == self.rank and up.shape[0] == weight.shape[0] and down.shape[1] == weight[0].numel()
+
+    def delta(self, weight: Tensor) -> Tensor:
+        """scale · up @ down in float32 on `weight`'s device, shaped like `weight`."""
+        up = self.up.to(weight.device, torch.float32).reshape(self.up.shape[0], -1)  # (out, rank)
+        down = self.down.to(weight.device, torch.float32).reshape(self.rank, -1)  # (rank, in · kh · kw)
+        return (up @ down).reshape(weight.shape) * self.scale
+
+
+@dataclass
+class LoraFile:
+    """The layers of one file, keyed (component, name as the file spells it)."""
+
+    path: Path
+    layers: dict[tuple[str, str], LoraLayer]
+    ignored: list[str] = field(default_factory=list)  # tensors that are no LoRA layer t2i knows
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_lora(path: str | Path) -> LoraFile:
+    """A LoRA file in either format, read safely (t2i.checkpoints.safe_load); ModelLoadError,
+    naming the file, for anything that is not a complete plain LoRA."""
+    from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
+
+    path = Path(path)
+    state = load_state_dict_file(path)
+    metadata = read_safetensors_header(path)[1] if sniff_format(path) == "safetensors" else {}
+    for key in state:
+        for marker, what in _UNSUPPORTED.items():
+            if marker in key:
+                raise ModelLoadError(f"{path} is a {what} file (tensor {key!r}); t2i applies plain LoRA files "
+                                     f"(lora_down/lora_up or lora_A/lora_B tensors) only")
+    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
+    ignored = []
+    for key, tensor in state.items():
+        found = _kohya_key(key) or _diffusers_key(key)
+        if found is None:
+            ignored.append(key)
+            continue
+        component, name, part = found
+        parts.setdefault((component, name), {})[part] = tensor
+    if not parts:
+        raise ModelLoadError(f"{path} is not a LoRA file: no lora_down/lora_up or lora_A/lora_B tensors "
+                             f"(it holds e.g. {', '.join(sorted(state)[:3])})")
+    peft_alpha = _peft_alphas(metadata, path)
+    layers = {}
+    for (component, name), found in parts.items():
+        if "down" not in found or "up" not in found:
+            missing = "up" if "down" in found else "down"
+            raise ModelLoadError(f"{path} is incomplete: LoRA layer {name!r} has no {missing} weight")
+        alpha = float(found["alpha"]) if "alpha" in found else peft_alpha(component, name, int(found["down"].shape[0]))
+        layers[(component, name)] = LoraLayer(found["down"], found["up"], alpha)
+    return LoraFile(path, layers, ignored)
+
+
+def _kohya_key(key: str) -> tuple[str, str, str] | None:
+    for suffix, part in _KOHYA_PARTS:
+        if key.endswith(suffix):
+            base = key[: -len(suffix)]
+            for prefix, component in _KOHYA_PREFIXES:
+                if base.startswith(prefix):
+                    return component, base[len(prefix):], part
+    return None
+
+
+def _diffusers_key(key: str) -> tuple[str, str, str] | None:
+    key = key.removeprefix("base_model.model.")
+    processor = _ATTN_PROCESSOR.match(key)
+    if processor:  # diffusers' old attention-processor files: bare UNet names
+        module, proj, part = processor.groups()
+        return "unet", f"{module}.{'to_out.0' if proj == 'to_out' else proj}", part
+    for suffix, part in _DIFFUSERS_PARTS:
+        if key.endswith(suffix):
+            module = key[: -len(suffix)]
+            head, _, rest = module.partition(".")
+            if head in COMPONENTS and rest:
+                return head, text_name(rest) if head != "unet" else rest, part
+            if module.startswith("text_model."):
+                return "text_encoder", text_name(module), part
+            if head in ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding"):
+                return "unet", module, part
+    return None
+
+
+def _peft_alphas(metadata: dict[str, str], path: Path):
+    """alpha(component, module name, rank) from diffusers' `lora_adapter_metadata` header entry
+    (peft's LoraConfig per component: lora_alpha, alpha_pattern, use_rslora); without it alpha
+    equals the rank, as diffusers assumes."""
+    raw = metadata.get("lora_adapter_metadata")
+    config = {}
+    if raw:
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"{path}: its lora_adapter_metadata is not valid JSON ({err})") from err
+
+    def alpha(component: str, name: str, rank: int) -> float | None:
+        base = config.get(f"{component}.lora_alpha")
+        patterns = config.get(f"{component}.alpha_pattern") or {}
+        for pattern, value in patterns.items():  # peft matches a pattern against the module name's end
+            if re.match(rf"(.*\.)?({pattern})$", name):
+                base = value
+                break
+        if base is None:
+            return None
+        if config.get(f"{component}.use_rslora"):
+            return float(base) * math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank)
+        return float(base)
+    return alpha
+
+
+# ----------------------------------------------------------------------------- model index
+
+
+def _lora_modules(module: nn.Module):
+    return ((name, m) for name, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def original_unet_name(name: str, unet_config: Mapping) -> str | None:
+    """`down_blocks.1.attentions.0.proj_in` -> `input_blocks.4.1.proj_in` (original layout), or
+    None where the UNet's config has no original layout."""
+    try:
+        key = unet_target(name + ".weight", dict(unet_config)).key
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return key[len(UNET_PREFIX): -len(".weight")]
+
+
+class LoraTargets:
+    """Every LoRA-able module of a model (linear and convolution layers of the UNet and text
+    encoders) under each name a file may use: kohya flat names in both UNet layouts, dotted
+    diffusers names."""
+
+    def __init__(self, model):
+        self.modules: dict[tuple[str, str], tuple[str, nn.Module]] = {}
+        for component in COMPONENTS:
+            part = getattr(model, component, None)
+            if part is None:
+                continue
+            config = getattr(part, "config", None) if component == "unet" else None
+            for name, module in _lora_modules(part):
+                for key in self._keys(component, name, config):
+                    self.modules.setdefault((component, key), (name, module))
+
+    @staticmethod
+    def _keys(component: str, name: str, unet_config) -> list[str]:
+        if component != "unet":
+            short = text_name(name)
+            return [short, "text_model_" + short.replace(".", "_")]
+        keys = [name, name.replace(".", "_")]
+        original = original_unet_name(name, unet_config) if unet_config is not None else None
+        if original:
+            keys.append(original.replace(".", "_"))
+        return keys
+
+    def find(self, component: str, name: str) -> tuple[str, nn.Module] | None:
+        return self.modules.get((component, name))
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def merge_loras(targets: LoraTargets, loras: list[tuple[LoraFile, float, float]]) -> list[tuple[Tensor, Tensor]]:
+    """Add each (file, text-encoder multiplier, UNet multiplier) into the weights; return
+    (weight, original copy) pairs for `restore_weights`. Nothing changes when a file does not fit:
+    every shape is checked first."""
+    plan: dict[int, tuple[nn.Module, list[tuple[LoraLayer, float]]]] = {}
+    for lora, te_multiplier, unet_multiplier in loras:
+        unmatched = []
+        for (component, name), layer in lora.layers.items():
+            found = targets.find(component, name)
+            if found is None:
+                unmatched.append(name)
+                continue
+            module_name, module = found
+            if not layer.fits(module.weight):
+                raise ModelLoadError(f"{lora.path}: LoRA layer {name!r} has shape up {tuple(layer.up.shape)} / down "
+                                     f"{tuple(layer.down.shape)}, which does not fit {component} {module_name} "
+                                     f"{tuple(module.weight.shape)}; the LoRA was made for another model family")
+            multiplier = unet_multiplier if component == "unet" else te_multiplier
+            plan.setdefault(id(module), (module, []))[1].append((layer, multiplier))
+        if len(unmatched) == len(lora.layers):
+            raise ModelLoadError(f"{lora.path}: none of its {len(lora.layers)} LoRA layers matches a module of this "
+                                 f"model (e.g. {unmatched[0]!r}); it was made for another model family")
+        if unmatched or lora.ignored:
+            log.warning("%s: %d of %d LoRA layers match no module of this model and %d other tensors are not LoRA "
+                        "layers; ignored (e.g. %s)", lora.path.name, len(unmatched), len(lora.layers),
+                        len(lora.ignored), ", ".join((unmatched + lora.ignored)[:3]))
+    backups = []
+    try:
+        with torch.no_grad():
+            for module, contributions in plan.values():
+                weight = module.weight
+                total = sum(multiplier * layer.delta(weight) for layer, multiplier in contributions)
+                backups.append((weight, weight.detach().clone()))
+                weight.copy_((weight.float() + total).to(weight.dtype))
+    except BaseException:  # out of memory, interrupted: never leave a half-merged model
+        restore_weights(backups)
+        raise
+    return backups
+
+
+def restore_weights(backups: list[tuple[Tensor, Tensor]]) -> None:
+    """Put back the exact original weights saved by `merge_loras` (no subtraction, no drift)."""
+    with torch.no_grad():
+        for weight, original in reversed(backups):
+            weight.copy_(original)
+
+
+# ----------------------------------------------------------------------------- kohya export
+
+
+def kohya_name(component: str, module: str, *, family: str = "sd1", unet_config: Mapping | None = None,
+               unet_layout: str = "diffusers") -> str:
+    """The kohya name of a diffusers module: `lora_unet_down_blocks_0_..._to_q`, with
+    unet_layout="original" `lora_unet_input_blocks_1_1_..._to_q`; text encoders
+    `lora_te_text_model_encoder_layers_0_self_attn_q_proj` (SDXL: `lora_te1_`, `lora_te2_`)."""
+    if component == "unet":
+        if unet_layout == "original":
+            if unet_config is None:
+                raise ValueError("kohya names in the original UNet layout need the UNet's config")
+            original = original_unet_name(module, unet_config)
+            if original is None:
+                raise ValueError(f"UNet module {module!r} has no name in the original layout")
+            module = original
+        elif unet_layout != "diffusers":
+            raise ValueError(f"unet_layout must be 'diffusers' or 'original', got {unet_layout!r}")
+        return "lora_unet_" + module.replace(".", "_")
+    if component not in ("text_encoder", "text_encoder_2"):
+        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
+    if component == "text_encoder_2" and family != "sdxl":
+        raise ValueError("text_encoder_2 LoRA layers need family='sdxl'")
+    prefix = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] if family == "sdxl" else "lora_te_"
+    return prefix + "text_model_" + text_name(module).replace(".", "_")
+
+
+def kohya_state_dict(layers: Mapping[str, tuple], *, alpha: float | None = None, family: str = "sd1",
+                     unet_config: Mapping | None = None, unet_layout: str = "diffusers",
+                     dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """{kohya name: tensor} from {"<component>.<module>": (down, up) or (down, up, alpha)}, e.g.
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" or
+    "text_encoder.text_model.encoder.layers.0.self_attn.q_proj". Each layer's alpha (its own, else
+    `alpha`, else its rank) is stored, so that the trained scale alpha / rank survives."""
+    out: dict[str, Tensor] = {}
+    for key, value in layers.items():
+        component, _, module = key.partition(".")
+        down, up, *rest = value
+        layer_alpha = rest[0] if rest and rest[0] is not None else alpha
+        if down.shape[0] != up.shape[1]:
+            raise ValueError(f"{key}: down {tuple(down.shape)} and up {tuple(up.shape)} disagree on the rank")
+        name = kohya_name(component, module, family=family, unet_config=unet_config, unet_layout=unet_layout)
+        if name + ".lora_down.weight" in out:
+            raise ValueError(f"{key} maps onto {name} twice")
+        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+        out[name + ".lora_down.weight"] = cast(down.detach()).contiguous().cpu()
+        out[name + ".lora_up.weight"] = cast(up.detach()).contiguous().cpu()
+        out[name + ".alpha"] = torch.tensor(float(layer_alpha if layer_alpha is not None else down.shape[0]))
+    return out
+
+
+def save_kohya_lora(path: str | Path, layers: Mapping[str, tuple], *, alpha: float | None = None,
+                    family: str = "sd1", unet_config: Mapping | None = None, unet_layout: str = "diffusers",
+                    dtype: torch.dtype | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a kohya-format `.safetensors` LoRA (the web UI, ComfyUI and diffusers read it),
+    atomically. `layers` and naming as in `kohya_state_dict`; the UNet's diffusers layout is
+    what kohya's own trainer writes for SD 1.x/2.x and what diffusers reads most reliably."""
+    import os
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: LoRA exports are written as .safetensors")
+    state = kohya_state_dict(layers, alpha=alpha, family=family, unet_config=unet_config, unet_layout=unet_layout,
+                             dtype=dtype)
+    ranks = sorted({int(t.shape[0]) for k, t in state.items() if k.endswith(".lora_down.weight")})
+    alphas = sorted({float(t) for k, t in state.items() if k.endswith(".alpha")})
+    info = {"format": "pt", "ss_network_module": "networks.lora", "ss_network_dim": str(ranks[-1]) if ranks else "",
+            "ss_network_alpha": f"{alphas[-1]:g}" if alphas else "",
+            "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(family, family),
+            **(metadata or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata={str(k): str(v) for k, v in info.items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,73 @@
+"""A KL-regularised autoencoder on its own: the Stable Diffusion first stage without the rest.
+
+Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", train two
+kinds of first stage at several downsampling factors f: KL (a Gaussian posterior pulled weakly
+towards N(0, I)) and VQ (a codebook, see t2i.models.vqgan). The KL model is diffusers'
+`AutoencoderKL`, built exactly as the latent diffusion recipe builds its stage 1 (same
+`VAEConfig`), so a trained one can be dropped into an LDM config of the same shape.
+
+    ae = KLAutoencoder(KLAutoencoderConfig(resolution=64, vae=VAEConfig(block_out_channels=(32, 64, 64))))
+    recon = ae.reconstruct(images)   # (B, 3, H, W) in [-1, 1] -> same shape, posterior mode
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2i.models.ldm import LDMConfig, VAEConfig, build_vae
+
+FILE_FAMILY = "autoencoder-kl"  # the t2i_family of its model file (t2i.checkpoints.family_file)
+
+
+@dataclass
+class KLAutoencoderConfig:
+    resolution: int = 64
+    vae: VAEConfig = field(default_factory=VAEConfig)  # len(block_out_channels) - 1 downsamplings
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.vae.downsample_factor
+
+    def __post_init__(self):
+        if self.resolution % self.downsample_factor:
+            raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor "
+                             f"{self.downsample_factor} of block_out_channels {self.vae.block_out_channels}")
+
+
+class KLAutoencoder(nn.Module):
+    """diffusers `AutoencoderKL` with a config t2i can embed in a model file."""
+
+    kind = FILE_FAMILY
+
+    def __init__(self, config: KLAutoencoderConfig, vae=None):
+        super().__init__()
+        self.config = config
+        self.vae = vae or build_vae(LDMConfig(resolution=config.resolution, vae=config.vae))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode to the posterior mode (no sampling: deterministic) and decode."""
+        return self.vae.decode(self.vae.encode(images).latent_dist.mode()).sample
+
+    def save(self, path: str | Path) -> Path:
+        from t2i.checkpoints.family_file import save_model_file
+
+        return save_model_file(path, self.kind, asdict(self.config), self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "KLAutoencoder":
+        """Strict: the file must hold a KL autoencoder whose tensors match its embedded config."""
+        from t2i.checkpoints.diffusers_folder import ModelLoadError
+        from t2i.checkpoints.family_file import load_into, read_model_file
+        from t2i.config import from_dict
+
+        _, config, tensors = read_model_file(path, cls.kind)
+        try:
+            model = cls(from_dict(KLAutoencoderConfig, config, where=f"{path}: config"))
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
+        load_into(model, tensors, path)
+        return model.to(dtype).eval().requires_grad_(False)

@@ -1,0 +1,114 @@
+"""Loopback: img2img run `loops` times, each loop starting from the previous loop's output, the
+web UI's script.
+
+    result = loopback(loaded, Img2ImgParams(prompt="a red circle", denoising_strength=0.5, seed=1),
+                      image, LoopbackOptions(loops=4, denoising_strength_change_factor=0.9))
+
+Loop i (from 0) uses seed + i and a denoising strength that changes after every loop, in one of
+two ways:
+- change factor (the web UI's original script): strength *= factor, kept within 0.1 .. 1;
+- final denoising strength (its later version): from `denoising_strength` at the first loop to
+  `final_denoising_strength` at the last, along a curve: Linear, Aggressive (sin: changes early)
+  or Lazy (1 - cos: changes late).
+With a batch count n > 1, the chain runs n times from the input (seeds continuing) and the
+result holds each chain's last image; otherwise it holds every loop's image. The images'
+infotexts add the loopback settings; the grid shows the images in one row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from t2i.pipelines.annotated_grid import tile_images
+from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, is_image_params, run_pipeline
+from t2i.pipelines.txt2img import MAX_SEED, StepCallback
+
+CURVES = ("Linear", "Aggressive", "Lazy")
+MIN_FACTOR_STRENGTH = 0.1  # the change factor never takes the strength below this (the web UI's clamp)
+
+
+@dataclass
+class LoopbackOptions:
+    loops: int = param(4, "how many times img2img runs, each on the previous output", minimum=1, maximum=1000)
+    denoising_strength_change_factor: float = param(1.0, "multiply the denoising strength by this after each loop "
+                                                         "(kept within 0.1..1)", minimum=0.0, maximum=10.0,
+                                                    flag="--denoising-change-factor")
+    final_denoising_strength: float | None = param(None, "instead of a change factor: the strength of the last "
+                                                         "loop, reached along --denoising-curve", minimum=0.0,
+                                                   maximum=1.0)
+    denoising_curve: str = param("Linear", "with a final strength: Linear, Aggressive (changes early) or Lazy "
+                                           "(changes late)", choices=CURVES)
+
+
+@dataclass
+class LoopbackResult:
+    images: list[Image.Image]  # every loop's output (batch count 1) or each chain's last
+    infotexts: list[str]
+    seeds: list[int]
+    grid: Image.Image  # the images in one row
+
+
+def check_options(options: LoopbackOptions) -> None:
+    validate(options)
+    if options.final_denoising_strength is not None and options.denoising_strength_change_factor != 1.0:
+        raise ParamError("give either a denoising strength change factor or a final denoising strength, not both")
+
+
+def loop_strengths(initial: float, options: LoopbackOptions) -> list[float]:
+    """The denoising strength of each loop."""
+    if options.final_denoising_strength is None:
+        strengths = [initial]
+        for _ in range(options.loops - 1):
+            strengths.append(min(max(strengths[-1] * options.denoising_strength_change_factor,
+                                     MIN_FACTOR_STRENGTH), 1.0))
+        return strengths
+    if options.loops == 1:
+        return [initial]
+    shape = {"Linear": lambda t: t, "Aggressive": lambda t: math.sin(t * math.pi / 2),
+             "Lazy": lambda t: 1 - math.cos(t * math.pi / 2)}[options.denoising_curve]
+    change = options.final_denoising_strength - initial
+    return [initial + change * shape(i / (options.loops - 1)) for i in range(options.loops)]
+
+
+def _infotext_keys(options: LoopbackOptions) -> dict:
+    """The keys the web UI's loopback adds (its two versions)."""
+    if options.final_denoising_strength is None:
+        return {"Denoising strength change factor": options.denoising_strength_change_factor}
+    return {"Final denoising strength": options.final_denoising_strength, "Denoising curve": options.denoising_curve}
+
+
+def loopback(loaded, params, image: Image.Image, options: LoopbackOptions, *, mask: Image.Image | None = None,
+             callback: StepCallback | None = None) -> LoopbackResult:
+    """`params` are Img2ImgParams (or InpaintParams with `mask`, which every loop repaints)."""
+    check_options(options)
+    if not is_image_params(params):
+        raise ParamError("loopback runs img2img: pass Img2ImgParams (or InpaintParams with a mask)")
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"loopback starts from one PIL image, got {type(image).__name__}")
+    chains = params.n_iter
+    params = fix_seeds(replace(params, batch_size=1, n_iter=1))
+    check_params(loaded, params, [image])
+    strengths = loop_strengths(params.denoising_strength, options)
+    extra = _infotext_keys(options)
+    masks = None if mask is None else [mask]
+    images, infotexts, seeds = [], [], []
+    seed = params.seed
+    for _ in range(chains):
+        current = image
+        for strength in strengths:
+            result = run_pipeline(loaded, replace(params, seed=seed, denoising_strength=strength), [current], masks,
+                                  callback)
+            current = result.images[0]
+            seed = (result.seeds[0] + 1) % (MAX_SEED + 1)
+            if chains == 1:
+                images.append(current)
+                infotexts.append(add_infotext_params(result.infotexts[0], extra))
+                seeds.append(result.seeds[0])
+        if chains > 1:
+            images.append(current)
+            infotexts.append(add_infotext_params(result.infotexts[0], extra))
+            seeds.append(result.seeds[0])
+    return LoopbackResult(images, infotexts, seeds, tile_images(images, cols=len(images)))

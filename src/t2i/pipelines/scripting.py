@@ -1,0 +1,72 @@
+"""What the web UI's scripts (X/Y/Z plot, prompt matrix, loopback, batch img2img) share: running
+the pipeline that fits a params object, checking params before a long run, fixing random seeds
+once for a whole run, and adding keys to an image's infotext."""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import replace
+
+from t2i.metadata import build_infotext, parse_infotext
+from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, GenerationResult, StepCallback, resolve_params
+
+
+def is_image_params(params) -> bool:
+    """True for img2img-style params (img2img, inpaint, outpaint), which need input images."""
+    from t2i.pipelines.img2img import Img2ImgParams
+
+    return isinstance(params, Img2ImgParams)
+
+
+def run_pipeline(loaded, params: GenerationParams, images=None, masks=None,
+                 callback: StepCallback | None = None) -> GenerationResult:
+    """txt2img, img2img, inpaint or outpaint, picked by the type of `params`."""
+    from t2i.pipelines.img2img import img2img
+    from t2i.pipelines.inpaint import InpaintParams, inpaint
+    from t2i.pipelines.outpaint import OutpaintParams, outpaint
+    from t2i.pipelines.txt2img import txt2img
+
+    if not is_image_params(params):
+        if images is not None:
+            raise ValueError(f"{type(params).__name__} generates from text; pass Img2ImgParams to start from images")
+        return txt2img(loaded, params, callback=callback)
+    if images is None:
+        raise ValueError(f"{type(params).__name__} needs input images")
+    if isinstance(params, OutpaintParams):
+        return outpaint(loaded, params, images, callback=callback)
+    if isinstance(params, InpaintParams):
+        if masks is None:
+            raise ValueError("inpainting needs a mask")
+        return inpaint(loaded, params, images, masks, callback=callback)
+    if masks is not None:
+        raise ValueError("a mask needs InpaintParams, not Img2ImgParams")
+    return img2img(loaded, params, images, callback=callback)
+
+
+def check_params(loaded, params: GenerationParams, images=None) -> GenerationParams:
+    """Raise ParamError now for params that the pipeline would refuse later (a long run fails
+    before its first image, not in the middle). Returns them resolved."""
+    if not is_image_params(params):
+        return resolve_params(params, loaded)
+    from t2i.pipelines.img2img import as_image_list, resolve_img2img_params
+
+    return resolve_img2img_params(params, loaded, as_image_list(images)[0].size)
+
+
+def fix_seeds(params: GenerationParams) -> GenerationParams:
+    """Seed and variation seed -1 replaced by one random value each, so that every run made from
+    the result shares them (the web UI's behaviour for a script's whole grid)."""
+    return replace(params, seed=random_seed() if params.seed == -1 else params.seed,
+                   subseed=random_seed() if params.subseed == -1 else params.subseed)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def add_infotext_params(infotext: str, extra: Mapping[str, object]) -> str:
+    """`infotext` with `extra` keys added after its own (before Version), as the web UI adds a
+    script's keys to the first image's parameters."""
+    parsed = parse_infotext(infotext)
+    prompt, negative = parsed.pop("Prompt"), parsed.pop("Negative prompt")
+    return build_infotext(prompt, negative, {**parsed, **extra})
