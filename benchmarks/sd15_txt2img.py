@@ -5,7 +5,8 @@ Writes a random-weight SD 1.5 file in the original single-file layout (fp16, as
 `v1-5-pruned-emaonly.safetensors`; benchmarks/sd_single_file_load.py), then runs every variant
 in its own fresh process (clean peak RSS): load the file, one 1-step warm-up generation at the
 same size (kernels are built on the first call of a shape), then the timed 20-step generation,
-min of --repeats. UNet evaluations are counted (diffusers' default PNDM does steps + 1).
+min of --repeats. Full UNet evaluations are counted (diffusers' default PNDM does steps + 1;
+DeepCache's shallow evaluations are not counted).
 
 variants (--variants picks some):
   t2i-default      `t2i generate` with no setting touched (Runtime.auto, DPM++ 2M)
@@ -13,8 +14,8 @@ variants (--variants picks some):
   t2i-deepcache    + DeepCache interval 3
   t2i-fastest      + DeepCache interval 3 + tiny VAE decoder (random TAESD weights: its speed only)
   t2i-compile      + torch.compile (the warm-up pays the compile; reported as load+warm-up)
-  t2i-vae-tiling   + VAE tiling (memory)
-  t2i-attn-slicing + attention slicing (memory)
+  t2i-vae-tiling   + VAE tiling (memory; t2i's "auto" tiles only above 1024x1024 on a CPU)
+  t2i-attn-slicing + attention slicing (memory; "auto" leaves it off on a CPU)
   diffusers-default       StableDiffusionPipeline.from_single_file, then pipe(prompt) as documented
   diffusers-best-manual   torch_dtype=bfloat16 + channels_last UNet and VAE
 
@@ -89,6 +90,7 @@ def run_t2i(variant: str, path: Path, config_dir: Path | None, taesd: Path, size
     from t2i.pipelines.txt2img import Txt2ImgParams, txt2img
     from t2i.runtime import Runtime
     from t2i import speedups
+    from t2i.memory import MemoryPlan, apply_memory
 
     _import_libraries()
     start = time.perf_counter()
@@ -99,10 +101,9 @@ def run_t2i(variant: str, path: Path, config_dir: Path | None, taesd: Path, size
         extra["deepcache_interval"] = 3
     if variant == "t2i-fastest":
         speedups.use_tiny_decoder(loaded, taesd)
-    if variant == "t2i-vae-tiling":
-        speedups.enable_vae_tiling(loaded)
-    if variant == "t2i-attn-slicing":
-        speedups.enable_attention_slicing(loaded)
+    if variant in ("t2i-vae-tiling", "t2i-attn-slicing"):
+        apply_memory(loaded.model, MemoryPlan(attention_slicing=variant == "t2i-attn-slicing",
+                                              vae_tiling=variant == "t2i-vae-tiling"), "cpu")
     if variant == "t2i-compile":
         speedups.compile_unet(loaded, warmup_batch=None)
     load_s = time.perf_counter() - start

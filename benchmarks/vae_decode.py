@@ -45,6 +45,7 @@ def main() -> None:
 
     from t2i.checkpoints.tiny_vae import build_tiny_decoder
     from t2i.evaluate.random_sd import random_sd_vae
+    from t2i.memory import MemoryPlan, apply_memory
     from t2i.runtime import Runtime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,7 +95,7 @@ def main() -> None:
     rows.append(("t2i tiny decoder (TAESD)", best_time(lambda: tiny(scaled.to(runtime.dtype)), args.repeats),
                  runtime.dtype, counter.get_total_flops()))
 
-    model.vae.enable_tiling()
+    apply_memory(model, MemoryPlan(vae_tiling=True), "cpu")
     rows.append(("t2i default + VAE tiling", best_time(t2i_decode, args.repeats), runtime.dtype, flops))
 
     reference = rows[0][1]

@@ -1,4 +1,4 @@
-"""Opt-in accelerators: DeepCache, the tiny VAE decoder, attention slicing, VAE tiling, compile."""
+"""Opt-in accelerators: DeepCache, the tiny VAE decoder, compile (memory switches: t2i.memory)."""
 import copy
 import json
 
@@ -158,22 +158,7 @@ def test_tiny_decoder_errors(tmp_path, tiny_loaded):
     assert getattr(tiny_loaded.model, "tiny_decoder", None) is None
 
 
-# ----------------------------------------------------------------------------- memory savers, compile
-
-
-def test_attention_slicing_and_vae_tiling_keep_the_image(tiny_model_dir):
-    from t2i.checkpoints.registry import load_model
-    from t2i.runtime import Runtime
-    from t2i.speedups import enable_attention_slicing, enable_vae_tiling
-
-    loaded = load_model(tiny_model_dir, Runtime.auto("full", "cpu"))
-    params = Txt2ImgParams(prompt="a red circle", steps=2, seed=1)
-    before = _pixels(txt2img(loaded, params))
-    enable_attention_slicing(loaded)
-    enable_vae_tiling(loaded)
-    assert loaded.model.vae.use_tiling
-    after = _pixels(txt2img(loaded, params))
-    assert np.abs(before - after).max() <= 1  # the same image up to rounding
+# ----------------------------------------------------------------------------- compile, CLI
 
 
 def test_compile_without_a_cpp_compiler_says_so(tiny_loaded, monkeypatch):

@@ -1,14 +1,13 @@
-"""Opt-in accelerators and memory savers for a loaded diffusion model, each measured in
-benchmarks/ (BENCHMARKS.md, "Fast path"). The automatic precision and layout choice lives in
-t2i.runtime; DeepCache (step caching) in t2i.diffusion.deepcache, switched on per generation.
+"""Opt-in accelerators for a loaded diffusion model, each measured in benchmarks/ (BENCHMARKS.md,
+"Fast path"). The automatic precision and layout choice lives in t2i.runtime; DeepCache (step
+caching) in t2i.diffusion.deepcache, switched on per generation; attention slicing and VAE
+tiling, which save memory rather than time, in t2i.memory.
 
     compile_unet(loaded)                 # torch.compile the UNet (Inductor); returns compile seconds
     use_tiny_decoder(loaded, "taesd_decoder.safetensors")   # TAESD: fast approximate VAE decode
-    enable_attention_slicing(loaded)     # attention one head slice at a time
-    enable_vae_tiling(loaded)            # decode (and encode) large images tile by tile
 
-Each takes a LoadedModel (t2i.checkpoints.registry) and changes it in place, through the
-modules' public switches (`nn.Module.compile`, diffusers' `set_attention_slice`/`enable_tiling`).
+Each takes a LoadedModel (t2i.checkpoints.registry) or a model and changes it in place, through
+public switches (`nn.Module.compile`, a `tiny_decoder` that `decode_latents` uses).
 """
 from __future__ import annotations
 
@@ -41,33 +40,22 @@ def compile_unet(loaded, *, warmup_batch: int | None = 2, mode: str | None = Non
     if device.type == "cpu":
         _check_cpp_compiler()
     model.unet.compile(mode=mode)
-    if not warmup_batch:
-        return 0.0
     unet = model.unet
+    config = unet.config
+    if not warmup_batch or config.addition_embed_type not in (None, "text_time"):
+        return 0.0  # compiled on first use
     param = next(unet.parameters())
+    zeros = lambda *shape: torch.zeros(warmup_batch, *shape, device=device, dtype=param.dtype)  # noqa: E731
     size = model.config.resolution // model.vae_scale_factor
-    sample = torch.randn(warmup_batch, unet.config.in_channels, size, size, device=device, dtype=param.dtype)
-    context = torch.zeros(warmup_batch, 77, unet.config.cross_attention_dim, device=device, dtype=param.dtype)
+    extra = {}
+    if config.addition_embed_type == "text_time":  # SDXL: pooled text embedding and 6 size/crop ids
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        extra["added_cond_kwargs"] = {"text_embeds": zeros(pooled), "time_ids": zeros(6)}
     start = time.perf_counter()
     with torch.no_grad():
-        unet(sample, torch.tensor(500, device=device), encoder_hidden_states=context)
+        unet(zeros(config.in_channels, size, size), torch.tensor(500, device=device),
+             encoder_hidden_states=zeros(77, config.cross_attention_dim), **extra)
     return time.perf_counter() - start
-
-
-def enable_attention_slicing(loaded, slice_size: str | int = "auto") -> None:
-    """Attention computed one slice of heads at a time (diffusers' SlicedAttnProcessor): lower
-    peak memory with the classic attention kernel. torch's SDPA, the default, already avoids
-    the full attention matrix on CPU and CUDA; see BENCHMARKS.md before switching this on."""
-    _model(loaded).unet.set_attention_slice(slice_size)
-
-
-def enable_vae_tiling(loaded) -> None:
-    """VAE decode and encode in overlapping tiles (diffusers' AutoencoderKL tiling): memory
-    bounded by the tile size for large images; seams are blended."""
-    vae = _model(loaded).vae
-    if not hasattr(vae, "enable_tiling"):
-        raise ValueError(f"this model's VAE ({type(vae).__name__}) has no tiled mode")
-    vae.enable_tiling()
 
 
 def use_tiny_decoder(loaded, path) -> None:
