@@ -63,7 +63,6 @@ def _read_prompts(args) -> list[str]:
 
 
 def _run_generate(args) -> None:
-    from t2i.checkpoints.registry import load_model
     from t2i.metadata import write_png
     from t2i.outputs import make_grid, next_image_path
     from t2i.pipelines.infotext import model_mismatch
