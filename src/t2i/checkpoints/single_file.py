@@ -124,9 +124,7 @@ def _fill(module: nn.Module, component: str, state: dict[str, Tensor], target_of
             continue
         new[name] = value.to(dtype) if value.is_floating_point() else value
     stray = sorted(k for k in state if k.startswith(area) and k not in used and not ignore(k))
-    problems = [f"{len(items)} {what} (e.g. {'; '.join(items[:3])})"
-                for items, what in ((missing, "missing tensors"), (wrong, "tensors of the wrong shape"),
-                                    (stray, "unexpected tensors")) if items]
+    problems = mismatch_report(missing, wrong, stray)
     if problems:
         raise ModelLoadError(f"{source} does not match the {label} {component}: {', '.join(problems)}. "
                              f"The file is damaged, mixes models, or needs another config folder")
@@ -135,6 +133,14 @@ def _fill(module: nn.Module, component: str, state: dict[str, Tensor], target_of
     if leftover:  # a bug in the key maps, not in the file
         raise RuntimeError(f"{component} parameters left unloaded: {leftover[:3]}")
     module.eval().requires_grad_(False)
+
+
+def mismatch_report(missing: list[str], wrong: list[str], stray: list[str]) -> list[str]:
+    """The parts of a strict-loading error: counts of missing, wrong-shape and unexpected tensors,
+    each with up to three examples (empty when everything fits)."""
+    return [f"{len(items)} {what} (e.g. {'; '.join(items[:3])})"
+            for items, what in ((missing, "missing tensors"), (wrong, "tensors of the wrong shape"),
+                                (stray, "unexpected tensors")) if items]
 
 
 def _ignored_text_key(num_layers: int, family: str) -> Callable[[str], bool]:

@@ -21,6 +21,7 @@ from torch import Tensor
 from t2i.checkpoints.convert import Target, read_target, vae_target
 from t2i.checkpoints.detect import VAE_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.single_file import mismatch_report
 
 VAE_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                     "model.safetensors", "diffusion_pytorch_model.bin")
@@ -90,9 +91,7 @@ def vae_state_dict(vae, path: str | Path) -> dict[str, Tensor]:
             continue
         new[name] = value
     stray = sorted(k.removeprefix(VAE_PREFIX) for k in source if k not in used)
-    problems = [f"{len(items)} {what} (e.g. {'; '.join(items[:3])})"
-                for items, what in ((wrong, "tensors of the wrong shape"), (missing, "missing tensors"),
-                                    (stray, "unexpected tensors")) if items]
+    problems = mismatch_report(missing, wrong, stray)
     if problems:
         raise ModelLoadError(f"{file} does not fit this model's VAE: {', '.join(problems)}. It is a VAE for another "
                              f"kind of model, damaged, or not a VAE; the model keeps its own VAE")
