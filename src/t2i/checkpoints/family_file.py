@@ -1,9 +1,10 @@
 """One-file models: a safetensors file whose metadata embeds the family, typed config and version.
 
-Used by the classic families (GAN, VAE, pixel-space DDPM), which have no ecosystem folder layout
-to follow. Metadata keys (all strings, as safetensors requires):
+Used by the classic families (GAN, VAE, pixel-space DDPM, KL autoencoder, VQGAN, AR transformer),
+which have no ecosystem folder layout to follow; their save/load is t2i.models.common.FamilyFileModel.
+Metadata keys (all strings, as safetensors requires):
 
-    t2i_family   "gan" | "vae" | "ddpm"
+    t2i_family   "gan" | "vae" | "ddpm" | "autoencoder-kl" | "vqgan" | "ar"
     t2i_config   the model config as JSON (rebuilt with t2i.config.from_dict: unknown keys fail)
     t2i_version  the t2i version that wrote the file
 
@@ -23,6 +24,11 @@ from t2i.checkpoints.diffusers_folder import ModelLoadError, _t2i_version
 
 FAMILY_KEY, CONFIG_KEY, VERSION_KEY = "t2i_family", "t2i_config", "t2i_version"
 MODEL_FILE = "model.safetensors"  # what a training run of these families leaves in its folder
+
+
+class ModelConfigError(ModelLoadError, ValueError):
+    """A file's embedded config that its dataclass rejects: a load error of the file and a bad value,
+    so callers catching either (ModelLoadError, or ValueError like the CLI's config errors) see it."""
 
 
 def save_model_file(path: str | Path, family: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

@@ -30,141 +30,27 @@ From a prompt to what the UNet's cross-attention sees at each step, as the most 
 
 A prompt without syntax (`has_syntax` False) is encoded once, before sampling, and sampled by the
 base `CFGDenoiser` path: no extra work per step.
+
+This module holds the encoder and the per-step conditioning; chunking and weights are in
+t2i.diffusion.prompt_tokens, the guidance wrapper (AND, padding) in t2i.diffusion.prompt_guidance,
+and SDXL's two text encoders in t2i.diffusion.sdxl.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from t2i.diffusion.sampling import CFGDenoiser, _device_dtype
-from t2i.prompts import (
-    BREAK_WEIGHT,
-    extract_extra_networks,
-    has_schedule,
-    has_syntax,
-    parse_attention,
-    schedule,
-    split_and,
-)
+# Tokens and guidance live in their own modules; their public names stay importable from here.
+from t2i.diffusion.prompt_guidance import PromptDenoiser
+from t2i.diffusion.prompt_tokens import COMMA_BACKTRACK, TokenChunk, apply_weights, chunk_length_for, chunk_tokens
+from t2i.diffusion.sampling import _device_dtype
+from t2i.prompts import extract_extra_networks, has_schedule, has_syntax, parse_attention, schedule, split_and
 
-__all__ = ["COMMA_BACKTRACK", "TokenChunk", "chunk_tokens", "PromptEncoder", "PromptConditioning", "PromptDenoiser"]
-
-COMMA_BACKTRACK = 20  # the web UI's default "comma padding backtrack", in tokens
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-@dataclass(frozen=True)
-class TokenChunk:
-    """One text encoder input: BOS, up to `chunk_length` tokens, EOS, padding."""
-
-    ids: tuple[int, ...]  # (chunk_length + 2,)
-    weights: tuple[float, ...]  # (chunk_length + 2,) 1.0 at BOS, EOS and padding
-    # textual-inversion embeddings: (index in ids of the first of its vectors, embedding name)
-    fixes: tuple[tuple[int, str], ...] = ()
-
-
-def chunk_length_for(tokenizer, text_encoder=None) -> int:
-    """Tokens per chunk without BOS/EOS: model_max_length − 2, capped by the encoder's positions."""
-    limit = tokenizer.model_max_length
-    positions = getattr(getattr(text_encoder, "config", None), "max_position_embeddings", None)
-    if positions is not None and (limit is None or limit > positions):
-        limit = positions  # tokenizers saved without a limit report a huge model_max_length
-    if limit is None or limit < 3:
-        raise ValueError(f"the tokenizer's model_max_length is {limit}; set it to the text encoder's "
-                         f"context length (77 for Stable Diffusion)")
-    return int(limit) - 2
-
-
-def chunk_tokens(tokenizer, pieces: list[tuple[str, float]], *, comma_backtrack: int = COMMA_BACKTRACK,
-                 chunk_length: int | None = None, embeddings=None) -> list[TokenChunk]:
-    """Tokenize `parse_attention` output into chunks of `chunk_length` tokens (default
-    model_max_length − 2), each with BOS, EOS and padding; ("BREAK", -1.0) closes a chunk.
-
-    Always at least one chunk (an empty prompt is BOS, EOS, padding). The layout equals the
-    tokenizer's own `padding="max_length"` output for a prompt that fits in one chunk.
-    `embeddings` (an EmbeddingMatcher): a textual-inversion name becomes its N vectors'
-    placeholders, which count toward the chunk and never straddle two chunks (as in the web UI).
-    """
-    size = chunk_length or chunk_length_for(tokenizer)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
-    # verbose=False: pieces longer than model_max_length are expected here, not an error.
-    piece_ids = tokenizer([text for text, _ in pieces], add_special_tokens=False, truncation=False,
-                          verbose=False).input_ids
-    chunks: list[TokenChunk] = []
-    ids: list[int] = []
-    weights: list[float] = []
-    fixes: list[tuple[int, str]] = []  # (index in `ids`, embedding name) of the current chunk
-    last_comma = -1  # index in `ids` of the last comma of the current chunk
-
-    def close() -> None:
-        nonlocal last_comma
-        n_pad = size - len(ids)
-        chunks.append(TokenChunk(tuple([bos, *ids, eos] + [pad] * n_pad), tuple([1.0, *weights, 1.0] + [1.0] * n_pad),
-                                 tuple((1 + at, name) for at, name in fixes)))  # 1 +: after BOS
-        ids.clear()
-        weights.clear()
-        fixes.clear()
-        last_comma = -1
-
-    for (text, weight), tokens in zip(pieces, piece_ids):
-        if text == "BREAK" and weight == BREAK_WEIGHT:
-            close()
-            continue
-        i = 0
-        while i < len(tokens):
-            token = tokens[i]
-            found = embeddings.match(tokens, i) if embeddings is not None else None
-            if token == comma:
-                last_comma = len(ids)
-            elif len(ids) == size and last_comma != -1 and len(ids) - last_comma <= comma_backtrack:
-                # A full chunk with a comma near its end: move the words after the comma on, so
-                # that a phrase is not cut in two between chunks.
-                cut = last_comma + 1
-                moved_ids, moved_weights = ids[cut:], weights[cut:]
-                moved_fixes = [(at - cut, name) for at, name in fixes if at >= cut]
-                del ids[cut:], weights[cut:]
-                fixes[:] = [(at, name) for at, name in fixes if at < cut]
-                close()
-                ids.extend(moved_ids)
-                weights.extend(moved_weights)
-                fixes.extend(moved_fixes)
-            if len(ids) == size:
-                close()
-            if found is None:
-                ids.append(token)
-                weights.append(weight)
-                i += 1
-                continue
-            embedding, name_tokens = found
-            if embedding.count > size:
-                raise ValueError(f"embedding {embedding.name!r} has {embedding.count} vectors, more than the {size} "
-                                 f"tokens of a prompt chunk; it cannot be used with this model")
-            if len(ids) + embedding.count > size:
-                close()
-            fixes.append((len(ids), embedding.name))
-            ids.extend([embeddings.placeholder] * embedding.count)
-            weights.extend([weight] * embedding.count)
-            i += name_tokens
-    if ids or not chunks:
-        close()
-    return chunks
-
-
-def apply_weights(z: Tensor, weights: Tensor) -> Tensor:
-    """(n, L, D) hidden states × (n, L) token weights, each chunk rescaled to its old mean."""
-    z32 = z.float()
-    before = z32.mean(dim=(1, 2), keepdim=True)
-    weighted = z32 * weights.to(z.device, torch.float32)[..., None]
-    after = weighted.mean(dim=(1, 2), keepdim=True)
-    return (weighted * (before / after)).to(z.dtype)
+__all__ = ["COMMA_BACKTRACK", "TokenChunk", "chunk_tokens", "apply_weights", "PromptEncoder", "PromptConditioning",
+           "PromptDenoiser"]
 
 
 # --------------------------------------------------------------------------- encoding
@@ -364,137 +250,3 @@ class PromptConditioning:
                              "encoder.conditioning(negative_prompt, negative=True)")
         return PromptDenoiser(unet, self, uncond, cfg_scale, batch_size, steps=steps if steps is not None else self.steps)
 
-
-# --------------------------------------------------------------------------- guidance
-
-
-def _pad_repeat_last(rows: list[Tensor]) -> Tensor:
-    """(1, T_i, D) each → (N, max T, D), a shorter row continued by its last vector."""
-    longest = max(row.shape[1] for row in rows)
-    padded = [row if row.shape[1] == longest else
-              torch.cat([row, row[:, -1:].expand(1, longest - row.shape[1], row.shape[2])], dim=1) for row in rows]
-    return torch.cat(padded)
-
-
-def _pad_with_empty(context: Tensor, length: int, empty: Tensor) -> Tensor:
-    """(N, T, D) → (N, length, D) with copies of the empty prompt's encoding (1, L, D)."""
-    missing = length - context.shape[1]
-    if missing == 0:
-        return context
-    if missing % empty.shape[1]:
-        raise ValueError(f"cannot pad a context of {context.shape[1]} tokens to {length} with "
-                         f"{empty.shape[1]}-token chunks; encode both with the same PromptEncoder")
-    filler = empty.repeat(1, missing // empty.shape[1], 1).expand(context.shape[0], -1, -1)
-    return torch.cat([context, filler], dim=1)
-
-
-class PromptDenoiser(CFGDenoiser):
-    """Classifier-free guidance whose text context follows the prompt schedule, with AND parts.
-
-    `begin_step(i, total)` (called by `sample_scheduler` before each model evaluation) selects the
-    context of step i; a static conditioning sets it once, here. With one part of weight 1 per
-    image the UNet batch is the base class's [uncond (B), cond (B)]; otherwise it is
-    [uncond (B), every part of every image (R)] and `combine_parts` sums the weighted differences.
-    """
-
-    def __init__(self, unet, cond: PromptConditioning, uncond: PromptConditioning | None, cfg_scale: float,
-                 batch_size: int, steps: int | None = None):
-        for what, c in (("prompt", cond), ("negative prompt", uncond)):
-            if c is not None and len(c.prompts) not in (1, batch_size):
-                raise ValueError(f"got {len(c.prompts)} {what}s for {batch_size} images; give 1 or {batch_size}")
-        if uncond is not None and not uncond.simple:
-            raise ValueError("the negative prompt conditioning has AND parts or a part weight; build it with "
-                             "encoder.conditioning(negative_prompt, negative=True)")
-        if not cond.simple and uncond is None:
-            raise ValueError("a prompt with AND parts or a part weight (`text :1.2`) is guided relative to the "
-                             "unconditional prediction: give a negative prompt conditioning (an empty one is fine)")
-        # The base class sets the device, dtype, scale (and anything it gains later); the
-        # context here depends on the step, so it gets a placeholder and is replaced below.
-        placeholder = torch.zeros(1, 1, 1)
-        super().__init__(unet, placeholder, placeholder if uncond is not None else None, cfg_scale, batch_size)
-        self.guided = uncond is not None and (self.cfg_scale != 1.0 or not cond.simple)
-        self.simple = cond.simple
-        self.batch_size = batch_size
-        self.cond, self.uncond = cond, uncond if self.guided else None
-        self.static = cond.static and (self.uncond is None or self.uncond.static)
-        image_parts = [(b, weight) for b in range(batch_size) for _, weight in cond.parts[b if len(cond.parts) > 1 else 0]]
-        self.owners = torch.tensor([b for b, _ in image_parts], device=self.device)  # (R,) image of each part
-        self.part_weights = torch.tensor([w for _, w in image_parts]).view(-1, 1, 1, 1)  # (R, 1, 1, 1)
-        rows = list(range(batch_size)) + [b for b, _ in image_parts] if self.guided else [b for b, _ in image_parts]
-        self.rows = torch.tensor(rows, device=self.device)  # image of each UNet batch row
-        self._per_step: dict[int, list[tuple]] = {}  # total -> the (context, pooled) of each step
-        self.context = None
-        self.pooled: Tensor | None = None  # (rows, P) pooled text embeddings (SDXL), row for row with context
-        if self.static or steps is not None:
-            self.begin_step(0, steps)
-
-    def begin_step(self, step: int, total: int | None) -> None:
-        if self.static:
-            if self.context is None:
-                self.context, self.pooled = self._build_context(*self._key_at(0, None))
-            return  # a prompt without schedules: nothing to do per step
-        contexts = self._per_step.get(total)
-        if contexts is None:  # first step of a run: every step's context, each distinct one built once
-            contexts = self._per_step[total] = self._contexts_for(total)
-        self.context, self.pooled = contexts[min(step, len(contexts) - 1)]
-
-    def _key_at(self, step: int, total: int | None) -> tuple:
-        return self.cond.texts_at(step, total), self.uncond.texts_at(step, total) if self.uncond is not None else None
-
-    def _contexts_for(self, total: int | None) -> list[tuple]:
-        if total is None:
-            raise ValueError("this prompt changes over the steps: give the number of model evaluations")
-        built: dict[tuple, tuple] = {}
-        contexts = []
-        for step in range(total):
-            key = self._key_at(step, total)
-            if key not in built:
-                built[key] = self._build_context(*key)
-            contexts.append(built[key])
-        return contexts
-
-    def _build_context(self, cond_texts: tuple, uncond_texts: tuple | None) -> tuple[Tensor, Tensor | None]:
-        """(context (B + R or R, T, D), pooled (B + R or R, P) or None): uncond of each image,
-        then each part of each image."""
-        per_image = lambda texts, b: texts[b if len(texts) > 1 else 0]  # noqa: E731
-        cond_rows = [text for b in range(self.batch_size) for text, _ in per_image(cond_texts, b)]
-        cond = _pad_repeat_last([self.cond.context(text) for text in cond_rows])
-        pooled = self._pooled_rows(self.cond, cond_rows)
-        if uncond_texts is None:
-            return cond.to(self.device, self.dtype), pooled
-        uncond_rows = [per_image(uncond_texts, b)[0][0] for b in range(self.batch_size)]
-        uncond = _pad_repeat_last([self.uncond.context(text) for text in uncond_rows])
-        length = max(cond.shape[1], uncond.shape[1])
-        cond = _pad_with_empty(cond, length, self.cond.encoder.empty)
-        uncond = _pad_with_empty(uncond, length, self.uncond.encoder.empty)
-        if pooled is not None:
-            pooled = torch.cat([self._pooled_rows(self.uncond, uncond_rows), pooled])
-        return torch.cat([uncond, cond]).to(self.device, self.dtype), pooled
-
-    def _pooled_rows(self, conditioning: PromptConditioning, texts: list[str]) -> Tensor | None:
-        vectors = [conditioning.pooled(text) for text in texts]
-        return None if vectors[0] is None else torch.cat(vectors).to(self.device, self.dtype)
-
-    def unet_kwargs(self, x: Tensor) -> dict:
-        """SDXL: the pooled embeddings and size conditioning of the current rows (x: the UNet input)."""
-        if self.pooled is None:
-            return {}
-        return {"added_cond_kwargs": self.cond.encoder.unet_conditions(self.pooled, tuple(x.shape[-2:]))}
-
-    def combine_parts(self, uncond_out: Tensor, cond_out: Tensor) -> Tensor:
-        """uncond + cfg · Σ_i w_i (cond_i − uncond), the sum over each image's parts."""
-        weights = self.part_weights.to(cond_out.device)
-        owners = self.owners.to(cond_out.device)
-        delta = (cond_out - uncond_out[owners]) * weights  # (R, C, H, W)
-        return uncond_out + self.cfg_scale * torch.zeros_like(uncond_out).index_add_(0, owners, delta)
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        if self.context is None:
-            raise ValueError("this prompt changes over the steps: call begin_step(i, total) before each model "
-                             "evaluation (sample_scheduler does), or give steps= when building the denoiser")
-        if self.simple:
-            return super().__call__(x, t)
-        x_in = x.to(self.device, self.dtype)[self.rows]  # (B + R, C, H, W)
-        out = self.unet(x_in, t.to(self.device), encoder_hidden_states=self.context, **self.unet_kwargs(x_in)).sample
-        out = out.to(x.device, torch.float32)
-        return self.combine_parts(out[: self.batch_size], out[self.batch_size:])

@@ -21,7 +21,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 from types import SimpleNamespace
 
-import torch
 from torch import Tensor, nn
 
 

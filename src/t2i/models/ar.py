@@ -22,13 +22,15 @@ step) consume the same random numbers and give the same codes.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2i.models.common import FamilyFileModel
 
 CONDITIONINGS = ("none", "class", "text")
 
@@ -80,10 +82,11 @@ def build_gpt(config: ARConfig):
     return GPT2LMHeadModel(gpt_config)
 
 
-class CodeTransformer(nn.Module):
-    """GPT-2 over (condition prefix, codes). `loss = model.loss(cond_ids, codes)`."""
+class CodeTransformer(FamilyFileModel, nn.Module):
+    """GPT-2 over (condition prefix, codes). `loss = model.loss(cond_ids, codes)`.
+    Saved as one safetensors file, the config embedded (t2i.checkpoints.family_file)."""
 
-    kind = "ar"
+    kind, config_class = "ar", ARConfig
 
     def __init__(self, config: ARConfig):
         super().__init__()
@@ -166,33 +169,21 @@ class CodeTransformer(nn.Module):
     # refuses shared tensors, so the file holds it once, under the embedding's name
     TIED = ("gpt.lm_head.weight", "gpt.transformer.wte.weight")
 
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file, the config embedded (t2i.checkpoints.family_file)."""
-        from t2i.checkpoints.family_file import save_model_file
-
+    def state_for_file(self) -> dict[str, torch.Tensor]:
         state = self.state_dict()
         state.pop(self.TIED[0])
-        return save_model_file(path, self.kind, asdict(self.config), state)
+        return state
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "CodeTransformer":
-        """Strict: the file must hold a transformer whose tensors match its embedded config."""
+    def state_from_file(cls, tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
         from t2i.checkpoints.diffusers_folder import ModelLoadError
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
 
-        _, config, tensors = read_model_file(path, cls.kind)
-        try:
-            model = cls(from_dict(ARConfig, config, where=f"{path}: config"))
-        except ValueError as err:
-            raise ModelLoadError(str(err)) from err
         if cls.TIED[0] in tensors:
             raise ModelLoadError(f"{path} stores {cls.TIED[0]} separately; t2i writes it once, tied to "
                                  f"{cls.TIED[1]}: this file was not written by CodeTransformer.save")
         if cls.TIED[1] in tensors:
             tensors[cls.TIED[0]] = tensors[cls.TIED[1]]
-        load_into(model, tensors, path)
-        return model.to(dtype).eval().requires_grad_(False)
+        return tensors
 
 
 # -- sampling hyper-parameters -------------------------------------------------------------------

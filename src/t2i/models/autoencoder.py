@@ -11,12 +11,12 @@ towards N(0, I)) and VQ (a codebook, see t2i.models.vqgan). The KL model is diff
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from t2i.models.common import FamilyFileModel
 from t2i.models.ldm import LDMConfig, VAEConfig, build_vae
 
 FILE_FAMILY = "autoencoder-kl"  # the t2i_family of its model file (t2i.checkpoints.family_file)
@@ -37,10 +37,10 @@ class KLAutoencoderConfig:
                              f"{self.downsample_factor} of block_out_channels {self.vae.block_out_channels}")
 
 
-class KLAutoencoder(nn.Module):
+class KLAutoencoder(FamilyFileModel, nn.Module):
     """diffusers `AutoencoderKL` with a config t2i can embed in a model file."""
 
-    kind = FILE_FAMILY
+    kind, config_class = FILE_FAMILY, KLAutoencoderConfig
 
     def __init__(self, config: KLAutoencoderConfig, vae=None):
         super().__init__()
@@ -51,23 +51,3 @@ class KLAutoencoder(nn.Module):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Encode to the posterior mode (no sampling: deterministic) and decode."""
         return self.vae.decode(self.vae.encode(images).latent_dist.mode()).sample
-
-    def save(self, path: str | Path) -> Path:
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, self.kind, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "KLAutoencoder":
-        """Strict: the file must hold a KL autoencoder whose tensors match its embedded config."""
-        from t2i.checkpoints.diffusers_folder import ModelLoadError
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, cls.kind)
-        try:
-            model = cls(from_dict(KLAutoencoderConfig, config, where=f"{path}: config"))
-        except ValueError as err:
-            raise ModelLoadError(str(err)) from err
-        load_into(model, tensors, path)
-        return model.to(dtype).eval().requires_grad_(False)

@@ -26,13 +26,12 @@ prompts) and denoising loop.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from t2i.models.common import check_seed_count, resolve_class, to_pil_images
+from t2i.models.common import FamilyFileModel, check_seed_count, resolve_class, to_pil_images
 from t2i.models.text import TextEncoderConfig
 
 FAMILY = "ddpm"
@@ -147,7 +146,10 @@ def build_text_unet(cfg: DDPMConfig):
     )
 
 
-class PixelDDPM(nn.Module):
+class PixelDDPM(FamilyFileModel, nn.Module):
+    kind, config_class = FAMILY, DDPMConfig
+    freeze_on_load = False  # loaded models of this family have always kept requires_grad
+
     def __init__(self, config: DDPMConfig):
         super().__init__()
         if config.conditioning == "class" and not config.class_names:
@@ -232,21 +234,6 @@ class PixelDDPM(nn.Module):
             "steps_offset": 0,
             "timestep_spacing": "trailing",  # sampling starts at the last training step
         }
-
-    def save(self, path: str | Path) -> Path:
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, FAMILY, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PixelDDPM":
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, FAMILY)
-        model = cls(from_dict(DDPMConfig, config, where=f"{path}: config"))
-        load_into(model, tensors, path)
-        return model.eval()
 
 
 def make_sampler(model: PixelDDPM, sampler: str):

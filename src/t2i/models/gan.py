@@ -19,14 +19,13 @@ normalisation in the discriminator (the optional R1 penalty differentiates throu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.models.common import check_seed_count, per_image_normal, resolve_class, to_pil_images
+from t2i.models.common import FamilyFileModel, check_seed_count, per_image_normal, resolve_class, to_pil_images
 
 FAMILY = "gan"
 
@@ -115,29 +114,17 @@ class Discriminator(nn.Module):
         return logits
 
 
-class GAN(nn.Module):
+class GAN(FamilyFileModel, nn.Module):
     """Generator and discriminator with the config they were built from; one file on disk."""
+
+    kind, config_class = FAMILY, GANConfig
+    freeze_on_load = False  # loaded models of this family have always kept requires_grad
 
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
-
-    def save(self, path: str | Path) -> Path:
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, FAMILY, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "GAN":
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, FAMILY)
-        model = cls(from_dict(GANConfig, config, where=f"{path}: config"))
-        load_into(model, tensors, path)
-        return model.eval()
 
 
 # -- losses ----------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ sample from the N(0, I) prior decodes to one coherent image; it fixes the image 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from t2i.models.common import check_seed_count, from_pil_images, per_image_normal, to_pil_images
+from t2i.models.common import FamilyFileModel, check_seed_count, from_pil_images, per_image_normal, to_pil_images
 
 FAMILY = "vae"
 
@@ -49,7 +48,10 @@ def _block(conv: nn.Module, out_channels: int, groups: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.GroupNorm(groups, out_channels), nn.SiLU())
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(FamilyFileModel, nn.Module):
+    kind, config_class = FAMILY, ConvVAEConfig
+    freeze_on_load = False  # loaded models of this family have always kept requires_grad
+
     def __init__(self, config: ConvVAEConfig):
         super().__init__()
         self.config = cfg = config
@@ -87,21 +89,6 @@ class ConvVAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu if eps is None else mu + (0.5 * logvar).exp() * eps.to(mu)
         return self.decode(z), mu, logvar
-
-    def save(self, path: str | Path) -> Path:
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, FAMILY, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ConvVAE":
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, FAMILY)
-        model = cls(from_dict(ConvVAEConfig, config, where=f"{path}: config"))
-        load_into(model, tensors, path)
-        return model.eval()
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

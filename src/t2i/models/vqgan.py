@@ -17,13 +17,14 @@ batches in [-1, 1] to per-image distances (e.g. an LPIPS network loaded from loc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2i.models.common import FamilyFileModel
 
 
 @dataclass
@@ -106,10 +107,11 @@ class VQGANOutput(NamedTuple):
     commitment_loss: torch.Tensor
 
 
-class VQGAN(nn.Module):
-    """diffusers `VQModel` plus code-level encode/decode. Images are (B, 3, H, W) in [-1, 1]."""
+class VQGAN(FamilyFileModel, nn.Module):
+    """diffusers `VQModel` plus code-level encode/decode. Images are (B, 3, H, W) in [-1, 1].
+    Saved as one safetensors file, the config embedded (t2i.checkpoints.family_file)."""
 
-    kind = "vqgan"
+    kind, config_class = "vqgan", VQGANConfig
 
     def __init__(self, config: VQGANConfig, vq=None):
         super().__init__()
@@ -161,27 +163,6 @@ class VQGAN(nn.Module):
         b, h, w = codes.shape
         z_q = self.vq.quantize.get_codebook_entry(codes.reshape(-1), (b, h, w, self.config.code_dim))
         return self.vq.decode(z_q, force_not_quantize=True).sample
-
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file, the config embedded (t2i.checkpoints.family_file)."""
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, self.kind, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "VQGAN":
-        """Strict: the file must hold a VQGAN whose tensors match its embedded config."""
-        from t2i.checkpoints.diffusers_folder import ModelLoadError
-        from t2i.checkpoints.family_file import load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, cls.kind)
-        try:
-            model = cls(from_dict(VQGANConfig, config, where=f"{path}: config"))
-        except ValueError as err:
-            raise ModelLoadError(str(err)) from err
-        load_into(model, tensors, path)
-        return model.to(dtype).eval().requires_grad_(False)
 
 
 class PatchDiscriminator(nn.Module):

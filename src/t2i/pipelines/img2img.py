@@ -42,6 +42,7 @@ from t2i.pipelines.txt2img import (
     StepCallback,
     infotext_for,
     resolve_params,
+    run_batches,
     seeded_noise,
     seeds_of_batch,
     step_options,
@@ -179,12 +180,8 @@ def _sample_images(loaded, params: GenerationParams, init_images: list[Image.Ima
                            for i in range(len(init_images))])  # (N, 5, h, w)
     shape = (model.latent_channels, params.height // factor, params.width // factor)
     tracker = ProgressTracker(model, params.n_iter, callback=callback, progress=progress, control=control)
-    images, seeds, subseeds = [], [], []
-    for batch in range(params.n_iter):
-        if tracker.interrupted:
-            break
-        tracker.begin_batch()
-        batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
+
+    def one_batch(batch: int, batch_seeds: list[int], batch_subseeds: list[int]) -> list | None:
         index = [(batch * params.batch_size + i) % len(init_images) for i in range(params.batch_size)]
         noise, generators = seeded_noise(params, batch_seeds, batch_subseeds, shape, factor)
         init, keep = latents[index], None
@@ -203,10 +200,7 @@ def _sample_images(loaded, params: GenerationParams, init_images: list[Image.Ima
             callback=tracker.job_callback(batch, "img2img"), device=loaded.runtime.device,
             step_options=step_options(params),
         )
-        if tracker.batch_skipped:  # skipped: drop the batch, go on with the next
-            continue
-        images += decode(model, out)
-        seeds += batch_seeds
-        subseeds += batch_subseeds
-    return images, seeds, subseeds
+        return None if tracker.batch_skipped else decode(model, out)
+
+    return run_batches(params, tracker, one_batch)
 

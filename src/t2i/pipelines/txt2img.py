@@ -145,6 +145,25 @@ def seeded_noise(params: GenerationParams, seeds: list[int], subseeds: list[int]
                            resize_from=resize)
 
 
+def run_batches(params: GenerationParams, tracker: ProgressTracker, one_batch) -> tuple[list, list[int], list[int]]:
+    """The batch loop of txt2img and img2img: `n_iter` batches until interrupted.
+    `one_batch(batch, seeds, subseeds)` returns the batch's images, or None when it was skipped
+    (a batch skipped later is dropped too). Returns (images, seeds, subseeds) of the batches kept."""
+    images, seeds, subseeds = [], [], []
+    for batch in range(params.n_iter):
+        if tracker.interrupted:
+            break
+        tracker.begin_batch()
+        batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
+        batch_images = one_batch(batch, batch_seeds, batch_subseeds)
+        if batch_images is None or tracker.batch_skipped:  # skipped: drop the batch, go on with the next
+            continue
+        images += batch_images
+        seeds += batch_seeds
+        subseeds += batch_subseeds
+    return images, seeds, subseeds
+
+
 def step_options(params: GenerationParams) -> dict:
     """The noise settings as `scheduler.step` kwargs; the sampling loop passes each only to a
     scheduler that takes it (diffusers' Euler). s_tmax 0 means no limit, as in the web UI."""
@@ -239,12 +258,8 @@ def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embed
     # progress counts one sampling pass per batch, two with the hires fix
     tracker = ProgressTracker(model, params.n_iter, 2 if hires else 1, callback=callback, progress=progress,
                               control=control)
-    images, seeds, subseeds = [], [], []
-    for batch in range(params.n_iter):
-        if tracker.interrupted:
-            break
-        tracker.begin_batch()
-        batch_seeds, batch_subseeds = seeds_of_batch(params, batch)
+
+    def one_batch(batch: int, batch_seeds: list[int], batch_subseeds: list[int]) -> list | None:
         scheduler = make_scheduler(params.sampler, params.scheduler, model.scheduler_config())
         # the same generators then give the sampler's noise
         noise, generators = seeded_noise(params, batch_seeds, batch_subseeds, shape, model.vae_scale_factor)
@@ -253,18 +268,14 @@ def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embed
                               cfg_scale=params.cfg_scale, generators=generators, eta=params.eta,
                               callback=tracker.job_callback(batch, "txt2img"),
                               device=device, step_options=step_options(params))
-        if tracker.batch_skipped:  # skipped: drop the batch, go on with the next
-            continue
+        if tracker.batch_skipped:
+            return None
         if hires and not tracker.interrupted:  # interrupted: the first pass's latents as they are
             step_callback = tracker.job_callback(batch, "hires", pass_index=1)
-            batch_images = hires_fix(loaded, params, latents, batch_seeds, batch_subseeds, cond, uncond, step_callback)
-        else:
-            batch_images = latents_to_images(model, latents)
-        if tracker.batch_skipped:
-            continue
-        images += batch_images
-        seeds += batch_seeds
-        subseeds += batch_subseeds
+            return hires_fix(loaded, params, latents, batch_seeds, batch_subseeds, cond, uncond, step_callback)
+        return latents_to_images(model, latents)
+
+    images, seeds, subseeds = run_batches(params, tracker, one_batch)
     extra = hires_infotext(params) if getattr(params, "enable_hr", False) else None
     if getattr(params, "deepcache_interval", 1) > 1:
         extra = {**(extra or {}), "DeepCache interval": params.deepcache_interval}
