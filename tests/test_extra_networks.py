@@ -173,9 +173,13 @@ def test_unmatched_layers_warn_and_foreign_files_fail(model, loaded, tmp_path, c
 
 
 def test_lycoris_and_non_lora_files_are_refused_clearly(tmp_path):
+    # LyCORIS kinds t2i applies are tested in test_lycoris.py; an incomplete one, or OFT, is refused
     save_file({"lora_unet_x.hada_w1_a": torch.ones(2, 2)}, str(tmp_path / "loha.safetensors"))
-    with pytest.raises(ModelLoadError, match="loha.safetensors is a LyCORIS LoHa file"):
+    with pytest.raises(ModelLoadError, match="loha.safetensors: layer 'x' .*an incomplete LoHa layer"):
         read_lora(tmp_path / "loha.safetensors")
+    save_file({"lora_unet_x.oft_blocks": torch.ones(2, 2)}, str(tmp_path / "oft.safetensors"))
+    with pytest.raises(ModelLoadError, match="oft.safetensors is a OFT file"):
+        read_lora(tmp_path / "oft.safetensors")
     save_file({"encoder.conv_in.weight": torch.ones(2, 2)}, str(tmp_path / "vae.safetensors"))
     with pytest.raises(ModelLoadError, match="vae.safetensors is not a LoRA file"):
         read_lora(tmp_path / "vae.safetensors")

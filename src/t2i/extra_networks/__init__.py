@@ -3,7 +3,8 @@
 - LoRA (lora.py): kohya / web-UI and diffusers / peft files, several at once with weights, from
   the prompt (`<lora:name:0.8>`, files in `loras/` or `models/Lora/`) or the API
   (`t2i.generate(..., loras={"name or path": 0.8})`); merged into the weights for one generation
-  and restored exactly afterwards. `save_kohya_lora` writes the kohya format.
+  and restored exactly afterwards. `save_kohya_lora` writes the kohya format. LyCORIS files
+  (LoHa, LoKr, Tucker LoCon, full differences; lycoris.py) are applied the same way.
 - Textual-inversion embeddings (embeddings.py): web-UI `.pt` / `.safetensors`, SDXL and
   diffusers files in `embeddings/`, used by writing their name in a prompt.
 - A separate VAE (vae.py, `--vae FILE`).

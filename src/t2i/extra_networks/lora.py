@@ -15,7 +15,11 @@ Names in files, for the module `down_blocks.1.attentions.0.proj_in` of the UNet:
 | diffusers / peft                | `unet.down_blocks.1.attentions.0.proj_in.lora_A.weight`, `.lora_B.weight` (alpha in the header's `lora_adapter_metadata`, else = rank) |
 | older diffusers                 | `unet.<module>.lora.down.weight`, attention processors `...attn1.processor.to_q_lora.down.weight` |
 Text encoders: `lora_te_text_model_encoder_layers_0_self_attn_q_proj` (SDXL: `lora_te1_`, `lora_te2_`),
-or `text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight` (`text_encoder_2.`).
+or `text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight` (`text_encoder_2.`);
+the web UI's OpenCLIP names (SD 2.x, SDXL's second encoder) are read too:
+`lora_te_model_transformer_resblocks_0_attn_q_proj`, `..._attn_out_proj`, `..._mlp_c_fc`, `..._mlp_c_proj`.
+LyCORIS layers (LoHa, LoKr, LoCon with a Tucker middle, full differences) under kohya names are
+read by lycoris.py; a tensor kind t2i does not know is an error, never a silent partial load.
 
 kohya names flatten module paths with `_`, which is ambiguous to split (`to_q`, `proj_in`), so
 they are looked up in an index of every linear and convolution module of the model under all
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 from t2i.checkpoints.convert import text_name, unet_target
 from t2i.checkpoints.detect import UNET_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.extra_networks.lycoris import KINDS_HELP, LYCORIS_PARTS, lycoris_layer
 
 log = logging.getLogger("t2i")
 
@@ -44,14 +49,13 @@ LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
                    ("lora_te_", "text_encoder"))
-_KOHYA_PARTS = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"))
+_KOHYA_PARTS = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha")) + LYCORIS_PARTS
 _DIFFUSERS_PARTS = ((".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora.down.weight", "down"),
                     (".lora.up.weight", "up"), (".lora_linear_layer.down.weight", "down"),
                     (".lora_linear_layer.up.weight", "up"), (".alpha", "alpha"))
 _ATTN_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
-# Variants whose math is not W + up @ down: applying their up/down alone would be silently wrong.
-_UNSUPPORTED = {"dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", ".lora_mid.": "LoCon with a CP middle factor",
-                "hada_": "LyCORIS LoHa", "lokr_": "LyCORIS LoKr", "oft_": "OFT", "ia3_l": "IA3"}
+# Variants whose math t2i does not implement: applying their other tensors alone would be silently wrong.
+_UNSUPPORTED = {"dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", "oft_": "OFT", "ia3_l": "IA3"}
 
 
 @dataclass
@@ -69,6 +73,9 @@ class LoraLayer:
     @property
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def shape_text(self) -> str:
+        return f"up {tuple(self.up.shape)} / down {tuple(self.down.shape)}"
 
     def fits(self, weight: Tensor) -> bool:
         """Whether up @ down has `weight`'s output rows and input size (any 1x1 or linear layout)."""
@@ -99,7 +106,7 @@ class LoraFile:
 
 def read_lora(path: str | Path) -> LoraFile:
     """A LoRA file in either format, read safely (t2i.checkpoints.safe_load); ModelLoadError,
-    naming the file, for anything that is not a complete plain LoRA."""
+    naming the file, for anything that is not a complete LoRA or LyCORIS file t2i can apply."""
     from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
 
     path = Path(path)
@@ -122,9 +129,18 @@ def read_lora(path: str | Path) -> LoraFile:
     if not parts:
         raise ModelLoadError(f"{path} is not a LoRA file: no lora_down/lora_up or lora_A/lora_B tensors "
                              f"(it holds e.g. {', '.join(sorted(state)[:3])})")
+    unknown = [key for key in ignored if key.startswith(tuple(prefix for prefix, _ in _KOHYA_PREFIXES))]
+    if unknown:  # a layer kind t2i cannot apply: merging the rest would be a silently different network
+        kinds = sorted({key.partition(".")[2] or key for key in unknown})
+        raise ModelLoadError(f"{path} holds LoRA tensors of a kind t2i does not know ({', '.join(kinds[:5])}; e.g. "
+                             f"{unknown[0]!r}); t2i reads {KINDS_HELP}")
     peft_alpha = _peft_alphas(metadata, path)
     layers = {}
     for (component, name), found in parts.items():
+        if not set(found) <= {"down", "up", "alpha"}:  # LyCORIS kinds (lycoris.py)
+            alpha = float(found["alpha"]) if "alpha" in found else None
+            layers[(component, name)] = lycoris_layer(path, name, found, alpha)
+            continue
         if "down" not in found or "up" not in found:
             missing = "up" if "down" in found else "down"
             raise ModelLoadError(f"{path} is incomplete: LoRA layer {name!r} has no {missing} weight")
@@ -206,6 +222,24 @@ def original_unet_name(name: str, unet_config: Mapping) -> str | None:
     return key[len(UNET_PREFIX): -len(".weight")]
 
 
+_OPEN_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(self_attn\.[qkv]_proj|self_attn\.out_proj|mlp\.fc1|mlp\.fc2)$")
+_OPEN_CLIP_PARTS = {"mlp.fc1": "mlp_c_fc", "mlp.fc2": "mlp_c_proj"}
+
+
+def open_clip_lora_name(name: str) -> str | None:
+    """The web UI's OpenCLIP name of a CLIP text-encoder module, as some SD 2.x / SDXL LoRA files
+    spell it: `encoder.layers.3.self_attn.q_proj` -> `model_transformer_resblocks_3_attn_q_proj`,
+    `encoder.layers.3.mlp.fc1` -> `model_transformer_resblocks_3_mlp_c_fc` (fc2: `mlp_c_proj`);
+    None for modules without one. (OpenCLIP fuses q, k and v into one in-projection; the web UI
+    names their LoRA layers `attn_q_proj`, `attn_k_proj`, `attn_v_proj`.)"""
+    match = _OPEN_CLIP_LAYER.match(name)
+    if match is None:
+        return None
+    layer, part = match.groups()
+    part = _OPEN_CLIP_PARTS.get(part) or part.replace("self_attn.", "attn_")
+    return f"model_transformer_resblocks_{layer}_{part}"
+
+
 class LoraTargets:
     """Every LoRA-able module of a model (linear and convolution layers of the UNet and text
     encoders) under each name a file may use: kohya flat names in both UNet layouts, dotted
@@ -226,7 +260,9 @@ class LoraTargets:
     def _keys(component: str, name: str, unet_config) -> list[str]:
         if component != "unet":
             short = text_name(name)
-            return [short, "text_model_" + short.replace(".", "_")]
+            keys = [short, "text_model_" + short.replace(".", "_")]
+            open_clip = open_clip_lora_name(short)
+            return keys + [open_clip] if open_clip else keys
         keys = [name, name.replace(".", "_")]
         original = original_unet_name(name, unet_config) if unet_config is not None else None
         if original:
@@ -253,10 +289,12 @@ def merge_loras(targets: LoraTargets, loras: list[tuple[LoraFile, float, float]]
                 unmatched.append(name)
                 continue
             module_name, module = found
-            if not layer.fits(module.weight):
-                raise ModelLoadError(f"{lora.path}: LoRA layer {name!r} has shape up {tuple(layer.up.shape)} / down "
-                                     f"{tuple(layer.down.shape)}, which does not fit {component} {module_name} "
-                                     f"{tuple(module.weight.shape)}; the LoRA was made for another model family")
+            bias = getattr(layer, "bias", None)  # a full difference's diff_b
+            if not layer.fits(module.weight) or (bias is not None and (
+                    module.bias is None or bias.numel() != module.bias.numel())):
+                raise ModelLoadError(f"{lora.path}: LoRA layer {name!r} has shape {layer.shape_text()}, which does not "
+                                     f"fit {component} {module_name} {tuple(module.weight.shape)}; the LoRA was made "
+                                     f"for another model family")
             multiplier = unet_multiplier if component == "unet" else te_multiplier
             plan.setdefault(id(module), (module, []))[1].append((layer, multiplier))
         if len(unmatched) == len(lora.layers):
@@ -274,6 +312,13 @@ def merge_loras(targets: LoraTargets, loras: list[tuple[LoraFile, float, float]]
                 total = sum(multiplier * layer.delta(weight) for layer, multiplier in contributions)
                 backups.append((weight, weight.detach().clone()))
                 weight.copy_((weight.float() + total).to(weight.dtype))
+                biases = [(layer.bias, multiplier) for layer, multiplier in contributions
+                          if getattr(layer, "bias", None) is not None]
+                if biases:
+                    bias = module.bias
+                    backups.append((bias, bias.detach().clone()))
+                    shift = sum(m * b.to(bias.device, torch.float32).reshape(bias.shape) for b, m in biases)
+                    bias.copy_((bias.float() + shift).to(bias.dtype))
     except BaseException:  # out of memory, interrupted: never leave a half-merged model
         restore_weights(backups)
         raise

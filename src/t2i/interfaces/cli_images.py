@@ -11,6 +11,7 @@ from pathlib import Path
 
 from t2i.interfaces.cli_scripts import add_batch_arguments, add_style_arguments
 from t2i.interfaces.cli_extra_networks import add_extra_network_arguments, configure_from_args
+from t2i.interfaces.cli_models import add_memory_arguments
 from t2i.pipelines.params import add_cli_arguments
 
 # Hires flags of `t2i generate` that switch the hires fix on by being given.
@@ -32,6 +33,7 @@ def _common(p, command: str) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     add_extra_network_arguments(p)  # --vae, --lora-dir, --embeddings-dir
+    add_memory_arguments(p.add_argument_group("memory (opt-in)"))  # --attention-slicing, --vae-tiling, --offload
 
 
 def add_image_commands(sub) -> None:
@@ -87,8 +89,28 @@ def _open_image(path: Path):
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+def vae_image_size(pipeline: str, params, loaded, image) -> tuple[int, int]:
+    """The largest image the VAE encodes and decodes in one image command, for planning the
+    memory options: img2img and whole-picture inpainting work at width x height (default: the
+    input's size), only-masked inpainting at the crop's painting size (the full picture is
+    pasted back in pixels), outpainting on the extended canvas."""
+    from t2i.pipelines.img2img import resolve_img2img_params
+    from t2i.pipelines.inpaint import resolve_inpaint_params
+    from t2i.pipelines.outpaint import extents, parse_directions
+
+    size = image.size
+    if pipeline == "img2img":
+        resolved = resolve_img2img_params(params, loaded, size)
+    else:
+        if pipeline == "outpaint":
+            add = extents(size, params.pixels, parse_directions(params.directions), loaded.model.vae_scale_factor)
+            size = (size[0] + add["left"] + add["right"], size[1] + add["up"] + add["down"])
+        resolved = resolve_inpaint_params(params, loaded, size)
+    return resolved.width, resolved.height
+
+
 def _run_image_command(args) -> None:
-    from t2i.checkpoints.registry import load_model
+    from t2i.interfaces.cli_models import apply_memory_from_args, load_for_memory
     from t2i.interfaces.cli_progress import ProgressBar
     from t2i.metadata import write_png
     from t2i.outputs import next_image_path
@@ -111,10 +133,11 @@ def _run_image_command(args) -> None:
     runtime = Runtime.auto(args.precision, args.device, args.threads)
     runtime.apply_threads()
     start = time.perf_counter()
-    loaded = load_model(args.model, runtime)
+    loaded = load_for_memory(args, runtime)  # load_model; into main memory when --offload asks
     configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir
-    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
-          file=sys.stderr)
+    memory = apply_memory_from_args(args, loaded, runtime, *vae_image_size(args.pipeline, params, loaded, image))
+    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}, {memory.describe()}, "
+          f"loaded in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     with ProgressBar() as bar:  # per-step tqdm bar with the run's ETA, on a terminal
         if args.pipeline == "img2img":
             result = img2img(loaded, params, image, progress=bar)

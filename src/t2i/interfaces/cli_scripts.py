@@ -82,21 +82,27 @@ def _generation_params(args):
     return from_cli(cls, args, prompt=args.prompt)
 
 
-def _load(args, path=None, runtime=None):
+def _load(args, path=None, runtime=None, vae_size=None):
     """The model of --model (or `path`: the X/Y/Z plot's Checkpoint name axis), with the flags of
-    `_common` applied."""
+    `_common` applied; with `vae_size(loaded) -> (width, height)`, also the memory flags
+    (--attention-slicing, --vae-tiling, --offload) planned for that largest VAE image."""
     from t2i.checkpoints.registry import load_model
     from t2i.interfaces.cli_extra_networks import configure_from_args
+    from t2i.interfaces.cli_models import apply_memory_from_args, load_for_memory
     from t2i.runtime import Runtime
 
     if runtime is None:
         runtime = Runtime.auto(args.precision, args.device, args.threads)
         runtime.apply_threads()
     start = time.perf_counter()
-    loaded = load_model(path or args.model, runtime)
+    loaded = load_for_memory(args, runtime) if vae_size is not None and path is None else \
+        load_model(path or args.model, runtime)
     configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir (cli_extra_networks.py)
-    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}, loaded in {time.perf_counter() - start:.1f}s",
-          file=sys.stderr)
+    memory = ""
+    if vae_size is not None:
+        memory = ", " + apply_memory_from_args(args, loaded, runtime, *vae_size(loaded)).describe()
+    print(f"model {loaded.name} ({loaded.hash}) on {loaded.runtime.describe()}{memory}, "
+          f"loaded in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return loaded
 
 
@@ -117,8 +123,23 @@ def _input_image(args):
 # ---------------------------------------------------------------------------- commands
 
 
-def add_script_commands(sub) -> None:
+def _add_script_arguments(p, name: str, options: type, run, params: type | None = None) -> None:
+    """What every script command takes after its positionals, in this order: the shared flags
+    (model, output, ...), the script's own options, the generation parameters (`params` without
+    its prompt; default: txt2img's, with img2img's through --image) and styles."""
     from t2i.interfaces.cli_images import _common
+
+    _common(p, name)
+    add_cli_arguments(p, options)
+    if params is None:
+        _add_generation_arguments(p)
+    else:
+        add_cli_arguments(p, params, skip=("prompt",))
+    add_style_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_script_commands(sub) -> None:
     from t2i.pipelines.img2img import Img2ImgParams
     from t2i.pipelines.loopback import LoopbackOptions
     from t2i.pipelines.prompt_matrix import PromptMatrixOptions
@@ -130,21 +151,13 @@ def add_script_commands(sub) -> None:
                                    "--y 'Sampler: Euler a, DDIM'. Values: comma-separated (CSV quotes for "
                                    "commas), ranges 1-5, 1-10 (+2), 10-20 [3].")
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
-    _common(p, "xyz")
-    add_cli_arguments(p, XYZOptions)
-    _add_generation_arguments(p)
-    add_style_arguments(p)
-    p.set_defaults(run=_run_xyz)
+    _add_script_arguments(p, "xyz", XYZOptions, _run_xyz)
 
     p = sub.add_parser("prompt-matrix", help="every combination of a prompt's |-separated parts, in a grid",
                        description="'a circle|red|small' makes 'a circle', 'a circle, red', 'a circle, small' and "
                                    "'a circle, red, small', in a grid labelled with the parts.")
     p.add_argument("prompt", help="the prompt, parts separated by |")
-    _common(p, "prompt-matrix")
-    add_cli_arguments(p, PromptMatrixOptions)
-    _add_generation_arguments(p)
-    add_style_arguments(p)
-    p.set_defaults(run=_run_prompt_matrix)
+    _add_script_arguments(p, "prompt-matrix", PromptMatrixOptions, _run_prompt_matrix)
 
     p = sub.add_parser("loopback", help="img2img repeated, each loop on the previous output",
                        description="Run img2img --loops times, feeding each output back in; the denoising "
@@ -152,11 +165,7 @@ def add_script_commands(sub) -> None:
                                    "--final-denoising-strength). Saves every loop's image and a strip of them.")
     p.add_argument("image", type=Path)
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
-    _common(p, "loopback")
-    add_cli_arguments(p, LoopbackOptions)
-    add_cli_arguments(p, Img2ImgParams, skip=("prompt",))
-    add_style_arguments(p)
-    p.set_defaults(run=_run_loopback)
+    _add_script_arguments(p, "loopback", LoopbackOptions, _run_loopback, params=Img2ImgParams)
 
 
 def _run_xyz(args) -> None:
@@ -235,6 +244,25 @@ def add_batch_arguments(p) -> None:
                    "same name (or the folder's only mask)")
 
 
+def _largest_input_size(params, folder: Path) -> tuple[int, int]:
+    """The largest image a folder run works at, for planning the memory options: width x height
+    where both are given, else the largest input (read from the file headers only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if params.width and params.height:
+        return params.width, params.height
+    best = (params.width or 0, params.height or 0)
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            with Image.open(path) as im:
+                size = (params.width or im.width, params.height or im.height)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+            continue  # img2img_folder skips it with a note
+        if size[0] * size[1] > best[0] * best[1]:
+            best = size
+    return best
+
+
 def run_img2img_batch(args) -> None:
     """`t2i img2img --input-dir IN [PROMPT]`: the one positional given is the prompt."""
     from t2i.pipelines.batch_folder import img2img_folder
@@ -249,7 +277,7 @@ def run_img2img_batch(args) -> None:
     for folder, what in ((args.input_dir, "--input-dir"), (args.mask_dir, "--mask-dir")):
         if folder is not None and not folder.is_dir():  # before the model loads
             raise FileNotFoundError(f"{what} {folder} is not a folder")
-    loaded = _load(args)
+    loaded = _load(args, vae_size=lambda loaded: _largest_input_size(params, args.input_dir))
     report = img2img_folder(loaded, params, args.input_dir, args.outdir, mask_dir=args.mask_dir,
                             log=lambda line: print(line, file=sys.stderr))
     for path in report.written:
