@@ -62,11 +62,11 @@ def test_kl_recipe_trains_saves_and_evaluate_recon_prints_rows(tmp_path, capsys)
     code = main(["evaluate", "recon", str(kl), "--n", "4", "--resolution", "16", "--batch-size", "2"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].split() == ["model", "kind", "factor", "params", "PSNR", "SSIM", "feat-dist"]
+    assert out[0].split() == ["model", "kind", "factor", "params", "PSNR", "SSIM", "feat-dist", "rFID"]
     row = out[1].split()
     assert row[:3] == ["ae-kl", "kl", "2"]
-    psnr_value, ssim_value, feat = map(float, row[4:7])
-    assert math.isfinite(psnr_value) and -1 <= ssim_value <= 1 and feat >= 0
+    psnr_value, ssim_value, feat, rfid = map(float, row[4:8])
+    assert math.isfinite(psnr_value) and -1 <= ssim_value <= 1 and feat >= 0 and rfid >= 0
 
 
 def test_evaluate_recon_reads_vqgan_runs_and_refuses_others(tmp_path, capsys):

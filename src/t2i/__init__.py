@@ -54,9 +54,10 @@ def generate(prompt: str = "", *, model=None, callback=None, styles=None, styles
     return result.images
 
 
-def train(config, outdir, *, resume: bool = False):
+def train(config, outdir, *, resume: bool = False, budget_minutes: float | None = None):
     """Train from a YAML path (its `family:` key picks the recipe; default ldm) or a typed
-    training config (an LDMTrainConfig, ...); returns the trained model."""
+    training config (an LDMTrainConfig, ...); returns the trained model. `budget_minutes`: stop
+    every stage once this process has used that many CPU-minutes (t2i.training.budget)."""
     from t2i.training.registry import RECIPES, load_training_config
 
     if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
@@ -66,4 +67,8 @@ def train(config, outdir, *, resume: bool = False):
         if not matches:
             raise TypeError(f"cannot train from a {type(config).__name__}; pass a YAML path or a training config")
         cfg, train_fn = config, matches[0]
+    if budget_minutes is not None:
+        from t2i.training.budget import train_on_budget
+
+        return train_on_budget(train_fn, cfg, outdir, resume=resume, minutes=budget_minutes)
     return train_fn(cfg, outdir, resume=resume)

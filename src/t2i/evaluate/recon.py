@@ -16,6 +16,10 @@ Metrics (each the mean over images of a per-image value; images in [0, 1]):
   along channels at each layer, squared differences summed over channels, averaged over
   positions and layers. It compares structure at several scales (edges and blobs that random
   filters respond to) and is comparable only between numbers measured with this same net.
+- rFID: FID between the reconstructions and the originals in the features of the network t2i
+  trained on `shapes` (t2i.evaluate.features / t2i.evaluate.fid): a distance in a *trained*
+  feature space, next to the random-features baseline. Not Inception FID; biased upward at small
+  N (128-d features), so compare only rows measured on the same images.
 """
 from __future__ import annotations
 
@@ -129,13 +133,19 @@ def heldout_shapes(n: int, resolution: int = 64, seed: int = HELDOUT_SEED) -> to
 
 @torch.no_grad()
 def evaluate_reconstruction(ae: Autoencoder, images_uint8: torch.Tensor, batch_size: int = 16,
-                            features: RandomFeatures | None = None) -> dict[str, float]:
-    """Mean PSNR (dB), SSIM and random-feature distance of `ae` on (N, H, W, 3) uint8 images."""
+                            features: RandomFeatures | None = None, feature_net=None) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM and random-feature distance of `ae` on (N, H, W, 3) uint8 images,
+    and rFID in the trained `shapes` feature space (`feature_net`: default the shipped one)."""
+    from t2i.evaluate.features import load_feature_net
+    from t2i.evaluate.fid import fid_from_features, image_features
+
     h, w = images_uint8.shape[1:3]
     if h % ae.factor or w % ae.factor:
         raise ValueError(f"{ae.name}: image size {h}x{w} is not a multiple of its downsampling factor {ae.factor}")
     features = (features or RandomFeatures()).to(ae.device)
+    feature_net = feature_net or load_feature_net(device=ae.device)
     sums = {"psnr": 0.0, "ssim": 0.0, "feature_distance": 0.0}
+    real_feats, recon_feats = [], []
     for i in range(0, len(images_uint8), batch_size):
         x = images_uint8[i:i + batch_size].permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(ae.device)
         recon = ae.reconstruct(x).float().clamp(-1, 1)
@@ -143,7 +153,12 @@ def evaluate_reconstruction(ae: Autoencoder, images_uint8: torch.Tensor, batch_s
         sums["psnr"] += psnr(r01, x01).sum().item()
         sums["ssim"] += ssim(r01, x01).sum().item()
         sums["feature_distance"] += features.distance(recon, x).sum().item()
-    return {key: value / len(images_uint8) for key, value in sums.items()}
+        real_feats.append(image_features(x01, feature_net))
+        recon_feats.append(image_features(r01, feature_net))
+    scores = {key: value / len(images_uint8) for key, value in sums.items()}
+    enough = len(images_uint8) >= 2  # a covariance needs two images
+    scores["rfid"] = fid_from_features(torch.cat(real_feats), torch.cat(recon_feats)) if enough else math.nan
+    return scores
 
 
 # -- loading ------------------------------------------------------------------------------------

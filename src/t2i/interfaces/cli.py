@@ -17,6 +17,7 @@ from t2i.interfaces.cli_models import add_model_commands
 from t2i.interfaces.cli_scripts import add_script_commands, add_style_arguments, apply_cli_styles
 from t2i.interfaces.cli_families import add_family_commands
 from t2i.interfaces.cli_evaluate import add_evaluate_commands
+from t2i.interfaces.cli_upscale import add_upscale_commands
 from t2i.interfaces.cli_speed import add_speed_arguments, apply_speed_options
 from t2i.pipelines.params import add_cli_arguments
 
@@ -176,10 +177,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--outdir", type=Path, required=True, help="run folder: checkpoints, logs, final model/")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --outdir")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--budget-minutes", type=float, metavar="N",
+                   help="stop every stage once this process has used N CPU-minutes (all threads); the run "
+                        "still writes a model that samples, and budget.json (see t2i.training.budget)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> None:
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        raise ValueError(f"--budget-minutes must be a positive number of CPU-minutes, got {args.budget_minutes:g}")
     import torch
 
     from t2i.training.registry import load_training_config
@@ -190,7 +196,12 @@ def _run_train(args) -> None:
     if not args.resume and any(args.outdir.glob("*.ckpt")):
         raise ValueError(f"{args.outdir} already holds checkpoints; pass --resume to continue or choose another --outdir")
     print(f"training {family} model from {args.config} into {args.outdir}", file=sys.stderr)
-    train_fn(cfg, args.outdir, resume=args.resume)
+    if args.budget_minutes is not None:
+        from t2i.training.budget import train_on_budget
+
+        train_on_budget(train_fn, cfg, args.outdir, resume=args.resume, minutes=args.budget_minutes)
+    else:
+        train_fn(cfg, args.outdir, resume=args.resume)
     # GAN / VAE / DDPM runs write model.safetensors, AR runs ar.safetensors, VQGAN runs
     # vqgan.safetensors, KL autoencoder runs autoencoder.safetensors; LDM runs write a folder
     files = [args.outdir / name for name in ("model.safetensors", "ar.safetensors", "vqgan.safetensors",
@@ -210,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_family_commands(sub)  # sample, interpolate (cli_families.py)
     add_evaluate_commands(sub)  # evaluate recon (cli_evaluate.py)
     add_model_commands(sub)  # convert, merge (cli_models.py)
+    add_upscale_commands(sub)  # upscale (cli_upscale.py)
     return parser
 
 

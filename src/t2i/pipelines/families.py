@@ -116,6 +116,9 @@ def _from_file(path: Path, first_stage) -> FamilyModel:
         from t2i.pipelines.ar_images import VQGAN_ONLY
 
         raise ModelLoadError(f"{path} {VQGAN_ONLY}")
+    if family == "sr":
+        raise ModelLoadError(f"{path} holds a super-resolution model: it upscales an image, use "
+                             f"`t2i upscale IMAGE --model {path}`")
     if family not in FAMILIES:
         raise ModelLoadError(f"{path} holds a {family!r} model; this t2i samples {', '.join([*FAMILIES, AR])}")
     return FamilyModel(family, FAMILIES[family]().model_cls.load(path), path)

@@ -122,8 +122,10 @@ def ar_loss_fn(codes: torch.Tensor, cond_ids: torch.Tensor, batch_size: int, dro
 
 
 def train_ar(cfg: ARTrainConfig, outdir: str | Path, resume: bool = False,
-             stop_after: int | None = None) -> CodeTransformer:
-    """Train the transformer on the codes of `cfg.first_stage`; returns it (EMA weights if any)."""
+             stop_after: int | None = None, budget=None) -> CodeTransformer:
+    """Train the transformer on the codes of `cfg.first_stage`; returns it (EMA weights if any).
+    A spent `budget` (t2i.training.budget.CPUBudget; code encoding counts) stops training early
+    and still writes the model."""
     if not cfg.first_stage:
         raise ValueError("first_stage is not set: train a VQGAN first (t2i train configs/shapes-vqgan.yaml) "
                          "and point first_stage at its vqgan.safetensors")
@@ -155,8 +157,9 @@ def train_ar(cfg: ARTrainConfig, outdir: str | Path, resume: bool = False,
     trainer = Trainer("ar", {"ar": model}, cfg.optim, outdir, cfg.seed, run_config)
     if resume:
         trainer.load()
-    trainer.fit(ar_loss_fn(codes, cond_ids, cfg.optim.batch_size, model_cfg.dropout > 0), stop_after=stop_after)
-    if trainer.step < cfg.optim.steps:
+    trainer.fit(ar_loss_fn(codes, cond_ids, cfg.optim.batch_size, model_cfg.dropout > 0), stop_after=stop_after,
+                budget=budget)
+    if trainer.step < cfg.optim.steps and not trainer.stopped_on_budget:
         return model
     trainer.apply_ema()
     model.eval().requires_grad_(False)

@@ -32,8 +32,9 @@ class AutoencoderTrainConfig:
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, outdir: str | Path, resume: bool = False,
-                      stop_after: int | None = None) -> KLAutoencoder:
-    """Train; a finished run writes `outdir/autoencoder.safetensors` (EMA weights if enabled)."""
+                      stop_after: int | None = None, budget=None) -> KLAutoencoder:
+    """Train; a finished run (or one a CPUBudget stopped) writes `outdir/autoencoder.safetensors`
+    (EMA weights if enabled)."""
     import torch
 
     if cfg.optim.crop and cfg.optim.crop % cfg.model.downsample_factor:
@@ -49,9 +50,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, outdir: str | Path, resume: b
         trainer.load()
     images = load_image_source(cfg.data, cfg.model.resolution, cache_dir=outdir / "cache").images
     optim = cfg.optim if cfg.optim.crop else _whole_images(cfg)
-    trainer.fit(vae_loss_fn(images, optim), stop_after=stop_after)
+    trainer.fit(vae_loss_fn(images, optim), stop_after=stop_after, budget=budget)
     model = model.eval().requires_grad_(False)
-    if trainer.step >= cfg.optim.steps:
+    if trainer.step >= cfg.optim.steps or trainer.stopped_on_budget:
         trainer.apply_ema()
         model.save(outdir / MODEL_FILE)
     return model

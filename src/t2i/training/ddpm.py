@@ -85,9 +85,10 @@ def _conditions(model: PixelDDPM, cfg: DDPMTrainConfig, data) -> tuple[torch.Ten
 
 
 def train_ddpm(cfg: DDPMTrainConfig, outdir: str | Path, resume: bool = False,
-               stop_after: int | None = None) -> PixelDDPM:
+               stop_after: int | None = None, budget=None) -> PixelDDPM:
     """Train; writes `outdir/ddpm.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights
-    when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it)."""
+    when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it); a spent
+    `budget` (t2i.training.budget.CPUBudget) stops early too but still writes the model."""
     _check_conditioning(cfg)
     outdir, data, model, trainer = open_run(cfg, outdir, FAMILY, PixelDDPM, resume)
     model_cfg = model.config
@@ -103,6 +104,6 @@ def train_ddpm(cfg: DDPMTrainConfig, outdir: str | Path, resume: bool = False,
 
     conds, null_cond, dropout = _conditions(model, cfg, data)
     loss_fn = ddpm_loss_fn(data.images, conds, null_cond, dropout, cfg.train.batch_size, model_cfg.num_train_timesteps)
-    trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after)
+    trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after, budget=budget)
     return finish_run(trainer, model, outdir)
 

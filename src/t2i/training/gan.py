@@ -73,6 +73,7 @@ class GANTrainer:
         self.step = 0
         self.g_losses: list[float] = []
         self.d_losses: list[float] = []
+        self.stopped_on_budget = False  # fit ended early on a CPUBudget: export as if finished
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
@@ -144,16 +145,19 @@ class GANTrainer:
         optimizer.step()
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self, on_sample=None, stop_after: int | None = None) -> None:
+    def fit(self, on_sample=None, stop_after: int | None = None, budget=None) -> None:
         from tqdm.auto import tqdm
+
+        from t2i.training.budget import stopped
 
         cfg = self.cfg
         last = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=FAMILY, mininterval=5,
                    disable=not self.acc.is_local_main_process, dynamic_ncols=True)
         self.G.train(), self.D.train()
-        while self.step < last:
-            scale = lr_at(cfg, self.step) / cfg.lr  # one schedule for both rates
+        budget_progress = budget.progress_from_now() if budget is not None else (lambda: 0.0)
+        while self.step < last and not (budget is not None and budget.exhausted()):
+            scale = lr_at(cfg, self.step, budget_progress()) / cfg.lr  # one schedule for both rates
             for group in self.opt_g.param_groups:
                 group["lr"] = cfg.lr * scale
             for group in self.opt_d.param_groups:
@@ -179,12 +183,14 @@ class GANTrainer:
                 self.G.train()
         bar.close()
         self.save()
+        self.stopped_on_budget = stopped(budget, FAMILY, self.step, cfg.steps)
 
 
 def train_gan(cfg: GANTrainConfig, outdir: str | Path, resume: bool = False,
-              stop_after: int | None = None) -> GAN:
+              stop_after: int | None = None, budget=None) -> GAN:
     """Train; writes `outdir/gan.ckpt` and, once finished, `outdir/model.safetensors` (generator
-    EMA weights when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash)."""
+    EMA weights when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash); a
+    spent `budget` (t2i.training.budget.CPUBudget) stops early too but still writes the model."""
     outdir, data, model_cfg = start_run(cfg, outdir, FAMILY)
     config = run_config(cfg, FAMILY, model_cfg)
     save_run_config(config, outdir)
@@ -197,8 +203,8 @@ def train_gan(cfg: GANTrainConfig, outdir: str | Path, resume: bool = False,
     def on_sample(step):
         write_sample_grid(sample(gan, cfg.sample_n, seed=0), outdir, step)
 
-    trainer.fit(on_sample=on_sample, stop_after=stop_after)
-    if trainer.step < cfg.train.steps:
+    trainer.fit(on_sample=on_sample, stop_after=stop_after, budget=budget)
+    if trainer.step < cfg.train.steps and not trainer.stopped_on_budget:
         return gan
     if trainer.ema:
         trainer.ema.copy_to(trainer.g_params)

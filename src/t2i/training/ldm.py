@@ -54,6 +54,9 @@ class LDMTrainConfig:
     sample_prompts: tuple[str, ...] = ()
     sample_steps: int = 20
     sample_cfg_scale: float = 5.0
+    # under a CPU budget (--budget-minutes): stage 1 stops once this share of it is spent; latent
+    # caching and the UNet stage use the rest (and whatever stage 1 left)
+    vae_budget_share: float = 0.2
 
 
 def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -160,9 +163,11 @@ def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, out
 
 
 def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
-              stop_after: dict[str, int] | None = None) -> LatentDiffusion:
+              stop_after: dict[str, int] | None = None, budget=None) -> LatentDiffusion:
     """Train both stages; writes `outdir/{vae,unet}.ckpt`, `outdir/model` (diffusers folder) and,
-    every `unet.sample_every` steps, a grid of `sample_prompts` in `outdir/samples/`."""
+    every `unet.sample_every` steps, a grid of `sample_prompts` in `outdir/samples/`. A
+    t2i.training.budget.CPUBudget splits by `cfg.vae_budget_share`; a stage it stops counts as
+    done (stage 1 is over once its latents are cached, also on resume)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, outdir / "config.yaml")
@@ -175,9 +180,10 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     vae_trainer = Trainer("vae", {"vae": model.vae}, cfg.vae, outdir, cfg.seed, run_config)
     if resume:
         vae_trainer.load()
-    if vae_trainer.step < cfg.vae.steps:
-        vae_trainer.fit(vae_loss_fn(source.images, cfg.vae), stop_after=stop_after.get("vae"))
-        if vae_trainer.step < cfg.vae.steps:
+    if vae_trainer.step < cfg.vae.steps and not (outdir / "latents.pt").is_file():
+        vae_budget = budget.until(cfg.vae_budget_share) if budget is not None else None
+        vae_trainer.fit(vae_loss_fn(source.images, cfg.vae), stop_after=stop_after.get("vae"), budget=vae_budget)
+        if vae_trainer.step < cfg.vae.steps and not vae_trainer.stopped_on_budget:
             return model
     model.vae.requires_grad_(False).eval()
 
@@ -198,8 +204,8 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
         unet_trainer.load()
     loss_fn = unet_loss_fn(latents, ids, empty_ids, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
     on_sample = lambda step: save_sample_grid(model, cfg, step, outdir)  # noqa: E731
-    unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"))
-    if unet_trainer.step < cfg.unet.steps:
+    unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"), budget=budget)
+    if unet_trainer.step < cfg.unet.steps and not unet_trainer.stopped_on_budget:
         return model
     unet_trainer.apply_ema()
     model.eval().requires_grad_(False)

@@ -55,6 +55,18 @@ def _ar():
     return ARTrainConfig, train_ar
 
 
+def _sr():
+    from t2i.training.sr import SRTrainConfig, train_sr
+
+    return SRTrainConfig, train_sr
+
+
+def _tiny_vae():
+    from t2i.training.tiny_vae import TinyVAETrainConfig, train_tiny_vae
+
+    return TinyVAETrainConfig, train_tiny_vae
+
+
 RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "ldm": _ldm,
     "gan": _gan,
@@ -63,6 +75,8 @@ RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "vqgan": _vqgan,
     "ar": _ar,
     "autoencoder": _autoencoder,  # a KL autoencoder alone (VQ ones: vqgan)
+    "tiny_vae": _tiny_vae,  # a TAESD-style tiny decoder distilled from a model's VAE
+    "sr": _sr,  # super-resolution latent diffusion (t2i upscale)
 }
 DEFAULT_FAMILY = "ldm"
 

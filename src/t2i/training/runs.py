@@ -67,8 +67,9 @@ def open_run(cfg, outdir: str | Path, family: str, model_cls: type, resume: bool
 
 def finish_run(trainer, model, outdir: Path):
     """After `trainer.fit`: a finished run puts the EMA weights into the model and writes
-    model.safetensors; an unfinished one (stopped early) leaves only its checkpoint."""
-    if trainer.step < trainer.cfg.steps:
+    model.safetensors; an unfinished one (stopped early) leaves only its checkpoint, unless the
+    CPU budget stopped it: then it is written as if finished."""
+    if trainer.step < trainer.cfg.steps and not trainer.stopped_on_budget:
         return model
     trainer.apply_ema()
     model.eval().requires_grad_(False)

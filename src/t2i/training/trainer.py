@@ -38,10 +38,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919) % (2**63 - 1))
 
 
-def lr_at(cfg: OptimConfig, step: int) -> float:
+def lr_at(cfg: OptimConfig, step: int, time_progress: float = 0.0) -> float:
+    """Warm-up, then cosine decay to lr * min_lr_ratio. `time_progress` (0..1: the share of a CPU
+    budget spent) moves the decay ahead when a budget will stop the run before cfg.steps, so a
+    budget-stopped run still ends at the low learning rate a finished one ends at."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_progress)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
@@ -111,6 +114,7 @@ class Trainer:
         self.ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.losses: list[float] = []
+        self.stopped_on_budget = False  # fit ended early on a CPUBudget: finish the run as if done
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -152,9 +156,12 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, loss_fn: LossFn, on_sample: Callable[[int], None] | None = None,
-            stop_after: int | None = None) -> None:
-        """Run until cfg.steps (or `stop_after` more steps: used by tests to simulate a crash)."""
+            stop_after: int | None = None, budget=None) -> None:
+        """Run until cfg.steps (or `stop_after` more steps: used by tests to simulate a crash), or
+        until `budget` (a t2i.training.budget.CPUBudget) is spent: then `stopped_on_budget` is set."""
         from tqdm.auto import tqdm
+
+        from t2i.training.budget import stopped
 
         cfg, acc = self.cfg, self.accelerator
         last = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
@@ -163,9 +170,10 @@ class Trainer:
         for module in self.prepared.values():
             module.train()
         t0, seen = time.perf_counter(), 0
-        while self.step < last:
+        budget_progress = budget.progress_from_now() if budget is not None else (lambda: 0.0)
+        while self.step < last and not (budget is not None and budget.exhausted()):
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(cfg, self.step)
+                group["lr"] = lr_at(cfg, self.step, budget_progress())
             generator = step_generator(self.seed + acc.process_index * 104_729, self.step)
             loss, n_images = loss_fn(self.prepared, self.step, generator)
             if not torch.isfinite(loss):
@@ -197,3 +205,4 @@ class Trainer:
                     module.train()
         bar.close()
         self.save()
+        self.stopped_on_budget = stopped(budget, self.name, self.step, cfg.steps)

@@ -49,15 +49,16 @@ def vae_loss_fn(images: torch.Tensor, cfg: VAEOptimConfig, latent_dim: int):
 
 
 def train_vae(cfg: VAETrainConfig, outdir: str | Path, resume: bool = False,
-              stop_after: int | None = None) -> ConvVAE:
+              stop_after: int | None = None, budget=None) -> ConvVAE:
     """Train; writes `outdir/vae.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights
-    when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it)."""
+    when train.ema_decay > 0). `stop_after` stops early (tests simulate a crash with it); a spent
+    `budget` (t2i.training.budget.CPUBudget) stops early too but still writes the model."""
     outdir, data, model, trainer = open_run(cfg, outdir, FAMILY, ConvVAE, resume)
 
     def on_sample(step):
         write_sample_grid(sample(model, cfg.sample_n, seed=0), outdir, step)
 
     trainer.fit(vae_loss_fn(data.images, cfg.train, model.config.latent_dim), on_sample=on_sample,
-                stop_after=stop_after)
+                stop_after=stop_after, budget=budget)
     return finish_run(trainer, model, outdir)
 

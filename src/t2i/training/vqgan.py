@@ -82,9 +82,9 @@ class _Run:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        cfg, o = self.cfg, self.cfg.optim
-        lr = lr_at(o, self.step)
+    def train_step(self, x: torch.Tensor, time_progress: float = 0.0) -> dict[str, float]:
+        o = self.cfg.optim
+        lr = lr_at(o, self.step, time_progress)
         for group in self.opt_g.param_groups:
             group["lr"] = lr
         for group in self.opt_d.param_groups:
@@ -125,9 +125,12 @@ def _log(run: _Run, every: int) -> None:
 
 
 def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False, stop_after: int | None = None,
-                perceptual=None, device: str | None = None) -> VQGAN:
+                perceptual=None, device: str | None = None, budget=None) -> VQGAN:
     """Train the first stage; `stop_after` steps (tests: a simulated crash) leaves the run
-    unfinished; `perceptual` is an optional distance network (see t2i.models.vqgan)."""
+    unfinished; a spent `budget` (t2i.training.budget.CPUBudget) stops early but still writes the
+    model; `perceptual` is an optional distance network (see t2i.models.vqgan)."""
+    from t2i.training.budget import stopped
+
     if cfg.optim.ema_decay:
         raise ValueError("the vqgan recipe keeps no EMA of the weights: set optim.ema_decay to 0")
     outdir = Path(outdir)
@@ -143,20 +146,22 @@ def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False,
     last = o.steps if stop_after is None else min(o.steps, run.step + stop_after)
     run.model.train()
     run.disc.train()
-    while run.step < last:
+    budget_progress = budget.progress_from_now() if budget is not None else (lambda: 0.0)
+    while run.step < last and not (budget is not None and budget.exhausted()):
         generator = step_generator(cfg.seed, run.step)
         idx = torch.randint(0, len(images), (o.batch_size,), generator=generator)
         batch = images[idx]
         if o.crop:
             batch = _random_crops(batch, o.crop, generator)
-        run.record(run.train_step(_to_model_range(batch).to(dev)))
+        run.record(run.train_step(_to_model_range(batch).to(dev), budget_progress()))
         if o.log_every and run.step % o.log_every == 0:
             _log(run, o.log_every)
         if o.checkpoint_every and run.step % o.checkpoint_every == 0:
             save_atomic(run.state_dict(), checkpoint)
     save_atomic(run.state_dict(), checkpoint)
     model = run.model.eval().requires_grad_(False)
-    if run.step < o.steps:
+    on_budget = stopped(budget, "vqgan", run.step, o.steps)
+    if run.step < o.steps and not on_budget:
         return model
     model.save(outdir / "vqgan.safetensors")
     report = evaluate_first_stage(model, images[:cfg.report_images])

@@ -1,0 +1,173 @@
+"""Upscaling: a super-resolution latent diffusion model (t2i.models.sr), or a classic resize.
+
+    from t2i.pipelines.upscale import UpscaleParams, load_sr_model, upscale
+
+    sr = load_sr_model("runs/shapes-sr")              # a run folder or its model .safetensors file
+    result = upscale(image, UpscaleParams(seed=1, steps=50, noise_level=20), sr)
+    result.images[0].save("big.png")                 # image.size * 2, infotext in result.infotexts[0]
+    plain = upscale([a, b], UpscaleParams(upscaler="lanczos", scale=4))   # no model needed
+
+Image i of a call uses seed + i and equals a single call with that seed. The model upscales by its
+trained factor (`--scale` must match it) and takes any input size, larger than trained included
+(t2i.models.sr pads to the UNet's size multiple and crops back). Inputs are converted to RGB
+(an alpha channel is dropped). `UpscaleParams` is the one schema behind the CLI flags of
+`t2i upscale` and their validation.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from t2i.pipelines.params import ParamError, param, validate
+
+UPSCALERS = ("model", "lanczos", "nearest", "bicubic")
+MAX_SEED = 2**32 - 1  # as txt2img's seeds
+_RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
+             "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass
+class UpscaleParams:
+    upscaler: str = param("model", "model: the super-resolution model (--model); lanczos, nearest, bicubic: a "
+                                   "classic resize, no model", choices=UPSCALERS)
+    scale: int = param(2, "upscale factor; with a model it must be the factor the model was trained for",
+                       minimum=1, maximum=8)
+    steps: int = param(50, "sampling steps (model)", minimum=1, maximum=1000)
+    sampler: str = param("DDIM", "sampler name, e.g. DDIM, Euler a, DPM++ 2M (model)")
+    seed: int = param(-1, "seed of the first image; image i uses seed + i; -1 = random (model)",
+                      minimum=-1, maximum=MAX_SEED)
+    noise_level: int = param(20, "noise added to the low-res input before conditioning: higher trusts the "
+                                 "input less (model; at most the model's max_noise_level)", minimum=0, maximum=999)
+    eta: float = param(0.0, "DDIM eta: 0 deterministic, 1 ancestral (model)", minimum=0.0, maximum=1.0)
+
+
+@dataclass
+class UpscaleResult:
+    images: list[Image.Image]
+    seeds: list[int]  # per image; empty for a classic resize
+    infotexts: list[str]
+    params: UpscaleParams  # as run: seed resolved, sampler canonical
+
+
+@dataclass
+class SRModel:
+    """A loaded super-resolution model with the name and hash its images' infotext records."""
+    model: object  # t2i.models.sr.SuperResolution, eval mode
+    path: Path
+    name: str = ""
+    hash: str = field(default="")
+
+
+def load_sr_model(path: str | Path, device: str | None = None) -> SRModel:
+    """A run folder (its model.safetensors, or while training still runs the EMA weights of sr.ckpt)
+    or a model .safetensors file, on `device` (default cpu)."""
+    from t2i.checkpoints.diffusers_folder import ModelLoadError
+    from t2i.checkpoints.family_file import MODEL_FILE
+    from t2i.checkpoints.registry import file_hash
+    from t2i.models.sr import FAMILY, SRConfig, SuperResolution
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist; give a super-resolution run folder or model .safetensors file")
+    if path.is_dir() and not (path / MODEL_FILE).is_file():
+        ckpt = path / f"{FAMILY}.ckpt"
+        if not ckpt.is_file():
+            raise ModelLoadError(f"{path} holds neither {MODEL_FILE} nor {ckpt.name}: not a super-resolution run")
+        from t2i.training.runs import model_from_checkpoint
+
+        try:
+            model = model_from_checkpoint(ckpt, FAMILY, SuperResolution, SRConfig, ema_part="unet")
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
+        return SRModel(model.to(device or "cpu"), ckpt, path.name, file_hash(ckpt))
+    file = path / MODEL_FILE if path.is_dir() else path
+    model = SuperResolution.load(file).to(device or "cpu")
+    name = path.name if path.is_dir() else path.stem
+    return SRModel(model, file, name, file_hash(file))
+
+
+def _as_images(images) -> list[Image.Image]:
+    items = [images] if isinstance(images, Image.Image) else list(images) if isinstance(images, (list, tuple)) else None
+    if not items or not all(isinstance(im, Image.Image) for im in items):
+        raise ValueError(f"expected a PIL image or a non-empty list of PIL images, got {type(images).__name__}")
+    return [im.convert("RGB") for im in items]
+
+
+def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None) -> UpscaleParams:
+    """Validate against the schema and the model; fill in the seed and the canonical sampler name."""
+    validate(params)
+    if params.upscaler != "model":
+        if sr is not None:
+            raise ParamError(f"upscaler {params.upscaler!r} is a classic resize and takes no model; "
+                             f"leave out the model or use upscaler 'model'")
+        return params
+    if sr is None:
+        raise ParamError("upscaler 'model' needs a super-resolution model (--model RUN_OR_FILE); "
+                         f"without one pick --upscaler {'|'.join(UPSCALERS[1:])}")
+    cfg = sr.model.config
+    if params.scale != cfg.scale:
+        raise ParamError(f"{sr.name} upscales x{cfg.scale}; give scale {cfg.scale} (got {params.scale})")
+    if params.noise_level > cfg.max_noise_level:
+        raise ParamError(f"noise_level must be <= {cfg.max_noise_level} for {sr.name}, got {params.noise_level}")
+    from t2i.diffusion.samplers import resolve_sampler
+
+    try:
+        sampler, _ = resolve_sampler(params.sampler)
+    except ValueError as err:
+        raise ParamError(str(err)) from err
+    seed = params.seed if params.seed != -1 else secrets.randbelow(MAX_SEED + 1)
+    return replace(params, sampler=sampler, seed=seed)
+
+
+def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | None, sr: SRModel | None) -> str:
+    from t2i.checkpoints.diffusers_folder import _t2i_version
+    from t2i.metadata import build_infotext
+
+    model = sr is not None
+    return build_infotext("", "", {
+        "Steps": params.steps if model else None,
+        "Sampler": params.sampler if model else None,
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model hash": sr.hash if model else None,
+        "Model": sr.name if model else None,
+        "Upscaler": "SR model" if model else params.upscaler,
+        "Upscale scale": params.scale,
+        "Noise level": params.noise_level if model else None,
+        "Eta": params.eta if model and params.eta else None,
+        "Version": f"t2i {_t2i_version()}",
+    })
+
+
+def upscale(images, params: UpscaleParams | None = None, sr: SRModel | str | Path | None = None,
+            callback=None) -> UpscaleResult:
+    """Upscale one PIL image or a list of them. `sr`: a loaded model (load_sr_model) or its path;
+    None for the classic upscalers. callback(i, total, latents) per model evaluation, as in sampling."""
+    params = params or UpscaleParams()
+    if isinstance(sr, (str, Path)):
+        sr = load_sr_model(sr)
+    params = resolve_upscale_params(params, sr)
+    inputs = _as_images(images)
+    if params.upscaler != "model":
+        out = [im.resize((im.width * params.scale, im.height * params.scale), _RESAMPLE[params.upscaler])
+               for im in inputs]
+        return UpscaleResult(out, [], [upscale_infotext(params, im.size, None, None) for im in out], params)
+    import torch
+
+    from t2i.models.sr import upscale_tensor
+    from t2i.pipelines.imageops import images_to_tensor, tensor_to_images
+
+    out, seeds = [], []
+    for i, image in enumerate(inputs):  # one at a time: inputs may differ in size
+        seed = (params.seed + i) % (MAX_SEED + 1)
+        low = images_to_tensor([image]).to(sr.model.device)
+        with torch.no_grad():
+            high = upscale_tensor(sr.model, low, [seed], steps=params.steps, sampler=params.sampler,
+                                  noise_level=params.noise_level, eta=params.eta, callback=callback)
+        out += tensor_to_images(high)
+        seeds.append(seed)
+    infotexts = [upscale_infotext(params, im.size, s, sr) for im, s in zip(out, seeds)]
+    return UpscaleResult(out, seeds, infotexts, params)

@@ -1,0 +1,216 @@
+"""Recipe: super-resolution latent diffusion (t2i.models.sr) on high-res images, low-res made on the fly.
+
+    t2i train configs/shapes-sr.yaml --outdir runs/shapes-sr        # 32 -> 64
+    t2i train configs/shapes-sr-128.yaml --outdir runs/shapes-sr-128  # 64 -> 128
+    t2i upscale small.png --model runs/shapes-sr -o big.png
+
+The first stage (`first_stage`: "default" = the bundled model's VAE, or an autoencoder run / model
+file / diffusers folder) is loaded, frozen and copied into the SR model; the model's `vae` shape comes
+from it. Every training image is encoded once (posterior mean, cached in `latents.pt`), and
+`model.scaling_factor` is set to 1 / std of those latents. Each step draws a batch, degrades the
+high-res images (a random Gaussian blur, then area or bicubic downsampling, per image) and noises
+the low-res ones to a random augmentation level in [0, max_noise_level]. All randomness comes from
+the trainer's per-step generator, so a resumed run replays the same steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from t2i.data.labels import ImageDataConfig, to_model_range
+from t2i.models.ldm import VAEConfig
+from t2i.models.sr import FAMILY, SRConfig, SuperResolution, upscale_tensor
+from t2i.training.runs import finish_run, run_config, save_run_config, start_run, write_sample_grid
+from t2i.training.trainer import OptimConfig
+
+
+@dataclass
+class SROptimConfig(OptimConfig):
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+
+
+@dataclass
+class DegradeConfig:
+    blur_sigma_max: float = 0.6  # Gaussian blur sigma drawn in [0, max] (high-res pixels) before downsampling
+    p_bicubic: float = 0.5  # share of images downsampled bicubic (antialiased); the rest by area (box)
+
+
+@dataclass
+class SRTrainConfig:
+    model: SRConfig = field(default_factory=SRConfig)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    train: SROptimConfig = field(default_factory=SROptimConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    first_stage: str = "default"  # "default" (bundled VAE), an autoencoder run/file or a diffusers folder
+    scale_latents: bool = True  # set model.scaling_factor to 1 / std of the training latents
+    encode_batch_size: int = 64
+    seed: int = 0
+    sample_n: int = 8  # periodic grids (train.sample_every): DDIM 50 steps on the first training images
+
+
+# ---------------------------------------------------------------------------- first stage
+
+
+def load_first_stage(spec: str) -> tuple[dict[str, torch.Tensor], VAEConfig]:
+    """(AutoencoderKL state dict, its VAEConfig) from `default`, a diffusers model/LDM run folder
+    (its vae/), a KL autoencoder run folder or its autoencoder .safetensors file."""
+    from t2i.checkpoints.diffusers_folder import ModelLoadError
+
+    path = Path(spec)
+    if spec == "default":
+        from t2i.checkpoints.registry import bundled_model_dir
+
+        return _diffusers_vae(bundled_model_dir() / "vae")
+    if path.is_dir() and (path / "autoencoder.safetensors").is_file():
+        path = path / "autoencoder.safetensors"
+    if path.is_file():
+        from t2i.models.autoencoder import KLAutoencoder
+
+        ae = KLAutoencoder.load(path)
+        return ae.vae.state_dict(), ae.config.vae
+    for folder in (path / "vae", path / "model" / "vae", path):
+        if (folder / "config.json").is_file() and (folder / "diffusion_pytorch_model.safetensors").is_file():
+            return _diffusers_vae(folder)
+    raise ModelLoadError(f"first_stage {spec!r}: give `default`, a KL autoencoder run or .safetensors file, "
+                         f"or a diffusers model folder with a vae/")
+
+
+def _diffusers_vae(folder: Path) -> tuple[dict[str, torch.Tensor], VAEConfig]:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    c = vae.config
+    if set(c.down_block_types) != {"DownEncoderBlock2D"} or c.in_channels != 3:
+        raise ValueError(f"{folder}: only plain RGB AutoencoderKL first stages are supported")
+    shape = VAEConfig(tuple(c.block_out_channels), c.layers_per_block, c.latent_channels, c.norm_num_groups)
+    return vae.state_dict(), shape
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def degrade(x: torch.Tensor, scale: int, cfg: DegradeConfig, generator: torch.Generator) -> torch.Tensor:
+    """High-res (B, 3, H, W) in [-1, 1] -> low-res (B, 3, H / scale, W / scale): per image a Gaussian
+    blur of random sigma, then area or antialiased bicubic downsampling (chosen at random)."""
+    sigmas = torch.rand(len(x), generator=generator) * cfg.blur_sigma_max
+    bicubic = torch.rand(len(x), generator=generator) < cfg.p_bicubic
+    size = (x.shape[-2] // scale, x.shape[-1] // scale)
+    out = []
+    for image, sigma, cubic in zip(x, sigmas.tolist(), bicubic.tolist()):
+        image = gaussian_blur(image[None], sigma)
+        if cubic:
+            image = F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
+        else:
+            image = F.interpolate(image, size=size, mode="area")
+        out.append(image)
+    return torch.cat(out).clamp(-1, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), reflect-padded; sigma < 0.1 leaves x as it is."""
+    if sigma < 0.1:
+        return x
+    radius = max(1, math.ceil(2.5 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.device)
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+@torch.no_grad()
+def encode_latents(model: SuperResolution, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Posterior means of (N, H, W, 3) uint8 images, unscaled (N, C, H/f, W/f), float32 on the CPU."""
+    device = model.device
+    model.vae.eval()
+    return torch.cat([model.vae.encode(to_model_range(images[i:i + batch_size]).to(device)).latent_dist.mean.float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def _cached_latents(model: SuperResolution, images: torch.Tensor, cfg: SRTrainConfig, outdir: Path) -> torch.Tensor:
+    path = outdir / "latents.pt"
+    key = {"first_stage": cfg.first_stage, "n": len(images), "resolution": cfg.model.resolution}
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("key") == key:
+            return cached["latents"]
+    latents = encode_latents(model, images, cfg.encode_batch_size)
+    torch.save({"key": key, "latents": latents}, path)
+    return latents
+
+
+def sr_loss_fn(images: torch.Tensor, latents: torch.Tensor, model_cfg: SRConfig, cfg: SRTrainConfig):
+    """images (N, H, W, 3) uint8 and their scaled latents (N, C, H/f, W/f) -> the trainer's loss_fn."""
+    n, steps, levels = cfg.train.batch_size, model_cfg.schedule.num_train_timesteps, model_cfg.max_noise_level
+
+    def loss_fn(modules, step, generator):
+        model = modules[FAMILY]
+        device = next(model.parameters()).device
+        idx = torch.randint(0, len(images), (n,), generator=generator)
+        low = degrade(to_model_range(images[idx]), model_cfg.scale, cfg.degrade, generator)  # (B, 3, h, w)
+        z = latents[idx]  # (B, C, H/f, W/f)
+        t = torch.randint(0, steps, (n,), generator=generator)
+        noise = torch.randn(z.shape, generator=generator)
+        level = torch.randint(0, levels + 1, (n,), generator=generator)
+        low_noise = torch.randn(low.shape, generator=generator)
+        args = (z, low, t, noise, level, low_noise)
+        return model(*(a.to(device) for a in args)), n
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _model_config(cfg: SRTrainConfig, vae_shape: VAEConfig) -> SRConfig:
+    declared = cfg.model.vae
+    if declared != VAEConfig() and declared != vae_shape:
+        raise ValueError(f"model.vae {declared} differs from the first stage's shape {vae_shape}; "
+                         f"leave model.vae out (it is read from first_stage)")
+    return dataclasses.replace(cfg.model, vae=vae_shape)
+
+
+def train_sr(cfg: SRTrainConfig, outdir: str | Path, resume: bool = False,
+             stop_after: int | None = None, budget=None) -> SuperResolution:
+    """Train; writes `outdir/sr.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights of
+    the UNet, the frozen VAE inside). `stop_after` stops early (tests simulate a crash with it);
+    `budget` (t2i.training.budget.CPUBudget) stops early too but still writes the model."""
+    from t2i.training.trainer import Trainer
+
+    outdir, data, _ = start_run(cfg, outdir, FAMILY)
+    vae_state, vae_shape = load_first_stage(cfg.first_stage)
+    model_cfg = _model_config(cfg, vae_shape)
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = SuperResolution(model_cfg)
+    model.vae.load_state_dict(vae_state, strict=True)
+    latents = _cached_latents(model, data.images, cfg, outdir)
+    if cfg.scale_latents:
+        model_cfg = dataclasses.replace(model_cfg, scaling_factor=1.0 / latents.std().item())
+        model.config = model_cfg
+    config = run_config(cfg, FAMILY, model_cfg)
+    save_run_config(config, outdir)
+    trainer = Trainer(FAMILY, {FAMILY: model}, cfg.train, outdir, cfg.seed, config)
+    if resume:
+        trainer.load()
+    preview = to_model_range(data.images[:cfg.sample_n])
+
+    def on_sample(step):
+        low = degrade(preview, model_cfg.scale, DegradeConfig(blur_sigma_max=0.0, p_bicubic=0.0), torch.Generator())
+        images = upscale_tensor(model, low.to(model.device), list(range(len(low))), steps=50)
+        from t2i.pipelines.imageops import tensor_to_images
+
+        write_sample_grid(tensor_to_images(torch.cat([images.cpu(), preview])), outdir, step)
+
+    trainer.fit(sr_loss_fn(data.images, latents * model_cfg.scaling_factor, model_cfg, cfg),
+                on_sample=on_sample, stop_after=stop_after, budget=budget)
+    return finish_run(trainer, model, outdir)
