@@ -65,19 +65,24 @@ def main() -> None:
     from t2i.diffusion.sampling import CFGDenoiser
     from t2i.evaluate.random_sd import random_sd_unet
     from t2i.memory import MemoryPlan, apply_memory
-    from t2i.runtime import Runtime
+    from t2i.runtime import Runtime, cpu_native_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerators", action="store_true", help="also time compile, DeepCache, slicing")
     parser.add_argument("--small", action="store_true", help="SD-shaped UNet at 1/10 width, 16x16 latents")
+    parser.add_argument("--force-bf16", action="store_true", help="time bf16 rows even on a CPU without native bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = 16 if args.small else 64
 
-    peaks = {torch.float32: peak_gflops(torch.float32, sizes=(512,) if args.small else (2048, 4096)),
-             torch.bfloat16: peak_gflops(torch.bfloat16, sizes=(512,) if args.small else (2048, 4096))}
+    # bf16 rows only where the CPU has native bf16: elsewhere it is emulated, ~100x slower (runtime.py)
+    with_bf16 = args.small or args.force_bf16 or cpu_native_bf16() is not None
+    peak_sizes = (512,) if args.small else (2048, 4096)
+    peaks = {torch.float32: peak_gflops(torch.float32, sizes=peak_sizes)}
+    if with_bf16:
+        peaks[torch.bfloat16] = peak_gflops(torch.bfloat16, sizes=peak_sizes)
     base = random_sd_unet("sd15", tiny=args.small)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, size, size, generator=g)  # one image; CFG doubles the UNet batch
@@ -101,10 +106,11 @@ def main() -> None:
     add("diffusers defaults (fp32, NCHW, SDPA)", best_time(diffusers_step(base, torch.float32), args.repeats),
         torch.float32)
 
-    manual = copy.deepcopy(base).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-    add("diffusers best manual (bf16 + channels_last)",
-        best_time(diffusers_step(manual, torch.bfloat16), args.repeats), torch.bfloat16)
-    del manual
+    if with_bf16:
+        manual = copy.deepcopy(base).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        add("diffusers best manual (bf16 + channels_last)",
+            best_time(diffusers_step(manual, torch.bfloat16), args.repeats), torch.bfloat16)
+        del manual
 
     runtime = Runtime.auto("auto", "cpu", args.threads)
     holder = _Holder(copy.deepcopy(base))
@@ -149,8 +155,8 @@ def main() -> None:
     reference = rows[0][1]
     print(f"torch {torch.__version__}, {args.threads} threads; UNet {'SD 1.5 at 1/10 width' if args.small else 'SD 1.5'}, "
           f"batch 2 (CFG), {size}x{size} latents; {flops / 1e12:.3f} TFLOP per step")
-    print(f"matmul peak: fp32 {peaks[torch.float32]:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s; "
-          f"min of {args.repeats} after warm-up")
+    bf16_peak = f"bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s" if with_bf16 else "bf16 not timed (no native bf16 here)"
+    print(f"matmul peak: fp32 {peaks[torch.float32]:.0f} GFLOP/s, {bf16_peak}; min of {args.repeats} after warm-up")
     print("| variant | s/step | vs diffusers defaults | GFLOP/s | % of peak (its precision) | note |")
     print("|---|---|---|---|---|---|")
     for name, seconds, dtype, note in rows:

@@ -2,7 +2,9 @@
 Diffusion"; diffusers' `DecoderTiny`): a few plain convolution blocks that map scaled latents
 (unit variance, what sampling produces) straight to an image, several times faster than the
 full KL decoder and approximate. t2i ships no weights for one; a user who has a TAESD-format
-file loads it with `t2i.speedups.use_tiny_decoder` (`t2i generate --vae-decoder tiny FILE`).
+file loads it with `t2i.speedups.use_tiny_decoder` (`t2i generate --vae-decoder tiny FILE`), or
+distils one from a model's VAE with `family: tiny_vae` (t2i.training.tiny_vae), which writes this
+original layout with as many upsamplings as the model's VAE has (x4 for the bundled model).
 
 Accepted files, read safely (t2i.checkpoints.safe_load: safetensors, or weights-only pickles):
 - the original decoder file (`taesd_decoder.safetensors` / `.pth`, also TAESDXL): a
@@ -68,7 +70,28 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict]:
                 "block_out_channels": config.get("decoder_block_out_channels", TAESD_DECODER["block_out_channels"]),
                 "upsampling_scaling_factor": config.get("upsampling_scaling_factor", 2)}
         return load_state_dict_file(weights), arch
-    return load_state_dict_file(path), dict(TAESD_DECODER)
+    return load_state_dict_file(path), None  # a file: the architecture is read from its tensors
+
+
+def infer_decoder_arch(layers: dict[str, Tensor]) -> dict:
+    """The DecoderTiny architecture that `layers.*` tensors describe, so files of other depths
+    and widths than TAESD's (a decoder distilled for an x4 VAE: t2i.training.tiny_vae) load too.
+    After the input convolution and its activation (entries 0, 1), each stage is tiny blocks
+    (`layers.i.conv.0.weight`) closed by a plain convolution (`layers.i.weight`, its input
+    channels = the stage's width); upsamplings have no tensors. Unreadable: TAESD's defaults,
+    and the strict load reports what differs."""
+    indices = sorted({int(k.split(".")[1]) for k in layers if k.split(".")[1].isdigit()})
+    num_blocks, widths, blocks = [], [], 0
+    for i in indices[1:] if indices[:1] == [0] else []:
+        if f"layers.{i}.conv.0.weight" in layers:
+            blocks += 1
+        elif f"layers.{i}.weight" in layers and layers[f"layers.{i}.weight"].dim() == 4:
+            num_blocks.append(blocks)
+            widths.append(int(layers[f"layers.{i}.weight"].shape[1]))
+            blocks = 0
+    if not num_blocks or blocks:
+        return dict(TAESD_DECODER)
+    return {"num_blocks": tuple(num_blocks), "block_out_channels": tuple(widths), "upsampling_scaling_factor": 2}
 
 
 def load_tiny_decoder(path, *, latent_channels: int, scale_factor: int) -> nn.Module:
@@ -79,6 +102,7 @@ def load_tiny_decoder(path, *, latent_channels: int, scale_factor: int) -> nn.Mo
         raise ModelLoadError(f"tiny VAE decoder {path} does not exist")
     state, arch = _read(path)
     layers = decoder_state(state, path)
+    arch = arch or infer_decoder_arch(layers)
     first = layers.get("layers.0.weight")
     if first is None or first.dim() != 4:
         raise ModelLoadError(f"{path} has no first convolution 'layers.0.weight' of a TAESD decoder")
