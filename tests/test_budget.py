@@ -97,3 +97,22 @@ def test_cli_budget_minutes_on_a_gan(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "t2i.interfaces.cli", "train", str(path), "--outdir",
                           str(tmp_path / "bad"), "--budget-minutes", "-1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "positive" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_learning_rate_decays_over_the_budget_not_only_over_the_steps():
+    from t2i.training.trainer import OptimConfig, lr_at
+
+    cfg = OptimConfig(steps=10_000, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    early = lr_at(cfg, 100)  # by steps alone, barely decayed
+    assert early > 0.99e-3
+    assert lr_at(cfg, 100, time_progress=1.0) == pytest.approx(1e-4)  # budget spent: the floor
+    assert lr_at(cfg, 100, time_progress=0.5) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way down the cosine
+    assert lr_at(cfg, 5, time_progress=1.0) == pytest.approx(1e-3 * 6 / 10)  # warm-up is by steps
+
+
+def test_budget_progress_runs_from_zero_to_one_over_what_is_left():
+    budget = CPUBudget(1e-6)  # spent almost at once
+    progress = budget.progress_from_now()
+    sum(i * i for i in range(200_000))  # burn a little CPU
+    assert progress() == 1.0
+    assert CPUBudget(60).progress_from_now()() < 0.01
