@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from t2i.checkpoints.convert import text_name, unet_target
 from t2i.checkpoints.detect import UNET_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError
-from t2i.extra_networks.lycoris import KINDS_HELP, LYCORIS_PARTS, lycoris_layer
+from t2i.extra_networks.lycoris import KINDS_HELP, AlphaScaled, LYCORIS_PARTS, lycoris_layer
 
 log = logging.getLogger("t2i")
 
@@ -59,7 +59,7 @@ _UNSUPPORTED = {"dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", "oft_": "
 
 
 @dataclass
-class LoraLayer:
+class LoraLayer(AlphaScaled):
     """One weight's low-rank update."""
 
     down: Tensor  # (rank, in) or (rank, in, kh, kw)
@@ -70,9 +70,6 @@ class LoraLayer:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
-    @property
-    def scale(self) -> float:
-        return 1.0 if self.alpha is None else self.alpha / self.rank
 
     def shape_text(self) -> str:
         return f"up {tuple(self.up.shape)} / down {tuple(self.down.shape)}"

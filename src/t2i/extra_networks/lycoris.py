@@ -46,8 +46,17 @@ def _fits(shape_2d: tuple[int, int], weight: Tensor) -> bool:
     return shape_2d == (weight.shape[0], weight[0].numel())
 
 
+class AlphaScaled:
+    """`scale` = alpha / rank, 1 without an alpha (as kohya and the web UI apply it); the class
+    defines `alpha` and `rank`."""
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+
 @dataclass
-class LohaLayer:
+class LohaLayer(AlphaScaled):
     w1_a: Tensor
     w1_b: Tensor
     w2_a: Tensor
@@ -61,9 +70,6 @@ class LohaLayer:
     def rank(self) -> int:
         return int(self.w1_b.shape[0])
 
-    @property
-    def scale(self) -> float:
-        return 1.0 if self.alpha is None else self.alpha / self.rank
 
     def _factor_shape(self, a: Tensor, b: Tensor, t: Tensor | None) -> tuple[int, int]:
         if t is None:  # a (out, r), b (r, in·kh·kw)
@@ -155,7 +161,7 @@ class LokrLayer:
 
 
 @dataclass
-class TuckerLoconLayer:
+class TuckerLoconLayer(AlphaScaled):
     down: Tensor  # (r, in[, 1, 1])
     mid: Tensor  # (r, r, kh, kw)
     up: Tensor  # (out, r[, 1, 1])
@@ -166,9 +172,6 @@ class TuckerLoconLayer:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
-    @property
-    def scale(self) -> float:
-        return 1.0 if self.alpha is None else self.alpha / self.rank
 
     def shape_2d(self) -> tuple[int, int]:
         return int(self.up.shape[0]), int(_flat(self.down).shape[1] * self.mid[0, 0].numel())
