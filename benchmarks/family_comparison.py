@@ -18,6 +18,11 @@ VQGAN+AR are two runs: the VQGAN gets `--vqgan-share` of the budget, the transfo
 
     python benchmarks/family_comparison.py [--budget-minutes 10] [--jobs 2] [--n 500] [--outdir DIR]
     python benchmarks/family_comparison.py --tiny      # seconds-long configs: checks the script only
+    python benchmarks/family_comparison.py --device cuda --budget-clock wall --jobs 1   # on a GPU
+
+On a GPU (`--device cuda`: training goes to the GPU by itself, sampling is moved there) the budget
+should count wall minutes of a run that has the device to itself (`--budget-clock wall --jobs 1`);
+speed is then images per wall second.
 
 Each family runs in its own processes (training, then evaluation), up to `--jobs` at a time.
 """
@@ -56,26 +61,27 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {done.returncode}); see {log}")
 
 
-def _train(config: Path, outdir: Path, minutes: float, log: Path) -> dict:
+def _train(config: Path, outdir: Path, minutes: float, log: Path, clock: str) -> dict:
     _run([sys.executable, "-m", "t2i.interfaces.cli", "train", str(config), "--outdir", str(outdir),
-          "--budget-minutes", f"{minutes:.6g}", "--threads", "1"], log)
+          "--budget-minutes", f"{minutes:.6g}", "--budget-clock", clock, "--threads", "1"], log)
     return json.loads((outdir / "budget.json").read_text())
 
 
-def train_family(family: str, configs: Path, prefix: str, workdir: Path, minutes: float, vqgan_share: float) -> dict:
+def train_family(family: str, configs: Path, prefix: str, workdir: Path, minutes: float, vqgan_share: float,
+                 clock: str = "cpu") -> dict:
     """Train one family (both runs for vqgan+ar); returns {"run": folder to sample, "budgets": [...]}."""
     log = workdir / f"{family}.log"
     if family != "vqgan+ar":
-        budget = _train(configs / f"{prefix}{family}.yaml", workdir / family, minutes, log)
+        budget = _train(configs / f"{prefix}{family}.yaml", workdir / family, minutes, log, clock)
         return {"run": str(workdir / family), "budgets": [budget]}
     import yaml
 
-    first = _train(configs / f"{prefix}vqgan.yaml", workdir / "vqgan", minutes * vqgan_share, log)
+    first = _train(configs / f"{prefix}vqgan.yaml", workdir / "vqgan", minutes * vqgan_share, log, clock)
     ar_config = yaml.safe_load((configs / f"{prefix}ar.yaml").read_text())
     ar_config["first_stage"] = str(workdir / "vqgan" / "vqgan.safetensors")
     path = workdir / "ar.yaml"
     path.write_text(yaml.safe_dump(ar_config, sort_keys=False))
-    second = _train(path, workdir / "ar", minutes * (1 - vqgan_share), log)
+    second = _train(path, workdir / "ar", minutes * (1 - vqgan_share), log, clock)
     return {"run": str(workdir / "ar"), "budgets": [first, second]}
 
 
@@ -85,7 +91,7 @@ def _class_prompts(class_names, n: int) -> list[str]:
     return [f"a {class_names[i % len(class_names)]}" for i in range(n)]
 
 
-def _sample(family: str, run: Path, n: int, mode: str):
+def _sample(family: str, run: Path, n: int, mode: str, device: str):
     """(draw(k) -> the first k images as PIL, checker prompts or None, parameter count, sampler text)."""
     if family == "ldm":
         sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -95,7 +101,7 @@ def _sample(family: str, run: Path, n: int, mode: str):
         from t2i.data.labels import shapes_class
         from t2i.data.shapes import ShapesDataset
 
-        loaded = t2i.load(run / "model", precision="full", device="cpu")
+        loaded = t2i.load(run / "model", precision="full", device=device)
         model = loaded.model
         dataset = ShapesDataset(length=n, seed=PROMPT_SEED, p_two=0.0, p_short=0.3)
         captions = [dataset.scene(i).caption for i in range(n)]
@@ -110,7 +116,7 @@ def _sample(family: str, run: Path, n: int, mode: str):
 
     from t2i.pipelines.families import load_family_model
 
-    loaded = load_family_model(run)
+    loaded = load_family_model(run, device=device)
     model = loaded.model
     if family == "gan":
         from t2i.models.gan import sample
@@ -137,7 +143,7 @@ def _sample(family: str, run: Path, n: int, mode: str):
         _class_prompts(model.config.class_names, n), params, "all codes (top-k off, T 1), KV cache, batch 50"
 
 
-def evaluate(family: str, run: Path, n: int, mode: str, out: Path) -> None:
+def evaluate(family: str, run: Path, n: int, mode: str, out: Path, device: str = "cpu") -> None:
     """Sample n images, time them, score them; writes out/result.json and out/samples.pt (uint8)."""
     import numpy as np
     import torch
@@ -145,12 +151,12 @@ def evaluate(family: str, run: Path, n: int, mode: str, out: Path) -> None:
     from t2i.evaluate.shapes_checker import check
 
     torch.set_num_threads(1)
-    draw, prompts, params, sampler = _sample(family, run, n, mode)
+    draw, prompts, params, sampler = _sample(family, run, n, mode, device)
     draw(2)  # warm-up: the first call of each shape builds kernels
     cpu0, wall0 = time.process_time(), time.perf_counter()
     images = draw(n)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    result = {"family": family, "n": n, "params": params, "sampler": sampler,
+    result = {"family": family, "n": n, "params": params, "sampler": sampler, "device": device,
               "images_per_cpu_s": n / cpu, "images_per_wall_s": n / wall}
     if prompts is not None:
         checks = [check(im, p) for im, p in zip(images, prompts)]
@@ -179,10 +185,12 @@ def real_images(n: int, resolution: int):
 
 def run_family(family: str, args, workdir: Path) -> dict:
     prefix = "tiny-" if args.tiny else ""
-    trained = train_family(family, args.configs, prefix, workdir, args.budget_minutes, args.vqgan_share)
+    trained = train_family(family, args.configs, prefix, workdir, args.budget_minutes, args.vqgan_share,
+                           args.budget_clock)
     out = workdir / "eval"
     _run([sys.executable, str(Path(__file__).resolve()), "--evaluate", family, trained["run"], "--n", str(args.n),
-          "--eval-out", str(out)] + (["--tiny"] if args.tiny else []), workdir / f"{family}.log")
+          "--eval-out", str(out), "--device", args.device] + (["--tiny"] if args.tiny else []),
+         workdir / f"{family}.log")
     result = json.loads((out / "result.json").read_text())
     result["budgets"] = trained["budgets"]
     return result
@@ -202,9 +210,12 @@ def _steps(budgets: list[dict]) -> str:
     return ", ".join(f"{s['name']} {s['step']}/{s['steps']}" for b in budgets for s in b["stages"])
 
 
-def table(results: dict[str, dict], fids: dict) -> str:
-    rows = ["| family | conditioning | params (M) | training steps reached (of config) | CPU-min used | "
-            "colour+shape acc | colour | shape | FID (shapes features) | sampling img/s (1 thread) | sampler |",
+def table(results: dict[str, dict], fids: dict, clock: str = "cpu", device: str = "cpu") -> str:
+    used_unit = "CPU-min used" if clock == "cpu" else "wall min used"
+    speed = "sampling img/s (1 thread)" if device == "cpu" else f"sampling img/s ({device}, wall)"
+    speed_key = "images_per_cpu_s" if device == "cpu" else "images_per_wall_s"
+    rows = [f"| family | conditioning | params (M) | training steps reached (of config) | {used_unit} | "
+            f"colour+shape acc | colour | shape | FID (shapes features) | {speed} | sampler |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for family, r in results.items():
         if "error" in r:
@@ -215,13 +226,16 @@ def table(results: dict[str, dict], fids: dict) -> str:
         used = sum(b["used_minutes"] for b in r["budgets"])
         rows.append(f"| {family} | {CONDITIONING[family]} | {r['params'] / 1e6:.2f} | {_steps(r['budgets'])} | "
                     f"{used:.2f} | {pct('accuracy')} | {pct('color')} | {pct('shape')} | "
-                    f"{fid if isinstance(fid, str) else f'{fid:.2f}'} | {r['images_per_cpu_s']:.2f} | {r['sampler']} |")
+                    f"{fid if isinstance(fid, str) else f'{fid:.2f}'} | {r[speed_key]:.2f} | {r['sampler']} |")
     return "\n".join(rows)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget-minutes", type=float, default=None, help="CPU-minutes per family (default 10; tiny 0.05)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="minutes per family (default 10; tiny 0.05)")
+    p.add_argument("--budget-clock", choices=("cpu", "wall"), default="cpu",
+                   help="what the minutes count: process CPU time (default) or wall time (a GPU, --jobs 1)")
+    p.add_argument("--device", default="cpu", help="where sampling runs (cpu, cuda); training uses a GPU if present")
     p.add_argument("--jobs", type=int, default=2, help="families trained and evaluated at once (1 thread each)")
     p.add_argument("--n", type=int, default=None, help="images sampled per family (default 500; tiny 24)")
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
@@ -243,12 +257,14 @@ def main(argv=None, fid=None) -> str:
     """Run the comparison; `fid(real, fake) -> float` defaults to t2i.evaluate.fid.fid_score."""
     args = parse_args(argv)
     if args.evaluate:
-        evaluate(args.evaluate[0], Path(args.evaluate[1]), args.n, "tiny" if args.tiny else "full", args.eval_out)
+        evaluate(args.evaluate[0], Path(args.evaluate[1]), args.n, "tiny" if args.tiny else "full", args.eval_out,
+                 args.device)
         return ""
     if fid is None:
         from t2i.evaluate.fid import fid_score as fid
     args.outdir.mkdir(parents=True, exist_ok=True)
-    print(f"{len(args.families)} families, {args.budget_minutes:g} CPU-minutes each, {args.jobs} at a time, "
+    unit = "CPU-minutes" if args.budget_clock == "cpu" else "wall minutes"
+    print(f"{len(args.families)} families, {args.budget_minutes:g} {unit} each, {args.jobs} at a time, "
           f"1 torch thread each, n={args.n}; runs and logs in {args.outdir}", file=sys.stderr)
 
     def one(family):
@@ -271,7 +287,7 @@ def main(argv=None, fid=None) -> str:
     real = real_images(args.n, resolution)
     fids = {f: _fid_or_reason(fid, real, args.outdir / f.replace("+", "-")) for f, r in results.items()
             if "error" not in r}
-    text = table(results, fids)
+    text = table(results, fids, args.budget_clock, args.device)
     (args.outdir / "results.json").write_text(json.dumps({"results": results, "fid": fids}, indent=2, default=str))
     print(text)
     return text

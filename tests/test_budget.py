@@ -28,6 +28,19 @@ def test_budget_views_share_one_clock_and_one_report():
         budget.until(1.5)
 
 
+def test_wall_clock_budget_counts_elapsed_time_not_cpu_time():
+    import time
+
+    wall = CPUBudget(0.5 / 60, clock="wall")  # half a second of wall time
+    cpu = CPUBudget(0.5 / 60)
+    time.sleep(0.6)  # sleeping uses wall time, almost no CPU time
+    assert wall.exhausted() and wall.until(0.5).clock == "wall"
+    assert not cpu.exhausted()
+    assert wall.summary()["clock"] == "wall"
+    with pytest.raises(ValueError, match="clock"):
+        CPUBudget(1.0, clock="gpu")
+
+
 def test_budget_stops_a_ddpm_run_early_with_a_model_that_samples(tmp_path):
     from t2i.data.labels import ImageDataConfig
     from t2i.models.ddpm import DDPMConfig
@@ -90,7 +103,7 @@ def test_cli_budget_minutes_on_a_gan(tmp_path):
     done = subprocess.run([sys.executable, "-m", "t2i.interfaces.cli", "train", str(path), "--outdir", str(out),
                            "--budget-minutes", "0.01", "--threads", "1"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "stopped on the CPU budget at step" in done.stderr
+    assert "stopped on the training budget at step" in done.stderr
     assert done.stdout.strip().endswith("model.safetensors")
     (stage,) = json.loads((out / "budget.json").read_text())["stages"]
     assert stage["name"] == "gan" and stage["stopped_on_budget"] and stage["step"] < BIG

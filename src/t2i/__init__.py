@@ -54,10 +54,11 @@ def generate(prompt: str = "", *, model=None, callback=None, styles=None, styles
     return result.images
 
 
-def train(config, outdir, *, resume: bool = False, budget_minutes: float | None = None):
+def train(config, outdir, *, resume: bool = False, budget_minutes: float | None = None, budget_clock: str = "cpu"):
     """Train from a YAML path (its `family:` key picks the recipe; default ldm) or a typed
     training config (an LDMTrainConfig, ...); returns the trained model. `budget_minutes`: stop
-    every stage once this process has used that many CPU-minutes (t2i.training.budget)."""
+    every stage once this process has used that many CPU-minutes, or wall minutes with
+    budget_clock="wall" (t2i.training.budget)."""
     from t2i.training.registry import RECIPES, load_training_config
 
     if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
@@ -70,5 +71,5 @@ def train(config, outdir, *, resume: bool = False, budget_minutes: float | None 
     if budget_minutes is not None:
         from t2i.training.budget import train_on_budget
 
-        return train_on_budget(train_fn, cfg, outdir, resume=resume, minutes=budget_minutes)
+        return train_on_budget(train_fn, cfg, outdir, resume=resume, minutes=budget_minutes, clock=budget_clock)
     return train_fn(cfg, outdir, resume=resume)

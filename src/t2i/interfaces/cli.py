@@ -180,6 +180,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--budget-minutes", type=float, metavar="N",
                    help="stop every stage once this process has used N CPU-minutes (all threads); the run "
                         "still writes a model that samples, and budget.json (see t2i.training.budget)")
+    p.add_argument("--budget-clock", choices=("cpu", "wall"), default="cpu",
+                   help="what --budget-minutes counts: process CPU time (default) or elapsed wall time (on a GPU)")
     p.set_defaults(run=_run_train)
 
 
@@ -199,7 +201,8 @@ def _run_train(args) -> None:
     if args.budget_minutes is not None:
         from t2i.training.budget import train_on_budget
 
-        train_on_budget(train_fn, cfg, args.outdir, resume=args.resume, minutes=args.budget_minutes)
+        train_on_budget(train_fn, cfg, args.outdir, resume=args.resume, minutes=args.budget_minutes,
+                        clock=args.budget_clock)
     else:
         train_fn(cfg, args.outdir, resume=args.resume)
     # GAN / VAE / DDPM runs write model.safetensors, AR runs ar.safetensors, VQGAN runs
