@@ -77,6 +77,42 @@ def test_upscale_larger_than_trained_and_odd_size(tiny_sr):
         upscale_tensor(tiny_sr, low[:1], [0], steps=1, noise_level=101)
 
 
+class OracleSR(SuperResolution):
+    """Predicts exactly what training asks for, given the clean latents `x0`: eps or v."""
+    x0: torch.Tensor
+
+    def predict(self, z_t, t, cond, noise_level):
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (z_t - a.sqrt() * self.x0) / (1 - a).sqrt()
+        if self.config.schedule.prediction_type == "epsilon":
+            return eps
+        return a.sqrt() * eps - (1 - a).sqrt() * self.x0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_and_sampler_agree_on_prediction_type(prediction_type):
+    # issue 3: the loss always used the eps target while the sampler followed prediction_type
+    from t2i.models.ldm import NoiseScheduleConfig
+
+    torch.manual_seed(0)
+    model = OracleSR(tiny_sr_config(schedule=NoiseScheduleConfig(prediction_type=prediction_type))).eval()
+    latents, low, t, noise, level, low_noise = _batch(model)
+    model.x0 = latents
+    assert model(latents, low, t, noise, level, low_noise).item() < 1e-8  # the oracle is what training wants
+    model.x0 = latents[:1]
+    out = upscale_tensor(model, low[:1], [0], steps=5)  # the sampler reads the oracle's output back as x0
+    expected = model.decode_latents(latents[:1]).clamp(-1, 1)
+    assert (out - expected).abs().mean() < 0.005  # only the last step's abar_0 < 1 separates them
+
+
+def test_sr_default_is_v_prediction_and_rejects_unknown_types():
+    from t2i.models.ldm import NoiseScheduleConfig
+
+    assert SRConfig().schedule.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type"):
+        tiny_sr_config(schedule=NoiseScheduleConfig(prediction_type="sample"))
+
+
 def test_save_load_round_trip_is_identical(tiny_sr, tmp_path):
     path = tiny_sr.save(tmp_path / "sr.safetensors")
     loaded = SuperResolution.load(path)
