@@ -87,3 +87,18 @@ def test_public_train_function_survives_importing_the_training_package(tmp_path)
     import t2i.training.ldm  # noqa: F401  (a subpackage import must not shadow t2i.train)
 
     assert callable(t2i.train)
+
+
+def test_ema_decay_warms_up_so_short_runs_average_trained_weights():
+    from t2i.training.trainer import EMA
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([param], decay=0.999)
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(10_000) == 0.999
+    assert [ema.decay_at(s) for s in (0, 10, 100)] == sorted(ema.decay_at(s) for s in (0, 10, 100))
+    with torch.no_grad():
+        param.fill_(1.0)  # the weights moved away from their initial 0
+    for step in range(200):
+        ema.update([param], step)
+    # a fixed 0.999 would still hold exp(-0.2) ~ 82% of the initial weights after 200 steps
+    assert ema.shadow[0].min().item() > 0.99

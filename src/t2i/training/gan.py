@@ -166,7 +166,7 @@ class GANTrainer:
             d = sum(self._d_step(generator) for _ in range(cfg.d_steps)) / cfg.d_steps
             g = self._g_step(generator)
             if self.ema:
-                self.ema.update(self.g_params)
+                self.ema.update(self.g_params, self.step)
             self.step += 1
             self.g_losses.append(g)
             self.d_losses.append(d)

@@ -50,15 +50,24 @@ def lr_at(cfg: OptimConfig, step: int, time_progress: float = 0.0) -> float:
 
 
 class EMA:
-    """Exponential moving average of parameters (shadow copies kept in float32)."""
+    """Exponential moving average of parameters (shadow copies kept in float32).
+
+    The decay warms up as min(decay, (1 + step) / (10 + step)), as diffusers' EMAModel does: a fixed
+    0.999 from the first step would leave exp(-step / 1000) of the random initial weights in the
+    average, so a short or budget-stopped run (a few hundred steps) would sample from mostly
+    untrained weights."""
 
     def __init__(self, params: list[nn.Parameter], decay: float):
         self.decay = decay
         self.shadow = [p.detach().float().clone() for p in params]
 
+    def decay_at(self, step: int) -> float:
+        """The decay used for the update after `step` earlier updates."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, params: list[nn.Parameter]) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1 - self.decay)
+    def update(self, params: list[nn.Parameter], step: int) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1 - self.decay_at(step))
 
     @torch.no_grad()
     def copy_to(self, params: list[nn.Parameter]) -> None:
@@ -185,7 +194,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema:
-                self.ema.update(self.params)
+                self.ema.update(self.params, self.step)
             self.step += 1
             self.losses.append(loss.item())
             seen += n_images * acc.num_processes
