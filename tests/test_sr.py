@@ -134,6 +134,22 @@ def test_degrade_makes_low_res_and_blur_smooths():
     assert blurred.shape == x.shape and blurred.var() < x.var()
 
 
+def test_batched_blur_gives_each_image_its_own_sigma():
+    from t2i.training.sr import gaussian_blur
+
+    x = torch.rand(3, 3, 20, 20) * 2 - 1
+    mixed = gaussian_blur(x, torch.tensor([0.0, 0.7, 1.5]))
+    torch.testing.assert_close(mixed[0], x[0])  # sigma < 0.1: untouched
+    for i, sigma in ((1, 0.7), (2, 1.5)):
+        alone = gaussian_blur(x[i:i + 1], sigma)
+        # the batch uses the largest sigma's radius: a longer tail, nearly the same blur
+        assert (mixed[i] - alone[0]).abs().max() < 0.02
+    assert mixed[2].var() < mixed[1].var() < x[1].var()
+    # a normalised kernel keeps a constant image constant, borders included (reflect padding)
+    flat = torch.full((2, 3, 12, 12), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, torch.tensor([0.5, 2.0])), flat)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """configs/tiny-sr.yaml (bundled VAE) for 8 steps: the run folder and its trainer losses."""

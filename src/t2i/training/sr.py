@@ -99,33 +99,37 @@ def _diffusers_vae(folder: Path) -> tuple[dict[str, torch.Tensor], VAEConfig]:
 
 def degrade(x: torch.Tensor, scale: int, cfg: DegradeConfig, generator: torch.Generator) -> torch.Tensor:
     """High-res (B, 3, H, W) in [-1, 1] -> low-res (B, 3, H / scale, W / scale): per image a Gaussian
-    blur of random sigma, then area or antialiased bicubic downsampling (chosen at random)."""
+    blur of random sigma, then area or antialiased bicubic downsampling (chosen at random). The
+    whole batch is processed at once on x's device (one grouped convolution per direction, both
+    downsamplings, then a per-image choice): a loop over images kept a GPU waiting on the CPU."""
     sigmas = torch.rand(len(x), generator=generator) * cfg.blur_sigma_max
     bicubic = torch.rand(len(x), generator=generator) < cfg.p_bicubic
+    x = gaussian_blur(x, sigmas)
     size = (x.shape[-2] // scale, x.shape[-1] // scale)
-    out = []
-    for image, sigma, cubic in zip(x, sigmas.tolist(), bicubic.tolist()):
-        image = gaussian_blur(image[None], sigma)
-        if cubic:
-            image = F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
-        else:
-            image = F.interpolate(image, size=size, mode="area")
-        out.append(image)
-    return torch.cat(out).clamp(-1, 1)
+    area = F.interpolate(x, size=size, mode="area")
+    if not bicubic.any():
+        return area.clamp(-1, 1)
+    cubic = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return torch.where(bicubic.to(x.device).view(-1, 1, 1, 1), cubic, area).clamp(-1, 1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W), reflect-padded; sigma < 0.1 leaves x as it is."""
-    if sigma < 0.1:
+def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), reflect-padded, with one sigma or one per image (B,);
+    an image whose sigma is < 0.1 is left as it is. Every image uses the radius of the largest
+    sigma (2.5 sigma, at least 1), so the batch is one grouped convolution per direction."""
+    b, c = x.shape[:2]
+    sigmas = torch.as_tensor(sigma, dtype=torch.float32).expand(b)
+    if not (sigmas >= 0.1).any():
         return x
-    radius = max(1, math.ceil(2.5 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(x.device)
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    radius = max(1, math.ceil(2.5 * sigmas.max().item()))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernels = torch.exp(-0.5 * (taps / sigmas.clamp_min(0.1)[:, None]) ** 2)  # (B, K)
+    kernels = torch.where((sigmas < 0.1)[:, None], (taps == 0).float(), kernels)  # identity
+    kernels = (kernels / kernels.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x)  # (B*C, K)
+    y = F.pad(x.reshape(1, b * c, *x.shape[-2:]), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernels[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, kernels[:, None, :, None], groups=b * c)
+    return y.reshape(x.shape)
 
 
 @torch.no_grad()
@@ -157,7 +161,8 @@ def sr_loss_fn(images: torch.Tensor, latents: torch.Tensor, model_cfg: SRConfig,
         model = modules[FAMILY]
         device = next(model.parameters()).device
         idx = torch.randint(0, len(images), (n,), generator=generator)
-        low = degrade(to_model_range(images[idx]), model_cfg.scale, cfg.degrade, generator)  # (B, 3, h, w)
+        high = to_model_range(images[idx]).to(device)
+        low = degrade(high, model_cfg.scale, cfg.degrade, generator)  # (B, 3, h, w) on the device
         z = latents[idx]  # (B, C, H/f, W/f)
         t = torch.randint(0, steps, (n,), generator=generator)
         noise = torch.randn(z.shape, generator=generator)
