@@ -15,8 +15,7 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or dictionary that does not match its dataclass."""
+from t2i.errors import ConfigError  # noqa: F401  (re-exported for the config users)
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:

@@ -22,12 +22,9 @@ WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pyto
 
 
 def _t2i_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from t2i.errors import version
 
-    try:
-        return version("t2i")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return version()
 
 
 def _model_index() -> dict:
@@ -108,8 +105,7 @@ def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) ->
         raise
 
 
-class ModelLoadError(RuntimeError):
-    """A model folder or file that t2i cannot use; the message says what was expected."""
+from t2i.errors import ModelLoadError  # noqa: E402,F401  (re-exported for the loaders)
 
 
 def load_ldm_folder(cls, directory: Path, dtype: torch.dtype = torch.float32):

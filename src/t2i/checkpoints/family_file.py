@@ -26,9 +26,7 @@ FAMILY_KEY, CONFIG_KEY, VERSION_KEY = "t2i_family", "t2i_config", "t2i_version"
 MODEL_FILE = "model.safetensors"  # what a training run of these families leaves in its folder
 
 
-class ModelConfigError(ModelLoadError, ValueError):
-    """A file's embedded config that its dataclass rejects: a load error of the file and a bad value,
-    so callers catching either (ModelLoadError, or ValueError like the CLI's config errors) see it."""
+from t2i.errors import ModelConfigError  # noqa: E402,F401  (re-exported)
 
 
 def save_model_file(path: str | Path, family: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

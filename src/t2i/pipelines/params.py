@@ -8,8 +8,7 @@ import typing
 from typing import Any
 
 
-class ParamError(ValueError):
-    """A generation parameter out of range or of the wrong kind; the message says what to do."""
+from t2i.errors import ParamError  # noqa: F401  (re-exported: pipelines raise it from here)
 
 
 def param(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
