@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from t2i.interfaces.cli import main
-from t2i.interfaces.cli_images import vae_image_size
+from t2i.interfaces.cli.images import vae_image_size
 from t2i.pipelines.img2img import Img2ImgParams
 from t2i.pipelines.inpaint import InpaintParams
 from t2i.pipelines.outpaint import OutpaintParams

@@ -271,7 +271,7 @@ def test_preview_follows_the_image_on_the_bundled_model():
 
 
 def test_cli_progress_bar_draws_each_pass(tiny_loaded):
-    from t2i.interfaces.cli_progress import ProgressBar
+    from t2i.interfaces.cli.progress import ProgressBar
 
     out = io.StringIO()
     with ProgressBar(file=out, disable=False, mininterval=0) as bar:

@@ -170,7 +170,7 @@ def test_compile_without_a_cpp_compiler_says_so(tiny_loaded, monkeypatch):
 
 
 def test_cli_vae_decoder_flag():
-    from t2i.interfaces.cli_speed import _tiny_decoder_path
+    from t2i.interfaces.cli.speed import _tiny_decoder_path
 
     assert _tiny_decoder_path(None) is None and _tiny_decoder_path(["full"]) is None
     assert str(_tiny_decoder_path(["tiny", "x.safetensors"])) == "x.safetensors"

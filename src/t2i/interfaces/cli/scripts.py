@@ -65,7 +65,7 @@ def _add_generation_arguments(p) -> None:
 def _generation_params(args):
     """Txt2ImgParams, or Img2ImgParams with --image; a flag of the other pipeline is an error.
     Styles are not applied: the scripts apply them to each run's prompt, as the web UI does."""
-    from t2i.interfaces.cli_images import imply_enable_hr
+    from t2i.interfaces.cli.images import imply_enable_hr
     from t2i.pipelines.img2img import Img2ImgParams
     from t2i.pipelines.params import from_cli
     from t2i.pipelines.txt2img import Txt2ImgParams
@@ -87,8 +87,8 @@ def _load(args, path=None, runtime=None, vae_size=None):
     `_common` applied; with `vae_size(loaded) -> (width, height)`, also the memory flags
     (--attention-slicing, --vae-tiling, --offload) planned for that largest VAE image."""
     from t2i.checkpoints.registry import load_model
-    from t2i.interfaces.cli_extra_networks import configure_from_args
-    from t2i.interfaces.cli_models import apply_memory_from_args, load_for_memory
+    from t2i.interfaces.cli.extra_networks import configure_from_args
+    from t2i.interfaces.cli.models import apply_memory_from_args, load_for_memory
     from t2i.runtime import Runtime
 
     if runtime is None:
@@ -97,7 +97,7 @@ def _load(args, path=None, runtime=None, vae_size=None):
     start = time.perf_counter()
     loaded = load_for_memory(args, runtime) if vae_size is not None and path is None else \
         load_model(path or args.model, runtime)
-    configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir (cli_extra_networks.py)
+    configure_from_args(loaded, args)  # --vae, --lora-dir, --embeddings-dir (extra_networks.py)
     memory = ""
     if vae_size is not None:
         memory = ", " + apply_memory_from_args(args, loaded, runtime, *vae_size(loaded)).describe()
@@ -115,7 +115,7 @@ def _save(outdir: Path, image, infotext: str, seed: int, prompt: str, prefix: st
 
 
 def _input_image(args):
-    from t2i.interfaces.cli_images import _open_image
+    from t2i.interfaces.cli.images import _open_image
 
     return None if args.image is None else [_open_image(args.image)]
 
@@ -127,7 +127,7 @@ def _add_script_arguments(p, name: str, options: type, run, params: type | None 
     """What every script command takes after its positionals, in this order: the shared flags
     (model, output, ...), the script's own options, the generation parameters (`params` without
     its prompt; default: txt2img's, with img2img's through --image) and styles."""
-    from t2i.interfaces.cli_images import _common
+    from t2i.interfaces.cli.images import _common
 
     _common(p, name)
     add_cli_arguments(p, options)
@@ -216,7 +216,7 @@ def _run_prompt_matrix(args) -> None:
 
 
 def _run_loopback(args) -> None:
-    from t2i.interfaces.cli_images import _open_image
+    from t2i.interfaces.cli.images import _open_image
     from t2i.pipelines.img2img import Img2ImgParams
     from t2i.pipelines.loopback import LoopbackOptions, check_options, loopback
     from t2i.pipelines.params import from_cli, validate

@@ -20,8 +20,8 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-decoder", nargs="+", metavar=("KIND", "FILE"), default=None,
                        help="'full' (default) or 'tiny FILE': decode with a TAESD-format tiny decoder (a file such "
                             "as taesd_decoder.safetensors, or a diffusers AutoencoderTiny folder): faster, approximate")
-    # --attention-slicing, --vae-tiling, --offload: auto/on/off memory options (cli_models.py)
-    from t2i.interfaces.cli_models import add_memory_arguments
+    # --attention-slicing, --vae-tiling, --offload: auto/on/off memory options (models.py)
+    from t2i.interfaces.cli.models import add_memory_arguments
 
     add_memory_arguments(group)
 

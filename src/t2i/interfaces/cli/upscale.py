@@ -51,7 +51,7 @@ def output_paths(inputs: list[Path], output: Path, scale: int) -> list[Path]:
 
 
 def _run_upscale(args) -> None:
-    from t2i.interfaces.cli_images import _open_image
+    from t2i.interfaces.cli.images import _open_image
     from t2i.metadata import write_png
     from t2i.pipelines.params import from_cli
     from t2i.pipelines.upscale import UpscaleParams, load_sr_model, resolve_upscale_params, upscale

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from t2i.interfaces.cli_scripts import add_batch_arguments, add_style_arguments
-from t2i.interfaces.cli_extra_networks import add_extra_network_arguments, configure_from_args
-from t2i.interfaces.cli_models import add_memory_arguments
+from t2i.interfaces.cli.scripts import add_batch_arguments, add_style_arguments
+from t2i.interfaces.cli.extra_networks import add_extra_network_arguments, configure_from_args
+from t2i.interfaces.cli.models import add_memory_arguments
 from t2i.pipelines.params import add_cli_arguments
 
 # Hires flags of `t2i generate` that switch the hires fix on by being given.
@@ -49,7 +49,7 @@ def add_image_commands(sub) -> None:
     p.add_argument("prompt", nargs="?", default="", help="the prompt")
     _common(p, "img2img")
     add_cli_arguments(p, Img2ImgParams, skip=("prompt",))
-    add_batch_arguments(p)  # --input-dir, --mask-dir (cli_scripts.py)
+    add_batch_arguments(p)  # --input-dir, --mask-dir (scripts.py)
     add_style_arguments(p)
     p.set_defaults(run=_run_image_command, params_cls=Img2ImgParams, pipeline="img2img")
 
@@ -110,8 +110,8 @@ def vae_image_size(pipeline: str, params, loaded, image) -> tuple[int, int]:
 
 
 def _run_image_command(args) -> None:
-    from t2i.interfaces.cli_models import apply_memory_from_args, load_for_memory
-    from t2i.interfaces.cli_progress import ProgressBar
+    from t2i.interfaces.cli.models import apply_memory_from_args, load_for_memory
+    from t2i.interfaces.cli.progress import ProgressBar
     from t2i.metadata import write_png
     from t2i.outputs import next_image_path
     from t2i.pipelines.inpaint import inpaint
@@ -120,7 +120,7 @@ def _run_image_command(args) -> None:
     from t2i.pipelines.params import from_cli, validate
     from t2i.runtime import Runtime
 
-    from t2i.interfaces.cli_scripts import apply_cli_styles, run_img2img_batch
+    from t2i.interfaces.cli.scripts import apply_cli_styles, run_img2img_batch
 
     if getattr(args, "input_dir", None) is not None:
         return run_img2img_batch(args)

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 from t2i.pipelines.txt2img import Txt2ImgParams
-from t2i.interfaces.cli_extra_networks import add_extra_network_arguments, configure_from_args
-from t2i.interfaces.cli_images import add_image_commands
-from t2i.interfaces.cli_models import add_model_commands
-from t2i.interfaces.cli_scripts import add_script_commands, add_style_arguments, apply_cli_styles
-from t2i.interfaces.cli_families import add_family_commands
-from t2i.interfaces.cli_evaluate import add_evaluate_commands
-from t2i.interfaces.cli_upscale import add_upscale_commands
-from t2i.interfaces.cli_speed import add_speed_arguments, apply_speed_options
+from t2i.interfaces.cli.extra_networks import add_extra_network_arguments, configure_from_args
+from t2i.interfaces.cli.images import add_image_commands
+from t2i.interfaces.cli.models import add_model_commands
+from t2i.interfaces.cli.scripts import add_script_commands, add_style_arguments, apply_cli_styles
+from t2i.interfaces.cli.families import add_family_commands
+from t2i.interfaces.cli.evaluate import add_evaluate_commands
+from t2i.interfaces.cli.upscale import add_upscale_commands
+from t2i.interfaces.cli.speed import add_speed_arguments, apply_speed_options
 from t2i.pipelines.params import add_cli_arguments
 
 EXIT_USER_ERROR = 2
@@ -42,9 +42,9 @@ def _generate_parser(sub) -> None:
                    help="reproduce an image: every parameter (prompt included) from the infotext of FILE (a "
                         "PNG/JPEG/WEBP made by t2i or the web UI, or a text file); flags given override it")
     add_cli_arguments(p, Txt2ImgParams, skip=("prompt",))
-    add_style_arguments(p)  # --style, --styles-file (cli_scripts.py)
-    add_extra_network_arguments(p)  # --vae, --lora-dir, --embeddings-dir (cli_extra_networks.py)
-    add_speed_arguments(p)  # --compile, --vae-decoder tiny FILE (cli_speed.py); --attention-slicing, --vae-tiling, --offload (cli_models.py)
+    add_style_arguments(p)  # --style, --styles-file (scripts.py)
+    add_extra_network_arguments(p)  # --vae, --lora-dir, --embeddings-dir (extra_networks.py)
+    add_speed_arguments(p)  # --compile, --vae-decoder tiny FILE (speed.py); --attention-slicing, --vae-tiling, --offload (models.py)
     p.set_defaults(run=_run_generate)
 
 
@@ -71,9 +71,9 @@ def _run_generate(args) -> None:
     from t2i.pipelines.txt2img import resolve_params, txt2img
     from t2i.runtime import Runtime
 
-    from t2i.interfaces.cli_images import imply_enable_hr
-    from t2i.interfaces.cli_progress import ProgressBar
-    from t2i.interfaces.cli_models import apply_memory_from_args, decode_size, load_for_memory
+    from t2i.interfaces.cli.images import imply_enable_hr
+    from t2i.interfaces.cli.progress import ProgressBar
+    from t2i.interfaces.cli.models import apply_memory_from_args, decode_size, load_for_memory
 
     settings = _infotext_settings(args)  # None without --infotext
     base = settings.params if settings is not None else None
@@ -95,7 +95,7 @@ def _run_generate(args) -> None:
     warning = model_mismatch(settings, loaded) if settings is not None else None
     if warning:
         print(warning, file=sys.stderr)
-    bar = ProgressBar()  # per-step tqdm bar with the run's ETA, on a terminal (cli_progress.py)
+    bar = ProgressBar()  # per-step tqdm bar with the run's ETA, on a terminal (progress.py)
     for prompt in prompts:
         result = txt2img(loaded, apply_cli_styles(args, from_cli(Txt2ImgParams, args, base, prompt=prompt)),
                          progress=bar)
@@ -219,12 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     _png_info_parser(sub)
     _data_parser(sub)
     _train_parser(sub)
-    add_image_commands(sub)  # img2img, inpaint, outpaint (cli_images.py)
-    add_script_commands(sub)  # xyz, prompt-matrix, loopback (cli_scripts.py)
-    add_family_commands(sub)  # sample, interpolate (cli_families.py)
-    add_evaluate_commands(sub)  # evaluate recon (cli_evaluate.py)
-    add_model_commands(sub)  # convert, merge (cli_models.py)
-    add_upscale_commands(sub)  # upscale (cli_upscale.py)
+    add_image_commands(sub)  # img2img, inpaint, outpaint (images.py)
+    add_script_commands(sub)  # xyz, prompt-matrix, loopback (scripts.py)
+    add_family_commands(sub)  # sample, interpolate (families.py)
+    add_evaluate_commands(sub)  # evaluate recon (evaluate.py)
+    add_model_commands(sub)  # convert, merge (models.py)
+    add_upscale_commands(sub)  # upscale (upscale.py)
     return parser
 
 
@@ -244,5 +244,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from t2i.interfaces.cli_fid import add_fid_command
+from t2i.interfaces.cli.fid import add_fid_command
 
 
 def add_evaluate_commands(sub) -> None:
