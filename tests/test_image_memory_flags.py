@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from t2i.interfaces.cli import main
-from t2i.interfaces.cli.images import vae_image_size
+from t2i.pipelines.session_runs import vae_size
 from t2i.pipelines.img2img import Img2ImgParams
 from t2i.pipelines.inpaint import InpaintParams
 from t2i.pipelines.outpaint import OutpaintParams
@@ -52,13 +52,13 @@ def test_memory_plan_size_is_the_largest_vae_image(tiny_loaded):
     """img2img and whole-picture inpainting: the working size (default the input's); only-masked
     inpainting: the crop's painting size; outpainting: the extended canvas."""
     image = Image.new("RGB", (48, 40))
-    assert vae_image_size("img2img", Img2ImgParams(prompt="x"), tiny_loaded, image) == (48, 40)
-    assert vae_image_size("img2img", Img2ImgParams(prompt="x", width=64, height=96), tiny_loaded, image) == (64, 96)
-    assert vae_image_size("inpaint", InpaintParams(prompt="x"), tiny_loaded, image) == (48, 40)
+    assert vae_size(Img2ImgParams(prompt="x"), tiny_loaded, [image]) == (48, 40)
+    assert vae_size(Img2ImgParams(prompt="x", width=64, height=96), tiny_loaded, [image]) == (64, 96)
+    assert vae_size(InpaintParams(prompt="x"), tiny_loaded, [image]) == (48, 40)
     only_masked = InpaintParams(prompt="x", inpaint_full_res=True)
-    assert vae_image_size("inpaint", only_masked, tiny_loaded, image) == (32, 32)  # the tiny model's resolution
+    assert vae_size(only_masked, tiny_loaded, [image]) == (32, 32)  # the tiny model's resolution
     wider = OutpaintParams(prompt="x", pixels=16, directions="left,right")
-    assert vae_image_size("outpaint", wider, tiny_loaded, image) == (48 + 32, 40)
+    assert vae_size(wider, tiny_loaded, [image]) == (48 + 32, 40)
 
 
 def test_vae_tiling_keeps_an_img2img_result(tmp_path, capsys):

@@ -339,7 +339,7 @@ def test_hires_image_upscaler_at_strength_zero_is_the_upscaled_first_pass(tiny_l
 
 def test_cli_image_commands(tiny_model_dir, tmp_path, capsys):
     from t2i.interfaces.cli import build_parser, main
-    from t2i.interfaces.cli.images import imply_enable_hr
+    from t2i.interfaces.cli.common import imply_enable_hr
 
     image, mask = tmp_path / "in.png", tmp_path / "mask.png"
     noise_image().save(image)

@@ -170,7 +170,10 @@ def test_compile_without_a_cpp_compiler_says_so(tiny_loaded, monkeypatch):
 
 
 def test_cli_vae_decoder_flag():
-    from t2i.interfaces.cli.speed import _tiny_decoder_path
+    from t2i.pipelines.load_settings import LoadSettings
+
+    def _tiny_decoder_path(values):
+        return LoadSettings(vae_decoder=tuple(values) if values else ("full",)).tiny_decoder
 
     assert _tiny_decoder_path(None) is None and _tiny_decoder_path(["full"]) is None
     assert str(_tiny_decoder_path(["tiny", "x.safetensors"])) == "x.safetensors"

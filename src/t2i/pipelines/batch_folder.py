@@ -21,7 +21,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from t2i.pipelines.params import ParamError, validate
+from t2i.pipelines.params import ParamError
+from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import check_params, run_pipeline
 from t2i.pipelines.txt2img import StepCallback
 

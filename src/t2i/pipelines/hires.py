@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i.diffusion.noise import variation_noise
-from t2i.diffusion.partial import denoise_partial, is_inpainting_unet, repaint_all_conditioning
+from t2i.diffusion.partial import (
+    denoise_partial,
+    is_inpainting_unet,
+    repaint_all_conditioning,
+)
 from t2i.diffusion.samplers import make_scheduler
 from t2i.pipelines.imageops import decode, encode, images_to_tensor, resize_image
 from t2i.pipelines.params import ParamError
@@ -31,7 +35,9 @@ LATENT_UPSCALERS = {
 }
 # Image upscalers: the first pass is decoded, resized with this PIL filter and encoded again.
 IMAGE_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
-HR_UPSCALERS: tuple[str, ...] = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
+from t2i.pipelines.generation_params import HR_UPSCALERS  # noqa: E402  (the schema's names, checked below)
+
+assert HR_UPSCALERS == (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 MAX_HIRES_SIDE = 8192
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 
-RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
+from t2i.pipelines.generation_params import RESIZE_MODES  # noqa: F401  (re-exported: the schema owns the names)
+
 _LANCZOS = Image.Resampling.LANCZOS
 
 

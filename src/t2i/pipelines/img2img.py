@@ -16,14 +16,20 @@ factor. The image's latents are the VAE posterior's mode, so they do not depend 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
 from t2i.diffusion.conditioning import PromptEncoder
-from t2i.diffusion.partial import INPAINTING_UNET_CHANNELS, denoise_partial, inpainting_conditioning
+from t2i.diffusion.partial import (
+    INPAINTING_UNET_CHANNELS,
+    denoise_partial,
+    inpainting_conditioning,
+)
 from t2i.diffusion.samplers import make_scheduler
+from t2i.models.tiling import circular_padding
+from t2i.pipelines.generation_params import Img2ImgParams
 from t2i.pipelines.imageops import (
     RESIZE_MODES,
     decode,
@@ -34,7 +40,6 @@ from t2i.pipelines.imageops import (
     resize_image,
     snap_size,
 )
-from t2i.pipelines.params import param
 from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 from t2i.pipelines.txt2img import (
     GenerationParams,
@@ -47,17 +52,8 @@ from t2i.pipelines.txt2img import (
     seeds_of_batch,
     step_options,
 )
-from t2i.models.tiling import circular_padding
 
 LATENT_FILLS = ("latent noise", "latent nothing")
-
-
-@dataclass
-class Img2ImgParams(GenerationParams):
-    denoising_strength: float = param(0.75, "how much to change the image: 0 returns it unchanged, 1 ignores it; "
-                                            "round(strength x steps) steps run", minimum=0.0, maximum=1.0)
-    resize_mode: str = param("Just resize", "how the image fits width x height: " + ", ".join(RESIZE_MODES),
-                             choices=RESIZE_MODES)
 
 
 def as_image_list(images, what: str = "image") -> list[Image.Image]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from t2i.metadata import parse_infotext, read_infotext
-from t2i.pipelines.params import ParamError
+from t2i.pipelines.generation_params import OutpaintParams, Txt2ImgParams
+from t2i.pipelines.params import ParamError, field_specs
 
 # Keys that say what made the image without changing it (or that t2i records for information).
 DESCRIPTIVE_KEYS = frozenset({"Model", "Model hash", "Version", "VAE hash", "Lora hashes", "TI hashes", "Hashes",
@@ -53,43 +54,41 @@ def _pair_of(first: str, second: str, **also) -> Callable[[str], dict]:
     return read
 
 
-# infotext key -> value -> {field: value}. The web UI's keys and t2i's (they are the same names).
+def _reader(kind: type, f) -> Callable[[str], dict]:
+    """value -> {field: value} for one schema field (pairs and worded bools handled by the caller)."""
+    words = f.metadata.get("infotext_values")
+    if words:
+        return lambda value: {f.name: value.strip() == words[1]}
+    convert = {int: _int, float: float, bool: _bool}.get(kind, str)
+    return lambda value: {f.name: convert(value)}
+
+
+def schema_keys(*classes) -> dict[str, Callable[[str], dict]]:
+    """infotext key -> value -> {field: value}, from the fields' `infotext=` metadata: the web UI's
+    keys and t2i's (the same names). A `WxH` pair (Size) fills both halves' fields; a key with
+    `infotext_implies` also sets those fields (any hires key switches the hires fix on)."""
+    parts: dict[str, list] = {}
+    for cls in classes:
+        for f, kind in field_specs(cls):
+            key = f.metadata.get("infotext")
+            if key and not any(existing.name == f.name for existing, _ in parts.get(key, [])):
+                parts.setdefault(key, []).append((f, kind))
+    readers: dict[str, Callable[[str], dict]] = {}
+    for key, fields in parts.items():
+        implied = {k: v for f, _ in fields for k, v in f.metadata.get("infotext_implies", {}).items()}
+        if fields[0][0].metadata.get("infotext_part") is not None:
+            ordered = sorted(fields, key=lambda item: item[0].metadata["infotext_part"])
+            readers[key] = _pair_of(ordered[0][0].name, ordered[1][0].name, **implied)
+        else:
+            read = _reader(fields[0][1], fields[0][0])
+            readers[key] = (lambda read, implied: lambda value: {**read(value), **implied})(read, implied)
+    return readers
+
+
+# infotext key -> value -> {field: value}, for every pipeline's params; plus old spellings.
 KEY_FIELDS: dict[str, Callable[[str], dict]] = {
-    "Prompt": _one("prompt", str),
-    "Negative prompt": _one("negative_prompt", str),
-    "Steps": _one("steps", _int),
-    "Sampler": _one("sampler", str),
-    "Schedule type": _one("scheduler", str),
-    "CFG scale": _one("cfg_scale", float),
-    "Seed": _one("seed", _int),
-    "Size": _pair_of("width", "height"),
-    "Variation seed": _one("subseed", _int),
-    "Variation seed strength": _one("subseed_strength", float),
-    "Seed resize from": _pair_of("seed_resize_from_w", "seed_resize_from_h"),
-    "Denoising strength": _one("denoising_strength", float),
-    "Clip skip": _one("clip_skip", _int),
-    "Tiling": _one("tiling", _bool),
-    "Eta DDIM": _one("eta", float),
+    **schema_keys(Txt2ImgParams, OutpaintParams),
     "Eta": _one("eta", float),  # t2i before 0.2 wrote DDIM's eta as "Eta"
-    "Sigma churn": _one("s_churn", float),
-    "Sigma tmin": _one("s_tmin", float),
-    "Sigma tmax": _one("s_tmax", float),
-    "Sigma noise": _one("s_noise", float),
-    "DeepCache interval": _one("deepcache_interval", _int),
-    # hires fix: any of its keys means it was on
-    "Hires upscale": lambda v: {"hr_scale": float(v), "enable_hr": True},
-    "Hires resize": _pair_of("hr_resize_x", "hr_resize_y", enable_hr=True),
-    "Hires upscaler": lambda v: {"hr_upscaler": v, "enable_hr": True},
-    "Hires steps": lambda v: {"hr_second_pass_steps": _int(v), "enable_hr": True},
-    # img2img, inpainting, outpainting
-    "Resize mode": _one("resize_mode", str),
-    "Mask blur": _one("mask_blur", _int),
-    "Mask mode": lambda v: {"inpainting_mask_invert": v == "Inpaint not masked"},
-    "Masked content": _one("inpainting_fill", str),
-    "Inpaint area": lambda v: {"inpaint_full_res": v == "Only masked"},
-    "Masked area padding": _one("inpaint_full_res_padding", _int),
-    "Outpaint pixels": _one("pixels", _int),
-    "Outpaint directions": _one("directions", str),
 }
 # "Eta" is read only when "Eta DDIM" is absent (the web UI's "Eta" is the ancestral samplers').
 _LOWER_PRIORITY = {"Eta": "Eta DDIM"}
@@ -109,8 +108,6 @@ def read_settings(text: str, cls=None, **overrides) -> InfotextSettings:
 
     Raises ParamError for an infotext without parameters or with a value of the wrong kind."""
     if cls is None:
-        from t2i.pipelines.txt2img import Txt2ImgParams
-
         cls = Txt2ImgParams
     info = parse_infotext(text)
     if len(info) <= 2:  # only Prompt and Negative prompt: no parameter line

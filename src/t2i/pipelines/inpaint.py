@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from t2i.pipelines.generation_params import InpaintParams
 from t2i.pipelines.imageops import (
     expand_to_aspect,
     fill_masked,
@@ -34,32 +35,20 @@ from t2i.pipelines.imageops import (
     resize_image,
 )
 from t2i.pipelines.img2img import (
-    Img2ImgParams,
     as_image_list,
     img2img_infotext,
     make_result,
     resolve_img2img_params,
     sample_images,
 )
-from t2i.pipelines.params import ParamError, param
+from t2i.pipelines.params import ParamError
 from t2i.pipelines.progress import GenerationControl, ProgressCallback
-from t2i.pipelines.txt2img import MAX_SEED, GenerationResult, StepCallback, resolve_params
-
-FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
-
-
-@dataclass
-class InpaintParams(Img2ImgParams):
-    mask_blur: int = param(4, "blur of the mask's edge (Gaussian sigma, pixels)", minimum=0, maximum=256)
-    inpainting_mask_invert: bool = param(False, "repaint the black area of the mask instead of the white",
-                                         flag="--invert-mask")
-    inpainting_fill: str = param("original", "what the masked area starts from: fill (its surroundings' colours), "
-                                 "original, latent noise, latent nothing", choices=FILL_MODES,
-                                 flag="--masked-content")
-    inpaint_full_res: bool = param(False, "only masked: paint the mask's box (plus padding) at width x height and "
-                                   "paste it back", flag="--only-masked")
-    inpaint_full_res_padding: int = param(32, "only masked: pixels of context around the mask's box", minimum=0,
-                                          maximum=4096, flag="--only-masked-padding")
+from t2i.pipelines.txt2img import (
+    MAX_SEED,
+    GenerationResult,
+    StepCallback,
+    resolve_params,
+)
 
 
 @dataclass

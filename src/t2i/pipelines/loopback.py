@@ -21,26 +21,14 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from t2i.pipelines.script_options import CURVES, LoopbackOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import tile_images
-from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.params import ParamError
+from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, is_image_params, run_pipeline
 from t2i.pipelines.txt2img import MAX_SEED, StepCallback
 
-CURVES = ("Linear", "Aggressive", "Lazy")
 MIN_FACTOR_STRENGTH = 0.1  # the change factor never takes the strength below this (the web UI's clamp)
-
-
-@dataclass
-class LoopbackOptions:
-    loops: int = param(4, "how many times img2img runs, each on the previous output", minimum=1, maximum=1000)
-    denoising_strength_change_factor: float = param(1.0, "multiply the denoising strength by this after each loop "
-                                                         "(kept within 0.1..1)", minimum=0.0, maximum=10.0,
-                                                    flag="--denoising-change-factor")
-    final_denoising_strength: float | None = param(None, "instead of a change factor: the strength of the last "
-                                                         "loop, reached along --denoising-curve", minimum=0.0,
-                                                   maximum=1.0)
-    denoising_curve: str = param("Linear", "with a final strength: Linear, Aggressive (changes early) or Lazy "
-                                           "(changes late)", choices=CURVES)
 
 
 @dataclass

@@ -11,30 +11,16 @@ side, or the only side extended); the result has the canvas's size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from PIL import Image, ImageDraw
 
+from t2i.pipelines.generation_params import DIRECTIONS, OutpaintParams
 from t2i.pipelines.img2img import as_image_list
-from t2i.pipelines.inpaint import FILL_MODES, InpaintParams, inpaint_with_info
-from t2i.pipelines.params import ParamError, param
+from t2i.pipelines.inpaint import inpaint_with_info
+from t2i.pipelines.params import ParamError
 from t2i.pipelines.progress import GenerationControl, ProgressCallback
 from t2i.pipelines.txt2img import GenerationResult, StepCallback
-
-DIRECTIONS = ("left", "right", "up", "down")
-
-
-@dataclass
-class OutpaintParams(InpaintParams):
-    pixels: int = param(128, "pixels to add on each chosen side", minimum=1, maximum=4096)
-    directions: str = param("left,right,up,down", "sides to extend, comma-separated: " + ", ".join(DIRECTIONS))
-    # Outpainting's own defaults: a new area has no content to keep, so start from its
-    # surroundings' colours and denoise more.
-    inpainting_fill: str = param("fill", "what the new area starts from: fill (its surroundings' colours), "
-                                 "original (stretched edges), latent noise, latent nothing", choices=FILL_MODES,
-                                 flag="--masked-content")
-    denoising_strength: float = param(0.8, "how much to change the masked area: 0 keeps the stretched edges, "
-                                           "1 ignores them", minimum=0.0, maximum=1.0)
 
 
 def parse_directions(text: str) -> tuple[str, ...]:

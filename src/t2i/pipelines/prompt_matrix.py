@@ -17,22 +17,14 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from t2i.pipelines.script_options import DELIMITERS, PromptMatrixOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, tile_images
-from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.params import ParamError
+from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import check_params, fix_seeds, run_pipeline
 from t2i.pipelines.styles import apply_styles
 from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, GenerationResult, StepCallback
 
-DELIMITERS = {"comma": ", ", "space": " "}
-
-
-@dataclass
-class PromptMatrixOptions:
-    put_at_start: bool = param(False, "put the optional parts before the first part instead of after it")
-    different_seeds: bool = param(False, "image i uses seed + i instead of one seed for all")
-    prompt_type: str = param("positive", "which prompt holds the |-separated parts", choices=("positive", "negative"))
-    variations_delimiter: str = param("comma", "what joins the parts", choices=tuple(DELIMITERS))
-    margin_size: int = param(0, "pixels between the cells of the grid", minimum=0, maximum=500)
 
 
 @dataclass

@@ -8,79 +8,23 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from t2i.diffusion.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, make_scheduler, resolve_sampler, step_accepts
 from t2i.diffusion.conditioning import PromptEncoder
 from t2i.diffusion.deepcache import deep_cache
 from t2i.diffusion.noise import variation_noise
 from t2i.diffusion.partial import txt2img_unet
+from t2i.diffusion.samplers import (
+    make_scheduler,
+    resolve_sampler,
+    step_accepts,
+)
 from t2i.diffusion.sampling import denoise
 from t2i.metadata import build_infotext
 from t2i.models.tiling import circular_padding
-from t2i.pipelines.hires import HR_UPSCALERS, check_hires, hires_fix, hires_infotext
-from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.generation_params import MAX_SEED, GenerationParams, Txt2ImgParams
+from t2i.pipelines.hires import check_hires, hires_fix, hires_infotext
+from t2i.pipelines.params import ParamError
 from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
-
-MAX_SEED = 2**32 - 1
-
-
-@dataclass
-class GenerationParams:
-    """What every diffusion pipeline shares (txt2img, img2img, inpaint, outpaint)."""
-
-    prompt: str = param("", "what the image should show", cli=False)
-    negative_prompt: str = param("", "what the image should not show")
-    steps: int = param(20, "denoising steps", minimum=1, maximum=1000)
-    cfg_scale: float = param(7.0, "classifier-free guidance scale (1 = no guidance)", minimum=0.0, maximum=100.0)
-    sampler: str = param("DPM++ 2M", "sampler name, e.g. " + ", ".join(SAMPLER_NAMES[:6]) + ", ... "
-                         "(combined names such as 'DPM++ 2M Karras' work)")
-    scheduler: str = param("Automatic", "schedule type: " + ", ".join(SCHEDULE_TYPES))
-    eta: float = param(0.0, "noise added per step by DDIM-style samplers (0 = deterministic)", minimum=0.0, maximum=1.0)
-    seed: int = param(-1, "seed of the first image; image i uses seed + i; -1 = random", minimum=-1, maximum=MAX_SEED)
-    width: int | None = param(None, "width in pixels (default: the model's training resolution)", minimum=8, maximum=8192)
-    height: int | None = param(None, "height in pixels (default: the model's training resolution)", minimum=8, maximum=8192)
-    batch_size: int = param(1, "images generated together in one batch", minimum=1, maximum=256)
-    n_iter: int = param(1, "number of batches", minimum=1, maximum=10_000)
-    # Variations: the noise of `subseed` (+ i for image i) slerped into the seed's noise.
-    subseed: int = param(-1, "variation seed; image i uses subseed + i; -1 = random", minimum=-1, maximum=MAX_SEED)
-    subseed_strength: float = param(0.0, "how much of the variation seed's noise to blend in (0 = none, 1 = all)",
-                                    minimum=0.0, maximum=1.0)
-    seed_resize_from_w: int = param(0, "draw the seed's noise at this width, centred, to keep a seed's look at a "
-                                       "new size; 0 = off", minimum=-1, maximum=8192)
-    seed_resize_from_h: int = param(0, "height for seed_resize_from_w; 0 = off", minimum=-1, maximum=8192)
-    clip_skip: int = param(1, "text encoder layer to condition on, counted from the end: 1 = the last, 2 = the "
-                              "penultimate (then the final layer norm, as the web UI does)", minimum=1, maximum=12)
-    tiling: bool = param(False, "seamless textures: the image wraps around at its edges (circular padding in the "
-                                "UNet and VAE)")
-    # The web UI's noise settings for Euler (diffusers' Euler takes them; other samplers ignore them).
-    s_churn: float = param(0.0, "Euler: sigma churn, extra noise added at each step (0 = none)", minimum=0.0,
-                           maximum=100.0)
-    s_tmin: float = param(0.0, "Euler: sigma churn applies from this noise level (sigma) up", minimum=0.0,
-                          maximum=1000.0)
-    s_tmax: float = param(0.0, "Euler: sigma churn applies up to this noise level (sigma); 0 = no limit", minimum=0.0,
-                          maximum=1000.0)
-    s_noise: float = param(1.0, "Euler: scale of the sigma churn noise", minimum=0.0, maximum=10.0)
-    # LoRAs besides the prompt's <lora:name:weight> tags (t2i.extra_networks): Python API only.
-    loras: dict | None = param(None, "LoRA name (in the LoRA folders) or file path -> weight, or -> (text encoder, "
-                                     "UNet) weights", cli=False)
-
-
-@dataclass
-class Txt2ImgParams(GenerationParams):
-    # Hires fix: a first pass at width x height, an upscale, then an img2img pass at the larger size.
-    enable_hr: bool = param(False, "hires fix: upscale the first pass and refine it with a second img2img pass")
-    hr_scale: float = param(2.0, "hires fix: upscale factor", minimum=1.0, maximum=8.0)
-    hr_upscaler: str = param("Latent", "hires fix: upscaler, " + ", ".join(HR_UPSCALERS), choices=HR_UPSCALERS)
-    hr_second_pass_steps: int = param(0, "hires fix: steps of the second pass; 0 = same as steps", minimum=0,
-                                      maximum=1000)
-    hr_resize_x: int = param(0, "hires fix: target width instead of hr_scale; 0 = from hr_scale or the aspect",
-                             minimum=0, maximum=8192)
-    hr_resize_y: int = param(0, "hires fix: target height instead of hr_scale; 0 = from hr_scale or the aspect",
-                             minimum=0, maximum=8192)
-    denoising_strength: float = param(0.7, "hires fix: denoising strength of the second pass", minimum=0.0,
-                                      maximum=1.0)
-    # DeepCache (t2i.diffusion.deepcache): the first pass reuses the UNet's deep features between steps.
-    deepcache_interval: int = param(1, "DeepCache: run the whole UNet every N model evaluations and only its shallow "
-                                       "layers in between (faster, approximate); 1 = off", minimum=1, maximum=100)
+from t2i.pipelines.schema import validate_strict as validate
 
 
 @dataclass

@@ -21,7 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i.pipelines.params import ParamError, param, validate
+from t2i.diffusion.samplers import resolve_sampler
+from t2i.errors import ModelLoadError, version
+from t2i.metadata import build_infotext
+from t2i.pipelines.params import ParamError, param
+from t2i.pipelines.schema import validate_strict as validate
 
 UPSCALERS = ("model", "lanczos", "nearest", "bicubic")
 MAX_SEED = 2**32 - 1  # as txt2img's seeds
@@ -64,8 +68,8 @@ class SRModel:
 def load_sr_model(path: str | Path, device: str | None = None) -> SRModel:
     """A run folder (its model.safetensors, or while training still runs the EMA weights of sr.ckpt)
     or a model .safetensors file, on `device` (default cpu)."""
-    from t2i.checkpoints.diffusers_folder import ModelLoadError
-    from t2i.checkpoints.family_file import MODEL_FILE
+    # torch and the model code load here, on first use: the params and a classic resize need neither
+    from t2i.checkpoints.family_file import MODEL_FILE, load_family_file
     from t2i.checkpoints.registry import file_hash
     from t2i.models.sr import FAMILY, SRConfig, SuperResolution
 
@@ -84,7 +88,7 @@ def load_sr_model(path: str | Path, device: str | None = None) -> SRModel:
             raise ModelLoadError(str(err)) from err
         return SRModel(model.to(device or "cpu"), ckpt, path.name, file_hash(ckpt))
     file = path / MODEL_FILE if path.is_dir() else path
-    model = SuperResolution.load(file).to(device or "cpu")
+    model = load_family_file(SuperResolution, file).to(device or "cpu")
     name = path.name if path.is_dir() else path.stem
     return SRModel(model, file, name, file_hash(file))
 
@@ -112,8 +116,6 @@ def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None) -> Upscale
         raise ParamError(f"{sr.name} upscales x{cfg.scale}; give scale {cfg.scale} (got {params.scale})")
     if params.noise_level > cfg.max_noise_level:
         raise ParamError(f"noise_level must be <= {cfg.max_noise_level} for {sr.name}, got {params.noise_level}")
-    from t2i.diffusion.samplers import resolve_sampler
-
     try:
         sampler, _ = resolve_sampler(params.sampler)
     except ValueError as err:
@@ -123,9 +125,6 @@ def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None) -> Upscale
 
 
 def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | None, sr: SRModel | None) -> str:
-    from t2i.checkpoints.diffusers_folder import _t2i_version
-    from t2i.metadata import build_infotext
-
     model = sr is not None
     return build_infotext("", "", {
         "Steps": params.steps if model else None,
@@ -138,7 +137,7 @@ def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | N
         "Upscale scale": params.scale,
         "Noise level": params.noise_level if model else None,
         "Eta": params.eta if model and params.eta else None,
-        "Version": f"t2i {_t2i_version()}",
+        "Version": f"t2i {version()}",
     })
 
 

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from t2i.pipelines.params import ParamError
+from t2i.pipelines.generation_params import OutpaintParams, Txt2ImgParams
+from t2i.pipelines.params import ParamError, field_specs
 
 NOTHING = "Nothing"
 
@@ -73,29 +74,40 @@ class AxisOption:
             raise ValueError(f"unknown axis kind {self.kind!r}")
 
 
-AXIS_OPTIONS: tuple[AxisOption, ...] = (
-    AxisOption("Seed", int, "seed"),
-    AxisOption("Var. seed", int, "subseed", aliases=("variation seed",)),
-    AxisOption("Var. strength", float, "subseed_strength", aliases=("variation strength", "variation seed strength")),
-    AxisOption("Steps", int, "steps"),
-    AxisOption("Hires steps", int, "hr_second_pass_steps"),
-    AxisOption("CFG Scale", float, "cfg_scale", aliases=("cfg",)),
-    AxisOption("Prompt S/R", str, kind="prompt_sr", show_label=False, aliases=("prompt sr", "s/r")),
-    AxisOption("Sampler", str, "sampler", show_label=False, aliases=("sampler_name",)),
-    AxisOption("Schedule type", str, "scheduler", aliases=("schedule",)),
-    AxisOption("Checkpoint name", str, kind="checkpoint", aliases=("checkpoint", "model")),
-    AxisOption("Eta", float, "eta"),
-    AxisOption("Sigma Churn", float, "s_churn"),
-    AxisOption("Sigma min", float, "s_tmin"),
-    AxisOption("Sigma max", float, "s_tmax"),
-    AxisOption("Sigma noise", float, "s_noise"),
-    AxisOption("Clip skip", int, "clip_skip"),
-    AxisOption("Denoising", float, "denoising_strength", aliases=("denoising strength",)),
-    AxisOption("Hires upscaler", str, "hr_upscaler"),
-    AxisOption("Width", int, "width"),
-    AxisOption("Height", int, "height"),
-    AxisOption("Styles", str, kind="styles", aliases=("style",)),
-)
+# The web UI's order of axis types. Field axes take their type, field, aliases and labelling from
+# the schema (each params field's `axis=` metadata); the others act beyond one field.
+AXIS_ORDER = ("Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R", "Sampler",
+              "Schedule type", "Checkpoint name", "Eta", "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise",
+              "Clip skip", "Denoising", "Hires upscaler", "Width", "Height", "Styles")
+SPECIAL_AXES = {
+    "Prompt S/R": AxisOption("Prompt S/R", str, kind="prompt_sr", show_label=False, aliases=("prompt sr", "s/r")),
+    "Checkpoint name": AxisOption("Checkpoint name", str, kind="checkpoint", aliases=("checkpoint", "model")),
+    "Styles": AxisOption("Styles", str, kind="styles", aliases=("style",)),
+}
+
+
+def schema_axes(*classes) -> dict[str, AxisOption]:
+    """An AxisOption for every params field that declares an `axis`, by label (first class wins)."""
+    options: dict[str, AxisOption] = {}
+    for cls in classes:
+        for f, kind in field_specs(cls):
+            label = f.metadata.get("axis")
+            if label and label not in options:
+                options[label] = AxisOption(label, kind, f.name, show_label=f.metadata.get("axis_show_label", True),
+                                            aliases=tuple(f.metadata.get("axis_aliases", ())))
+    return options
+
+
+def _all_axes() -> tuple[AxisOption, ...]:
+    fields = schema_axes(Txt2ImgParams, OutpaintParams)
+    known = {**fields, **SPECIAL_AXES}
+    missing = set(fields) - set(AXIS_ORDER)
+    if missing:  # a new `axis=` in the schema must get its place in AXIS_ORDER
+        raise RuntimeError(f"axis types {sorted(missing)} are declared in the schema but not in AXIS_ORDER")
+    return tuple(known[label] for label in AXIS_ORDER)
+
+
+AXIS_OPTIONS: tuple[AxisOption, ...] = _all_axes()
 
 
 def axis_options(params_cls) -> list[AxisOption]:

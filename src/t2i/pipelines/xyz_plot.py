@@ -26,33 +26,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from t2i.pipelines.script_options import XYZOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, labels, tile_images
-from t2i.pipelines.params import ParamError, param, validate
+from t2i.pipelines.params import ParamError
+from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, random_seed, run_pipeline
 from t2i.pipelines.styles import apply_styles
 from t2i.pipelines.txt2img import GenerationParams, GenerationResult, StepCallback
-from t2i.pipelines.xyz_axes import AXIS_OPTIONS, Axis, Cell, parse_axis
+from t2i.pipelines.xyz_axes import Axis, Cell, parse_axis
 
 SCRIPT_NAME = "X/Y/Z plot"
 SEED_AXES = ("Seed", "Var. seed")
 MAX_GRID_PIXELS = 200_000_000  # the web UI's default limit (200 megapixels)
-_AXIS_HELP = ("axis as 'Type: values', e.g. 'Steps: 10-30 (+10)' or 'Sampler: Euler a, DDIM'; types: "
-              + ", ".join(o.label for o in AXIS_OPTIONS) + " (those the pipeline's parameters have)")
-
-
-@dataclass
-class XYZOptions:
-    x: str = param("", "X " + _AXIS_HELP, flag="--x")
-    y: str = param("", "Y axis, like --x", flag="--y")
-    z: str = param("", "Z axis, like --x: one X/Y grid per value", flag="--z")
-    draw_legend: bool = param(True, "label the axes")
-    include_sub_images: bool = param(False, "also return (CLI: save) each cell's image")
-    include_sub_grids: bool = param(False, "also return (CLI: save) the X/Y grid of each Z value")
-    keep_random_seeds: bool = param(False, "seed -1 stays random in every cell (the web UI's 'Keep -1 for "
-                                           "seeds'); by default one random seed serves the whole plot")
-    margin_size: int = param(0, "pixels between the cells of a grid", minimum=0, maximum=500)
-
-
 @dataclass
 class XYZResult:
     grid: Image.Image  # every Z sub-grid side by side, labelled

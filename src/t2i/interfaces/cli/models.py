@@ -1,7 +1,4 @@
-"""`t2i convert` and `t2i merge` (model files), and the memory flags of the generating commands
-(`--attention-slicing`, `--vae-tiling`, `--offload`). cli.py registers the commands with
-`add_model_commands`; the generating commands call `add_memory_arguments`, `load_for_memory`
-and `apply_memory_from_args`.
+"""`t2i convert` and `t2i merge` (model files).
 """
 from __future__ import annotations
 
@@ -9,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-def add_model_commands(sub) -> None:
+def add_convert_command(sub) -> None:
     p = sub.add_parser(
         "convert", help="write a model as an original-layout single file or a diffusers folder",
         description="Convert IN (a .safetensors/.ckpt single file, a diffusers folder, a t2i model or training run "
@@ -28,6 +25,8 @@ def add_model_commands(sub) -> None:
                    help="for SD 2.x files that cannot say (default: epsilon, with a note)")
     p.set_defaults(run=_run_convert)
 
+
+def add_merge_command(sub) -> None:
     p = sub.add_parser(
         "merge", help="merge checkpoints: weighted sum of two, or add difference of three",
         description="weighted-sum: (1 - alpha) * A + alpha * B. add-difference: A + alpha * (B - C). The models "
@@ -74,66 +73,3 @@ def _run_merge(args) -> None:
         print(f"note: infotexts (t2i's and the web UI's) name a model by its file name, {result.path.stem!r}; "
               f"the name {result.name!r} is stored in the file's metadata (modelspec.title)", file=sys.stderr)
     print(result.path)
-
-
-# ----------------------------------------------------------------------------- memory flags
-
-
-def add_memory_arguments(p) -> None:
-    """The memory flags, on a parser or an argument group. A bare `--vae-tiling` or
-    `--attention-slicing` means "on"."""
-    p.add_argument("--attention-slicing", nargs="?", const="on", default="auto", choices=("auto", "off", "on"),
-                   help="compute attention a few heads at a time (auto: on only for CUDA GPUs under 8 GiB)")
-    p.add_argument("--vae-tiling", nargs="?", const="on", default="auto", choices=("auto", "off", "on"),
-                   help="decode and encode in overlapping tiles: bounded memory for large images (auto: on above "
-                        "1024x1024 pixels, above 2048x2048 on GPUs of 12 GiB or more)")
-    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                   help="CUDA only: keep the weights in main memory and move each model part (model) or each layer "
-                        "(sequential: least GPU memory, slowest) to the GPU when it runs (default: %(default)s)")
-
-
-def memory_options(args):
-    from t2i.memory import MemoryOptions
-
-    return MemoryOptions(getattr(args, "attention_slicing", "auto"), getattr(args, "vae_tiling", "auto"),
-                         getattr(args, "offload", "none"))
-
-
-def load_for_memory(args, runtime):
-    """load_model, but into main memory when the weights are to be offloaded from a GPU (a
-    model too large for the GPU must never be put there whole)."""
-    import dataclasses
-
-    import torch
-
-    from t2i.checkpoints.registry import load_model
-
-    if memory_options(args).offload != "none" and runtime.device.type == "cuda":
-        return load_model(args.model, dataclasses.replace(runtime, device=torch.device("cpu")))
-    return load_model(args.model, runtime)
-
-
-def apply_memory_from_args(args, loaded, runtime, width: int, height: int):
-    """Plan the memory options for the largest image decoded (width x height) and apply them to
-    `loaded` for the rest of the process; returns the MemoryPlan (its describe() goes into
-    the command's summary line). Notes go to stderr."""
-    import dataclasses
-
-    from t2i.memory import apply_memory, plan_memory
-
-    plan = plan_memory(memory_options(args), runtime.device, width, height)
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if loaded.runtime.device != runtime.device:  # loaded into main memory for offloading
-        loaded.runtime = dataclasses.replace(loaded.runtime, device=runtime.device)
-    apply_memory(loaded.model, plan, runtime.device)
-    return plan
-
-
-def decode_size(params, factor: int) -> tuple[int, int]:
-    """The largest image a txt2img run decodes: the hires pass's size when it is on."""
-    if getattr(params, "enable_hr", False):
-        from t2i.pipelines.hires import hires_size
-
-        return hires_size(params, factor)
-    return params.width, params.height

@@ -1,0 +1,39 @@
+"""`t2i sample`'s parameters (GAN, VAE, pixel DDPM, VQGAN + AR), torch-free like the other params."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from t2i.pipelines.generation_params import MAX_SEED
+from t2i.pipelines.params import param
+
+
+@dataclass
+class SampleParams:
+    n: int = param(16, "number of images", label="Images", group="family", minimum=1, maximum=1024)
+    seed: int = param(0, "image i uses seed + i", group="family", minimum=0, maximum=MAX_SEED, infotext="Seed")
+    class_name: str | None = param(None, "class name (class-conditional models; default: cycle through all)",
+                                   label="Class", group="family", flag="--class")
+    prompt: str | None = param(None, "the prompt (text-conditional DDPM and AR models)", group="family",
+                               infotext="Prompt")
+    width: int | None = param(None, "image width (DDPM: any multiple of its size step, larger than trained too)",
+                              group="family", minimum=8, maximum=4096, infotext="Size", infotext_part=0)
+    height: int | None = param(None, "image height", group="family", minimum=8, maximum=4096, infotext="Size",
+                               infotext_part=1)
+    negative_prompt: str | None = param(None, "pixel DDPM text models: what guidance steers away from",
+                                        group="family", infotext="Negative prompt")
+    sampler: str | None = param(None, "pixel DDPM: DDPM (ancestral), DDIM (default) or another sampler name",
+                                group="family", infotext="Sampler")
+    steps: int | None = param(None, "pixel DDPM: sampling steps (default: all for DDPM, 50 otherwise)",
+                              group="family", minimum=1, maximum=10_000, infotext="Steps")
+    eta: float | None = param(None, "pixel DDPM: DDIM's eta (0: deterministic)", group="family", minimum=0.0,
+                              maximum=1.0, infotext="Eta")
+    guidance_scale: float | None = param(None, "pixel DDPM: classifier-free guidance towards the class or prompt",
+                                         group="family", minimum=0.0, maximum=100.0, infotext="CFG scale")
+    top_k: int | None = param(None, "AR: sample among the k most likely codes (0: all, 1: greedy)", group="family",
+                              minimum=0, maximum=1_000_000, infotext="Top-k")
+    top_p: float | None = param(None, "AR: nucleus sampling, the most likely codes holding this mass (1: all)",
+                                group="family", minimum=0.0, maximum=1.0, infotext="Top-p")
+    temperature: float | None = param(None, "AR: below 1 sharpens, above 1 flattens (default: 1)", group="family",
+                                      minimum=0.0, maximum=100.0, infotext="Temperature")
+    use_cache: bool | None = param(None, "AR: reuse cached keys/values (--no-cache recomputes every step: slow, "
+                                         "same codes)", group="family", flag="--cache")

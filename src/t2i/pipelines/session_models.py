@@ -1,0 +1,101 @@
+"""Loading one model for a Session: device and precision, the files of `LoadSettings`, and the
+load-time options applied once (VAE, LoRA/embedding folders, offload, tiny decoder, compile)."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from t2i.errors import ParamError
+from t2i.pipelines.load_settings import LoadSettings
+from t2i.pipelines.schema import validate_strict
+from t2i.pipelines.session_types import ModelEntry, NoteCallback, parameter_bytes
+
+
+def check_device(device: str | None):
+    """A torch.device for `device` (None: cuda when available, else cpu); ParamError for a name
+    torch does not know or a device this machine does not have."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ParamError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParamError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ParamError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ParamError(f"--device {device}: t2i runs on cpu or cuda devices")
+    return dev
+
+
+def apply_threads(settings: LoadSettings) -> None:
+    """torch's CPU threads are one setting per process: the latest request wins."""
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+
+
+def load_entry(settings: LoadSettings, kind: str, notes: NoteCallback) -> ModelEntry:
+    validate_strict(settings)
+    start = time.perf_counter()
+    device = check_device(settings.device)
+    apply_threads(settings)
+    if kind == "diffusion":
+        entry = _load_diffusion(settings, device, notes)
+    elif kind == "family":
+        from t2i.pipelines.families import load_family_model
+
+        if settings.model_path is None:
+            raise ParamError("t2i sample needs a model file or training run folder (the bundled model is a latent "
+                             "diffusion model: use `t2i generate`)")
+        entry = ModelEntry(load_family_model(settings.model_path, str(device), settings.first_stage), settings, kind)
+    elif kind == "sr":
+        from t2i.pipelines.upscale import load_sr_model
+
+        entry = ModelEntry(load_sr_model(settings.model_path, str(device)), settings, kind)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    entry.load_seconds = time.perf_counter() - start
+    entry.bytes = parameter_bytes(getattr(entry.loaded, "model", entry.loaded))
+    return entry
+
+
+def _load_diffusion(settings: LoadSettings, device, notes: NoteCallback) -> ModelEntry:
+    from t2i.checkpoints.registry import load_model
+    from t2i.extra_networks.library import configure_extra_networks
+    from t2i.memory import MemoryPlan, apply_memory
+    from t2i.runtime import Runtime
+
+    runtime = Runtime.auto(settings.precision, str(device), settings.threads)
+    offload = settings.offload != "none" and device.type == "cuda"
+    if settings.offload != "none" and not offload:
+        notes(f"note: offload {settings.offload} ignored: it moves weights between main memory and a CUDA GPU, "
+              f"and on {device.type} they already live in main memory")
+    import torch
+
+    # a model too large for the GPU must never be put there whole: load into main memory first
+    loaded = load_model(settings.model_path, replace(runtime, device=torch.device("cpu")) if offload else runtime)
+    configure_extra_networks(loaded, vae=settings.vae, lora_dirs=settings.lora_dirs or None,
+                             embedding_dirs=settings.embedding_dirs or None)
+    if offload:
+        apply_memory(loaded.model, MemoryPlan(offload=settings.offload), device)  # for the model's lifetime
+        loaded.runtime = replace(loaded.runtime, device=device)
+    entry = ModelEntry(loaded, settings, "diffusion")
+    tiny = settings.tiny_decoder
+    if tiny is not None:
+        from t2i.speedups import use_tiny_decoder
+
+        use_tiny_decoder(loaded, tiny)
+        entry.notes.append(f"VAE decoder: tiny ({tiny})")
+    if settings.compile:
+        from t2i.speedups import compile_unet
+
+        notes("compiling the UNet (torch.compile) ...")
+        seconds = compile_unet(loaded)
+        entry.notes.append(f"UNet compiled: {seconds:.1f} s for the compile and one step at the default size; "
+                           f"other sizes compile again on first use")
+    return entry

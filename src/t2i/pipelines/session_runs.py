@@ -1,0 +1,308 @@
+"""How a Session runs each kind of params: the diffusion pipelines batch by batch (so a front door
+can store every image as soon as it is done), the scripts, `t2i sample` and `t2i upscale`.
+
+Every diffusion run holds its model's lock for all it changes on the model: the memory plan
+(attention slicing, VAE tiling, planned for the largest image the VAE sees in this run), the
+extra-network merges and tiling padding (inside the pipelines) and the sampling.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+
+from PIL import Image
+
+from t2i.errors import ParamError
+from t2i.pipelines.img2img import Img2ImgParams, img2img, resolve_img2img_params
+from t2i.pipelines.inpaint import InpaintParams, inpaint, resolve_inpaint_params
+from t2i.pipelines.load_settings import LoadSettings
+from t2i.pipelines.loopback import LoopbackOptions, loopback
+from t2i.pipelines.outpaint import OutpaintParams, extents, outpaint, parse_directions
+from t2i.pipelines.prompt_matrix import PromptMatrixOptions, prompt_matrix
+from t2i.pipelines.sample import SampleParams, sample
+from t2i.pipelines.schema import validate_strict
+from t2i.pipelines.scripting import fix_seeds
+from t2i.pipelines.session_types import Output, RunResult
+from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles, select_styles
+from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, resolve_params, txt2img
+from t2i.pipelines.upscale import UpscaleParams, upscale
+from t2i.pipelines.xyz_axes import parse_axis
+from t2i.pipelines.xyz_plot import XYZOptions, xyz_plot
+
+
+def dispatch(session, params, *, images, mask, script, settings: LoadSettings, progress, control, on_output,
+             image_names) -> RunResult:
+    emit = on_output or (lambda output: None)
+    if isinstance(params, SampleParams):
+        return _sample(session, params, images, settings, emit, image_names)
+    if isinstance(params, UpscaleParams):
+        return _upscale(session, params, images, settings, emit)
+    if not isinstance(params, GenerationParams):
+        raise ParamError(f"no pipeline runs {type(params).__name__}")
+    validate_strict(params)
+    if script is not None:
+        return _script(session, params, script, images, mask, settings, emit)
+    return _generate(session, params, images, mask, settings, progress, control, emit)
+
+
+# ----------------------------------------------------------------------------- inputs and styles
+
+
+def _image_list(images) -> list[Image.Image] | None:
+    if images is None:
+        return None
+    return [images] if isinstance(images, Image.Image) else list(images)
+
+
+def styles_table(session, names) -> dict | None:
+    """The session's styles file (default ./styles.csv) when styles are asked for; unknown names
+    fail here, before any work."""
+    if not names:
+        return None
+    path = session.styles_file or default_styles_file()
+    table = load_styles(path) if path is not None else None
+    select_styles(table, list(names))
+    return table
+
+
+def with_styles(session, params):
+    """The params with their styles expanded into the prompts (and `styles` emptied, so they
+    never apply twice)."""
+    if not params.styles:
+        return params
+    return replace(apply_styles(params, list(params.styles), styles_table(session, params.styles)), styles=())
+
+
+# ----------------------------------------------------------------------------- model in use
+
+
+def vae_size(params, loaded, images) -> tuple[int, int]:
+    """The largest image the VAE encodes or decodes in this run: txt2img's hires pass, the img2img
+    working size (default: the input's), an only-masked inpainting crop, the outpainted canvas."""
+    if not isinstance(params, Img2ImgParams):
+        resolved = resolve_params(params, loaded)
+        if getattr(resolved, "enable_hr", False):
+            from t2i.pipelines.hires import hires_size
+
+            return hires_size(resolved, loaded.model.vae_scale_factor)
+        return resolved.width, resolved.height
+    size = images[0].size
+    if isinstance(params, OutpaintParams):
+        add = extents(size, params.pixels, parse_directions(params.directions), loaded.model.vae_scale_factor)
+        size = (size[0] + add["left"] + add["right"], size[1] + add["up"] + add["down"])
+    if isinstance(params, InpaintParams):
+        resolved = resolve_inpaint_params(params, loaded, size)
+    else:
+        resolved = resolve_img2img_params(params, loaded, size)
+    return resolved.width, resolved.height
+
+
+@contextmanager
+def model_in_use(session, entry, settings: LoadSettings, width: int, height: int):
+    """Hold the model's lock, with the memory plan for a width x height image applied (undone
+    after); yields the plan. Announces the model's summary line once."""
+    from t2i.memory import MemoryOptions, memory_applied, plan_memory
+
+    loaded = entry.loaded
+    with entry.lock:
+        device = loaded.runtime.device
+        plan = plan_memory(MemoryOptions(settings.attention_slicing, settings.vae_tiling, "none"), device,
+                           width, height)
+        shown = replace(plan, offload=settings.offload if device.type == "cuda" else "none")
+        if not entry.announced:
+            entry.announced = True
+            session.note(session.summary(entry, shown))
+            for line in entry.notes:
+                session.note(line)
+        with memory_applied(loaded.model, plan, device):
+            yield shown
+
+
+# ----------------------------------------------------------------------------- diffusion pipelines
+
+
+def _run_one(loaded, params, images, masks, progress, control):
+    if isinstance(params, OutpaintParams):
+        return outpaint(loaded, params, images, progress=progress, control=control)
+    if isinstance(params, InpaintParams):
+        if masks is None:
+            raise ParamError("inpainting needs a mask")
+        return inpaint(loaded, params, images, masks, progress=progress, control=control)
+    if isinstance(params, Img2ImgParams):
+        if masks is not None:
+            raise ParamError("a mask needs inpainting parameters (InpaintParams), not Img2ImgParams")
+        return img2img(loaded, params, images, progress=progress, control=control)
+    if images is not None:
+        raise ParamError(f"{type(params).__name__} generates from text; use Img2ImgParams to start from images")
+    return txt2img(loaded, params, progress=progress, control=control)
+
+
+def _batch_progress(progress, batch: int, batches: int, passes: int, start: float):
+    """Progress events of one batch's run, renumbered as part of the whole run."""
+    if progress is None:
+        return None
+
+    def on_progress(event):
+        job, jobs = batch * passes + event.job, batches * passes
+        elapsed = time.perf_counter() - start
+        done = (job + event.step / max(event.total, 1)) / jobs
+        eta = elapsed / done - elapsed if done > 0 else 0.0
+        progress(replace(event, job=job, jobs=jobs, batch=batch, batches=batches, elapsed_s=elapsed, eta_s=eta))
+    return on_progress
+
+
+def _rotate(items, by: int):
+    if items is None:
+        return None
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def _generate(session, params, images, mask, settings, progress, control, emit) -> RunResult:
+    params = fix_seeds(with_styles(session, params))  # one random seed for the whole run
+    images = _image_list(images)
+    if isinstance(params, Img2ImgParams) and not images:
+        raise ParamError(f"{type(params).__name__} needs an input image")
+    masks = _image_list(mask)
+    if masks is not None and images is not None and len(masks) == 1:
+        masks = masks * len(images)
+    entry = session.model(settings)
+    loaded = entry.loaded
+    width, height = vae_size(params, loaded, images)  # also fails on bad params before any work
+    outputs, first = [], None
+    passes = 2 if getattr(params, "enable_hr", False) else 1
+    start = time.perf_counter()
+    with model_in_use(session, entry, settings, width, height):
+        for batch in range(params.n_iter):
+            if control is not None and control.interrupted:
+                break
+            offset = batch * params.batch_size  # image i of the run has seed + i and input i % len
+            one = replace(params, n_iter=1, seed=(params.seed + offset) % (MAX_SEED + 1),
+                          subseed=(params.subseed + offset) % (MAX_SEED + 1))
+            result = _run_one(loaded, one, _rotate(images, offset), _rotate(masks, offset),
+                              _batch_progress(progress, batch, params.n_iter, passes, start), control)
+            first = first or result
+            for image, seed, info in zip(result.images, result.seeds, result.infotexts):
+                out = Output(image, info, seed, params.prompt)
+                outputs.append(out)
+                emit(out)
+    resolved = replace(first.params, n_iter=params.n_iter, seed=params.seed, subseed=params.subseed) \
+        if first is not None else params
+    return RunResult(outputs, resolved, loaded.name, first)
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+def _largest_axis_size(params, options: XYZOptions, width: int, height: int) -> tuple[int, int]:
+    """The X/Y/Z plot's Width and Height axes can ask for larger images than the params."""
+    for spec in (options.x, options.y, options.z):
+        axis = parse_axis(spec, type(params))
+        if axis is not None and axis.option.field in ("width", "height"):
+            largest = max(axis.values)
+            width, height = (max(width, largest), height) if axis.option.field == "width" else \
+                (width, max(height, largest))
+    return width, height
+
+
+def _script(session, params, script, images, mask, settings, emit) -> RunResult:
+    images = _image_list(images)
+    masks = _image_list(mask)
+    if isinstance(params, Img2ImgParams) and not images:
+        raise ParamError(f"{type(params).__name__} needs an input image")
+    entry = session.model(settings)
+    loaded = entry.loaded
+    width, height = vae_size(params, loaded, images)
+    outputs: list[Output] = []
+
+    def keep(image, info, seed, prompt, prefix="", kind="image"):
+        out = Output(image, info, seed, prompt, prefix, kind)
+        outputs.append(out)
+        emit(out)
+
+    if isinstance(script, XYZOptions):
+        validate_strict(script)
+        for spec in (script.x, script.y, script.z):  # bad axes fail before the run
+            parse_axis(spec, type(params))
+        width, height = _largest_axis_size(params, script, width, height)
+        names = list(params.styles)
+        table = styles_table(session, names)
+        with model_in_use(session, entry, settings, width, height):
+            result = xyz_plot(loaded, replace(params, styles=()), script, images=images, masks=masks, styles=table,
+                              style_names=names, load_checkpoint=lambda path: session.model(
+                                  replace(settings, model=str(path))).loaded,
+                              progress=lambda done, total: session.note(f"cell {done}/{total}"))
+        first = result.cells[0]
+        keep(result.grid, result.infotext, first.seeds[0], first.params.prompt, "xyz_grid-", "grid")
+        nz = len(result.sub_grids)
+        if script.include_sub_grids and nz > 1:
+            per_z = len(result.cells) // nz
+            for iz, (grid, info) in enumerate(zip(result.sub_grids, result.sub_grid_infotexts)):
+                cell = result.cells[iz * per_z]
+                keep(grid, info, cell.seeds[0], cell.params.prompt, "xyz_grid-", "grid")
+        if script.include_sub_images:
+            for cell, image in zip(result.cells, result.cell_images):
+                keep(image, cell.infotexts[0], cell.seeds[0], cell.params.prompt)
+        return RunResult(outputs, params, loaded.name, result)
+    if isinstance(script, PromptMatrixOptions):
+        validate_strict(script)
+        names = list(params.styles)
+        table = styles_table(session, names)
+        with model_in_use(session, entry, settings, width, height):
+            result = prompt_matrix(loaded, replace(params, styles=()), script, images=images, masks=masks,
+                                   styles=table, style_names=names)
+        first = result.results[0]
+        keep(result.grid, result.infotext, first.seeds[0], first.params.prompt, "prompt_matrix-", "grid")
+        for run in result.results:
+            keep(run.images[0], run.infotexts[0], run.seeds[0], run.params.prompt)
+        session.note(f"{len(result.prompts)} prompts")
+        return RunResult(outputs, params, loaded.name, result)
+    if isinstance(script, LoopbackOptions):
+        validate_strict(script)
+        params = with_styles(session, params)
+        if not images:
+            raise ParamError("loopback needs an input image")
+        with model_in_use(session, entry, settings, width, height):
+            result = loopback(loaded, params, images[0], script, mask=masks[0] if masks else None)
+        for frame, info, seed in zip(result.images, result.infotexts, result.seeds):
+            keep(frame, info, seed, params.prompt)
+        if len(result.images) > 1:
+            keep(result.grid, result.infotexts[0], result.seeds[0], params.prompt, "loopback-", "grid")
+        return RunResult(outputs, params, loaded.name, result)
+    raise ParamError(f"unknown script {type(script).__name__}; t2i runs X/Y/Z plot, prompt matrix and loopback")
+
+
+# ----------------------------------------------------------------------------- sample, upscale
+
+
+def _sample(session, params: SampleParams, images, settings, emit, image_names) -> RunResult:
+    validate_strict(params)
+    images = _image_list(images)
+    entry = session.model(settings, kind="family")
+    with entry.lock:
+        grid, info, samples = sample(entry.loaded, params, images[0] if images else None,
+                                     (image_names or [None])[0])
+    outputs = [Output(grid, info, params.seed, params.prompt or "", kind="grid")]
+    outputs += [Output(image, info, params.seed + i, params.prompt or "") for i, image in enumerate(samples)]
+    for out in outputs:
+        emit(out)
+    return RunResult(outputs, params, entry.name, grid)
+
+
+def _upscale(session, params: UpscaleParams, images, settings, emit) -> RunResult:
+    validate_strict(params)
+    images = _image_list(images)
+    if not images:
+        raise ParamError("upscaling needs at least one image")
+    entry = session.model(settings, kind="sr") if settings.model_path is not None else None
+    if entry is None:
+        result = upscale(images, params, None)
+    else:
+        with entry.lock:
+            result = upscale(images, params, entry.loaded)
+    seeds = result.seeds or [None] * len(result.images)
+    outputs = [Output(image, info, seed, "") for image, info, seed in zip(result.images, result.infotexts, seeds)]
+    for out in outputs:
+        emit(out)
+    return RunResult(outputs, result.params, entry.name if entry else None, result)
