@@ -410,9 +410,9 @@ def test_cli_flags():
 
     args = build_parser().parse_args(["generate", "a cat", "--vae", "v.safetensors", "--lora-dir", "a",
                                       "--lora-dir", "b", "--embeddings-dir", "e"])
-    assert (args.vae, args.lora_dirs, args.embedding_dirs) == (Path("v.safetensors"), [Path("a"), Path("b")], [Path("e")])
+    assert (args.vae, args.lora_dirs, args.embedding_dirs) == ("v.safetensors", ["a", "b"], ["e"])
     args = build_parser().parse_args(["img2img", "in.png", "x", "--vae", "v.pt"])
-    assert args.vae == Path("v.pt")
+    assert args.vae == "v.pt"
 
 
 def test_sdxl_lora_names_and_two_encoder_embeddings(tmp_path):

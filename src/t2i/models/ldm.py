@@ -3,24 +3,34 @@
 Components (all diffusers / transformers classes, so the saved folder is a regular diffusers
 Stable Diffusion folder): AutoencoderKL first stage, UNet2DConditionModel with cross-attention
 on the CLIP text model's last hidden states, the real CLIP tokenizer, a DDPM noise schedule.
+Saved and loaded as that folder by t2i.checkpoints.diffusers_folder (save_ldm_folder, load_ldm_folder).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from t2i.config import (BlockDepth, Beta, Groups, Heads, Levels, LevelFlags, Resolution, Timesteps, Width, above,
+                        check_model_size, from_dict)
+from t2i.models.sizes import autoencoder_params, cross_transformer, unet_params
 from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
 
 
 @dataclass
 class VAEConfig:
-    block_out_channels: tuple[int, ...] = (32, 64, 64)  # len - 1 downsamplings: 3 blocks = factor 4
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 16
+    block_out_channels: Levels = (32, 64, 64)  # len - 1 downsamplings: 3 blocks = factor 4
+    layers_per_block: BlockDepth = 1
+    latent_channels: Width = 4
+    norm_num_groups: Groups = 16
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"vae.norm_num_groups {self.norm_num_groups} must divide every width "
+                             f"{self.block_out_channels}")
 
     @property
     def downsample_factor(self) -> int:
@@ -29,11 +39,24 @@ class VAEConfig:
 
 @dataclass
 class UNetConfig:
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    cross_attention: tuple[bool, ...] = (False, True, True)  # per resolution level, top first
-    layers_per_block: int = 1
-    attention_heads: int = 4
-    norm_num_groups: int = 16
+    block_out_channels: Levels = (32, 64, 128)
+    cross_attention: LevelFlags = (False, True, True)  # per resolution level, top first
+    layers_per_block: BlockDepth = 1
+    attention_heads: Heads = 4
+    norm_num_groups: Groups = 16
+
+    def __post_init__(self):
+        self.block_out_channels, self.cross_attention = tuple(self.block_out_channels), tuple(self.cross_attention)
+        if len(self.cross_attention) != len(self.block_out_channels):
+            raise ValueError("unet.cross_attention needs one flag per entry of unet.block_out_channels")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"unet.norm_num_groups {self.norm_num_groups} must divide every width "
+                             f"{self.block_out_channels}")
+        # attention widths (the flagged levels and the middle block) split evenly into heads
+        attended = [c for c, a in zip(self.block_out_channels, self.cross_attention) if a]
+        if any(c % self.attention_heads for c in attended + [self.block_out_channels[-1]]):
+            raise ValueError(f"unet.attention_heads {self.attention_heads} must divide the width of every "
+                             f"attention level and the last level {self.block_out_channels}")
 
 
 @dataclass
@@ -45,12 +68,12 @@ class NoiseScheduleConfig:
     latents: with SD's schedule a model learns to read the background colour from the noise.
     """
 
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"  # or "v_prediction"
-    timestep_spacing: str = "trailing"  # sampling starts at the last training step
+    num_train_timesteps: Timesteps = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: Beta = 0.0001
+    beta_end: Beta = 0.02
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"  # trailing: sampling starts at the last training step
 
     def to_diffusers(self) -> dict:
         return {
@@ -68,12 +91,21 @@ class NoiseScheduleConfig:
 
 @dataclass
 class LDMConfig:
-    resolution: int = 64
+    resolution: Resolution = 64
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
-    scaling_factor: float = 1.0  # latents * scaling_factor have unit variance; set after stage 1
+    scaling_factor: Annotated[float, above(0)] = 1.0  # latents * scaling_factor have unit variance; set after stage 1
+
+    def __post_init__(self):
+        check_model_size("latent diffusion", self.approx_params())
+
+    def approx_params(self) -> int:
+        u, v, t = self.unet, self.vae, self.text
+        unet = unet_params(u.block_out_channels, u.layers_per_block, u.cross_attention, v.latent_channels,
+                           cross_transformer(t.hidden_size))
+        return unet + autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels) + t.approx_params()
 
     @property
     def latent_size(self) -> int:
@@ -84,10 +116,9 @@ class LDMConfig:
 
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LDMConfig":
-        from t2i.config import from_dict
-
-        return from_dict(cls, data, where="model")
+    def from_dict(cls, data: dict, where: str = "model") -> "LDMConfig":
+        """Strictly (t2i.config.from_dict): a ConfigError names `where` and the field."""
+        return from_dict(cls, data, where=where)
 
 
 def build_vae(config: LDMConfig):
@@ -143,7 +174,7 @@ class VAELatents:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]; through `tiny_decoder` when one is set (a TAESD
         decoder, which takes the scaled latents as they are: t2i.speedups.use_tiny_decoder)."""
-        tiny = getattr(self, "tiny_decoder", None)
+        tiny = getattr(self, "tiny_decoder", None)  # declared by LatentDiffusion and the SD adapter only
         if tiny is not None:
             return tiny(latents)
         return self.vae.decode(latents / self.config.scaling_factor).sample
@@ -159,6 +190,7 @@ class LatentDiffusion(VAELatents, nn.Module):
         self.text_encoder = text_encoder or build_text_encoder(config.text)
         self.unet = unet or build_unet(config)
         self.vae = vae or build_vae(config)
+        self.tiny_decoder: nn.Module | None = None  # an optional fast approximate decoder (t2i.speedups)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -179,17 +211,4 @@ class LatentDiffusion(VAELatents, nn.Module):
 
     def scheduler_config(self) -> dict:
         return self.config.schedule.to_diffusers()
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/,
-        tokenizer/, scheduler/) plus t2i_config.json with the full typed config."""
-        from t2i.checkpoints.diffusers_folder import save_ldm_folder
-
-        save_ldm_folder(self, Path(directory))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "LatentDiffusion":
-        from t2i.checkpoints.diffusers_folder import load_ldm_folder
-
-        return load_ldm_folder(cls, Path(directory), dtype)
 

@@ -12,23 +12,27 @@ t2i.checkpoints.single_file (models never do I/O).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from t2i.config import Resolution, above, between
+from t2i.diffusion.text_states import final_layer_norm, text_hidden_states
 from t2i.models.ldm import VAELatents
-from t2i.models.text import final_layer_norm, text_hidden_states, tokenize
+from t2i.models.text import tokenize
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 @dataclass
 class SDModelConfig:
-    family: str = "sd1"  # sd1 | sd2 | sdxl
-    resolution: int = 512  # the training resolution: default width and height
-    prediction_type: str = "epsilon"  # or "v_prediction" (SD 2.x 768 models)
-    scaling_factor: float = 0.18215  # latents * scaling_factor have unit variance (SDXL: 0.13025)
-    clip_skip: int = 1  # the web UI's "Clip skip": 1 = last text encoder layer, 2 = the one before, ...
+    family: Literal["sd1", "sd2", "sdxl"] = "sd1"
+    resolution: Resolution = 512  # the training resolution: default width and height
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # v: SD 2.x 768 models
+    scaling_factor: Annotated[float, above(0)] = 0.18215  # latents * scaling_factor have unit variance (SDXL: 0.13025)
+    # the web UI's "Clip skip": 1 = last text encoder layer, 2 = the one before, ...
+    clip_skip: Annotated[int, between(1, 64)] = 1
     inpainting: bool = False  # 9-channel UNet input: latents + mask + masked-image latents
 
     def __post_init__(self):
@@ -41,7 +45,7 @@ class SDModelConfig:
         return asdict(self)
 
 
-_final_layer_norm = final_layer_norm  # the one definition lives in t2i.models.text
+_final_layer_norm = final_layer_norm  # the one definition lives in t2i.diffusion.text_states
 
 
 class StableDiffusionModel(VAELatents, nn.Module):
@@ -56,6 +60,7 @@ class StableDiffusionModel(VAELatents, nn.Module):
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.unet, self.vae = unet, vae
+        self.tiny_decoder: nn.Module | None = None  # an optional fast approximate decoder (t2i.speedups)
         self._scheduler_config = {**scheduler_config, "prediction_type": config.prediction_type}
         self.notes = tuple(notes)  # what loading assumed, for the user (e.g. epsilon vs v for SD 2.x)
 

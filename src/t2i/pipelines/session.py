@@ -81,6 +81,16 @@ class Session:
                 with entry.lock:  # a run still using it finishes first
                     pass
 
+    def adopt(self, loaded, settings: LoadSettings | None = None) -> ModelEntry:
+        """Hold an already loaded model (a LoadedModel from `t2i.load`) as if this session had
+        loaded it with `settings` (default: the session's)."""
+        settings = settings or self.settings
+        entry = ModelEntry(loaded, settings, "diffusion")
+        with self._cache_lock:
+            self._entries[("diffusion", settings.model_key())] = entry
+            self._evict(keep=("diffusion", settings.model_key()))
+        return entry
+
     def note(self, line: str) -> None:
         """A line for the user (the CLI prints it on stderr, the server logs it)."""
         self._notes(line)

@@ -26,7 +26,7 @@ from t2i.pipelines.scripting import fix_seeds
 from t2i.pipelines.session_types import Output, RunResult
 from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles, select_styles
 from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, resolve_params, txt2img
-from t2i.pipelines.upscale import UpscaleParams, upscale
+from t2i.pipelines.upscale import UpscaleParams, resolve_upscale_params, upscale
 from t2i.pipelines.xyz_axes import parse_axis
 from t2i.pipelines.xyz_plot import XYZOptions, xyz_plot
 
@@ -98,6 +98,15 @@ def vae_size(params, loaded, images) -> tuple[int, int]:
     return resolved.width, resolved.height
 
 
+def announce(session, entry, plan=None) -> None:
+    """The model's one-line summary (and its load notes), once per model and session."""
+    if not entry.announced:
+        entry.announced = True
+        session.note(session.summary(entry, plan))
+        for line in entry.notes:
+            session.note(line)
+
+
 @contextmanager
 def model_in_use(session, entry, settings: LoadSettings, width: int, height: int):
     """Hold the model's lock, with the memory plan for a width x height image applied (undone
@@ -110,11 +119,7 @@ def model_in_use(session, entry, settings: LoadSettings, width: int, height: int
         plan = plan_memory(MemoryOptions(settings.attention_slicing, settings.vae_tiling, "none"), device,
                            width, height)
         shown = replace(plan, offload=settings.offload if device.type == "cuda" else "none")
-        if not entry.announced:
-            entry.announced = True
-            session.note(session.summary(entry, shown))
-            for line in entry.notes:
-                session.note(line)
+        announce(session, entry, shown)
         with memory_applied(loaded.model, plan, device):
             yield shown
 
@@ -280,6 +285,7 @@ def _sample(session, params: SampleParams, images, settings, emit, image_names) 
     validate_strict(params)
     images = _image_list(images)
     entry = session.model(settings, kind="family")
+    announce(session, entry)
     with entry.lock:
         grid, info, samples = sample(entry.loaded, params, images[0] if images else None,
                                      (image_names or [None])[0])
@@ -299,6 +305,8 @@ def _upscale(session, params: UpscaleParams, images, settings, emit) -> RunResul
     if entry is None:
         result = upscale(images, params, None)
     else:
+        resolve_upscale_params(params, entry.loaded)  # a wrong scale fails before the summary line
+        announce(session, entry)
         with entry.lock:
             result = upscale(images, params, entry.loaded)
     seeds = result.seeds or [None] * len(result.images)
