@@ -207,3 +207,64 @@ def test_session_rejects_unknown_params_and_bad_devices(session):
 
     with pytest.raises(ParamError, match="not a torch device"):
         Session(LoadSettings(device="warp-drive")).model()
+
+
+# ----------------------------------------------------------------------------- the CLI's behaviour
+
+
+def _t2i(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "t2i.interfaces.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**__import__("os").environ,
+                                                                     "OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+def test_ctrl_c_keeps_the_images_already_written(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = _t2i("generate", "a red circle", "--seed", "3", "--steps", "8", "--n-iter", "60", "--outdir", out)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out.is_dir() and any(out.glob("*.png"))):
+        time.sleep(0.2)
+    assert out.is_dir() and any(out.glob("*.png")), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names and all(n.endswith(".png") and not n.startswith(".") for n in names), names  # no temp leftovers
+    assert names[0] == "00000-3-a_red_circle.png"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cfg-scale", "nan"], "cfg_scale: must be a finite number"),
+    (["--threads", "-1"], "threads must be >= 1"),
+    (["--device", "warp"], "not a torch device"),
+    (["--vae-decoder", "tiny"], "'full' or 'tiny FILE'"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    proc = _t2i("generate", "x", "--outdir", tmp_path / "o", *args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_cli_outdir_that_is_a_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    proc = _t2i("generate", "x", "--steps", "1", "--outdir", target)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "is a file" in err and len(err.strip().splitlines()) == 1, err
+    assert target.read_text() == "keep me"
+
+
+def test_cli_model_default_and_jpeg_infotext(tmp_path):
+    from t2i.metadata import read_infotext
+
+    proc = _t2i("generate", "a red circle", "--model", "default", "--steps", "2", "--seed", "4", "--format", "jpg",
+                "--outdir", tmp_path)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    path = tmp_path / "00000-4-a_red_circle.jpg"
+    assert out.split() == [str(path)]
+    assert "Seed: 4" in read_infotext(path) and err.startswith("model t2i-shapes-ldm")
