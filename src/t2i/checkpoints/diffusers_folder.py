@@ -6,15 +6,20 @@ writes `t2i_config.json` (the typed config and the t2i version) and loads every 
 from __future__ import annotations
 
 import json
-import os
+import math
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from t2i.models.text import bundled_tokenizer_dir
+from t2i.atomic import atomic_folder
+from t2i.checkpoints.safe_load import check_tensor_kinds, load_state_dict_file, read_safetensors_header
+from t2i.config import ConfigError
+from t2i.errors import ModelConfigError, version
+from t2i.models.ldm import LatentDiffusion, LDMConfig, build_unet, build_vae
+from t2i.models.sizes import implausible_for_file
+from t2i.models.text import build_text_encoder, bundled_tokenizer_dir, load_tokenizer
 
 T2I_CONFIG = "t2i_config.json"
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
@@ -22,8 +27,6 @@ WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pyto
 
 
 def _t2i_version() -> str:
-    from t2i.errors import version
-
     return version()
 
 
@@ -59,17 +62,15 @@ def _tokenizer_config(max_length: int) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")  # inside a staging folder
 
 
 def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) -> None:
-    """Write the folder atomically: build it next to the target, then rename into place."""
+    """Write the folder atomically (t2i.atomic.atomic_folder): build it next to the target, then
+    rename into place, replacing an old folder only at that last step."""
     from diffusers import DDIMScheduler
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory, replace=True) as staging:
         for name in ("unet", "vae", "text_encoder"):
             module = getattr(model, name)
             sub = staging / name
@@ -92,26 +93,13 @@ def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) ->
         DDIMScheduler(**model.scheduler_config()).save_config(str(staging / "scheduler"))
         _write_json(staging / "model_index.json", _model_index())
         _write_json(staging / T2I_CONFIG, {"t2i_version": _t2i_version(), "config": model.config.to_dict()})
-        if directory.exists():
-            backup = directory.with_name(directory.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(staging, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 from t2i.errors import ModelLoadError  # noqa: E402,F401  (re-exported for the loaders)
 
 
-def load_ldm_folder(cls, directory: Path, dtype: torch.dtype = torch.float32):
-    from t2i.models.ldm import LDMConfig, build_unet, build_vae
-    from t2i.models.text import build_text_encoder, load_tokenizer
-
+def load_ldm_folder(directory: str | Path, dtype: torch.dtype = torch.float32) -> LatentDiffusion:
+    """A LatentDiffusion from a folder `save_ldm_folder` wrote; every tensor loaded strictly."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelLoadError(f"model folder {directory} does not exist; expected a t2i/diffusers folder "
@@ -119,27 +107,46 @@ def load_ldm_folder(cls, directory: Path, dtype: torch.dtype = torch.float32):
     meta_path = directory / T2I_CONFIG
     if not meta_path.is_file():
         raise ModelLoadError(f"{directory} has no {T2I_CONFIG}; expected a folder saved by t2i "
-                             f"(`t2i train` or LatentDiffusion.save_pretrained)")
+                             f"(`t2i train` or t2i.checkpoints.diffusers_folder.save_ldm_folder)")
     try:
-        config = LDMConfig.from_dict(json.loads(meta_path.read_text())["config"])
-    except (ValueError, KeyError, TypeError) as err:
+        raw = json.loads(meta_path.read_text())["config"]
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise ModelLoadError(f"{meta_path} is not a valid t2i config: {err}") from err
-    tokenizer = load_tokenizer(directory / "tokenizer", max_length=config.text.max_length)
-    parts = {"unet": build_unet(config), "vae": build_vae(config), "text_encoder": build_text_encoder(config.text)}
-    for name, module in parts.items():
+    config = _checked_config(raw, directory, meta_path)
+    states = {}  # every file read (and so checked) before any module is built
+    for name in ("unet", "vae", "text_encoder"):
         path = directory / name / WEIGHTS[name]
         if not path.is_file():
             raise ModelLoadError(f"missing weights file {path}")
-        try:
-            state = load_file(str(path))
-        except Exception as err:  # safetensors raises several types for corrupt files
-            raise ModelLoadError(f"cannot read {path}: {err}") from err
+        states[name] = load_state_dict_file(path)
+    tokenizer = load_tokenizer(directory / "tokenizer", max_length=config.text.max_length)
+    parts = {"unet": build_unet(config), "vae": build_vae(config), "text_encoder": build_text_encoder(config.text)}
+    for name, module in parts.items():
+        path, state = directory / name / WEIGHTS[name], states.pop(name)
         if name == "text_encoder":  # written with `text_model.` (older t2i: without); the module has none
             state = {k.removeprefix("text_model."): v for k, v in state.items()}
+        check_tensor_kinds(module.state_dict(), state, path, f"the config in {meta_path}")
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ModelLoadError(f"{path} does not match the config in {meta_path}: {err}") from err
         # nn.Module.to: diffusers' override warns on every dtype cast, even for models without fp32-only modules
         torch.nn.Module.to(module, dtype).eval().requires_grad_(False)
-    return cls(config, tokenizer=tokenizer, **parts)
+    return LatentDiffusion(config, tokenizer=tokenizer, **parts)
+
+
+def _checked_config(raw, directory: Path, meta_path: Path) -> LDMConfig:
+    """The folder's config, strictly (bounded sizes), and no larger than its weight files: the
+    modules are built before their weights load, so a config promising far more parameters
+    than the files hold would allocate memory for nothing."""
+    try:
+        config = LDMConfig.from_dict(raw, where=str(meta_path))
+    except ConfigError as err:
+        raise ModelConfigError(str(err)) from err
+    files = [directory / name / WEIGHTS[name] for name in ("unet", "vae", "text_encoder")]
+    if all(path.is_file() for path in files):  # a missing one is reported by the loader
+        stored = sum(math.prod(entry["shape"]) for path in files for entry in read_safetensors_header(path)[0].values())
+        if implausible_for_file(config.approx_params(), stored):
+            raise ModelConfigError(f"{meta_path} describes a model of about {config.approx_params():,} parameters "
+                                   f"but the weight files store {stored:,} values; the folder is damaged")
+    return config

@@ -104,6 +104,14 @@ def _batched(context: Tensor, batch_size: int, what: str) -> Tensor:
     raise ValueError(f"{what} has batch {context.shape[0]} but the noise has {batch_size} images; give 1 or {batch_size}")
 
 
+def noise_step_options(settings) -> dict:
+    """The web UI's sigma noise settings of `settings` (a pipeline's params: s_churn, s_tmin,
+    s_tmax, s_noise) as `scheduler.step` kwargs; the loop passes each only to a scheduler that
+    takes it (diffusers' Euler). s_tmax 0 means no limit, as in the web UI."""
+    return {"s_churn": settings.s_churn, "s_tmin": settings.s_tmin, "s_tmax": settings.s_tmax or float("inf"),
+            "s_noise": settings.s_noise}
+
+
 def _step_kwargs(scheduler, generators: list[torch.Generator] | None, eta: float,
                  step_options: dict | None = None) -> dict:
     """Extra `scheduler.step` kwargs, computed once: generators, eta and each of `step_options`

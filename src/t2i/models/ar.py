@@ -24,29 +24,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import ClassNames, Depth, Fraction, Heads, Width, between, check_model_size
+from t2i.errors import ModelLoadError
 from t2i.models.common import FamilyFileModel
+from t2i.models.sizes import gpt_params
+from t2i.models.text import CLIP_VOCAB_SIZE, load_tokenizer, tokenize
 
 CONDITIONINGS = ("none", "class", "text")
+CodeSide = Annotated[int, between(0, 1024)]  # 0: not set yet
 
 
 @dataclass
 class ARConfig:
-    num_codes: int = 0  # the VQGAN's codebook size (0: the recipe fills it from the first stage)
-    code_shape: tuple[int, int] = (0, 0)  # the VQGAN's code grid (h, w), e.g. (16, 16); same
-    conditioning: str = "none"  # none | class | text
-    class_names: tuple[str, ...] = ()  # class-conditional: index = class id
-    text_max_length: int = 24  # text-conditional: CLIP tokens in the prefix, incl. BOS/EOS
-    text_embed_dim: int = 32  # width of the factorised CLIP-token table
-    n_embd: int = 256
-    n_layer: int = 6
-    n_head: int = 8
-    dropout: float = 0.0
+    num_codes: Annotated[int, between(0, 1 << 20)] = 0  # the VQGAN's codebook size (0: the recipe fills it)
+    code_shape: tuple[CodeSide, CodeSide] = (0, 0)  # the VQGAN's code grid (h, w), e.g. (16, 16); same
+    conditioning: Literal["none", "class", "text"] = "none"
+    class_names: ClassNames = ()  # class-conditional: index = class id
+    text_max_length: Annotated[int, between(2, 1024)] = 24  # text-conditional: CLIP tokens in the prefix, incl. BOS/EOS
+    text_embed_dim: Width = 32  # width of the factorised CLIP-token table
+    n_embd: Width = 256
+    n_layer: Depth = 6
+    n_head: Heads = 8
+    dropout: Fraction = 0.0
 
     def __post_init__(self):
         self.code_shape = tuple(self.code_shape)
@@ -54,6 +59,13 @@ class ARConfig:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} must be divisible by n_head {self.n_head}")
+        check_model_size("autoregressive transformer", self.approx_params())
+
+    def approx_params(self) -> int:
+        gpt = gpt_params(self.n_embd, self.n_layer, self.num_codes, self.prefix_len + self.seq_len)
+        if self.conditioning == "text":  # the factorised CLIP-token table
+            return gpt + CLIP_VOCAB_SIZE * self.text_embed_dim + self.text_embed_dim * self.n_embd
+        return gpt + max(1, len(self.class_names)) * self.n_embd
 
     @property
     def seq_len(self) -> int:
@@ -98,8 +110,6 @@ class CodeTransformer(FamilyFileModel, nn.Module):
         self.config = config
         self.gpt = build_gpt(config)
         if config.conditioning == "text":
-            from t2i.models.text import CLIP_VOCAB_SIZE
-
             self.cond_embed = nn.Sequential(nn.Embedding(CLIP_VOCAB_SIZE, config.text_embed_dim),
                                             nn.Linear(config.text_embed_dim, config.n_embd, bias=False))
         else:
@@ -131,8 +141,6 @@ class CodeTransformer(FamilyFileModel, nn.Module):
             return torch.tensor(ids, dtype=torch.long).view(-1, 1)
         if not all(isinstance(c, str) for c in conditions):
             raise ValueError("a text-conditional model needs a caption (str) per image")
-        from t2i.models.text import load_tokenizer, tokenize
-
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(max_length=cfg.text_max_length)
         return tokenize(self._tokenizer, list(conditions))
@@ -176,11 +184,9 @@ class CodeTransformer(FamilyFileModel, nn.Module):
 
     @classmethod
     def state_from_file(cls, tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
-        from t2i.checkpoints.diffusers_folder import ModelLoadError
-
         if cls.TIED[0] in tensors:
             raise ModelLoadError(f"{path} stores {cls.TIED[0]} separately; t2i writes it once, tied to "
-                                 f"{cls.TIED[1]}: this file was not written by CodeTransformer.save")
+                                 f"{cls.TIED[1]}: this file was not written by t2i")
         if cls.TIED[1] in tensors:
             tensors[cls.TIED[0]] = tensors[cls.TIED[1]]
         return tensors

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from t2i.config import Resolution, check_model_size
 from t2i.models.common import FamilyFileModel
 from t2i.models.ldm import LDMConfig, VAEConfig, build_vae
+from t2i.models.sizes import autoencoder_params
 
 FILE_FAMILY = "autoencoder-kl"  # the t2i_family of its model file (t2i.checkpoints.family_file)
 
 
 @dataclass
 class KLAutoencoderConfig:
-    resolution: int = 64
+    resolution: Resolution = 64
     vae: VAEConfig = field(default_factory=VAEConfig)  # len(block_out_channels) - 1 downsamplings
 
     @property
@@ -35,6 +37,10 @@ class KLAutoencoderConfig:
         if self.resolution % self.downsample_factor:
             raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor "
                              f"{self.downsample_factor} of block_out_channels {self.vae.block_out_channels}")
+        check_model_size("KL autoencoder", self.approx_params())
+
+    def approx_params(self) -> int:
+        return autoencoder_params(self.vae.block_out_channels, self.vae.layers_per_block, self.vae.latent_channels)
 
 
 class KLAutoencoder(FamilyFileModel, nn.Module):

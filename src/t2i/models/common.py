@@ -1,14 +1,15 @@
 """Small helpers shared by the one-file model families (GAN, VAE, pixel-space DDPM, KL autoencoder,
 VQGAN, AR transformer): image conversion, per-image noise, class lookup, and `FamilyFileModel`,
-their save/load as one safetensors file."""
+what t2i.checkpoints.family_file needs to save and load them as one safetensors file."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from t2i.data.images import center_crop_resize
 
 
 def to_pil_images(x: torch.Tensor) -> list[Image.Image]:
@@ -21,8 +22,6 @@ def to_pil_images(x: torch.Tensor) -> list[Image.Image]:
 
 def from_pil_images(images: list[Image.Image], resolution: int) -> torch.Tensor:
     """PIL images -> (B, 3, R, R) in [-1, 1], each centre-cropped to a square and resized."""
-    from t2i.data.images import center_crop_resize
-
     arrays = [np.asarray(center_crop_resize(im, resolution)) for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
@@ -61,9 +60,9 @@ def check_seed_count(n: int, seed: int) -> list[int]:
 
 
 class FamilyFileModel:
-    """Save/load as one safetensors file with the family and typed config embedded
-    (t2i.checkpoints.family_file). Mix into an nn.Module whose `config` is a dataclass and whose
-    constructor takes that config as its only required argument:
+    """What t2i.checkpoints.family_file needs to save and load a model as one safetensors file with
+    the family and typed config embedded; models do no I/O themselves. Mix into an nn.Module whose
+    `config` is a dataclass and whose constructor takes that config as its only required argument:
 
         class SuperResolution(FamilyFileModel, VAELatents, nn.Module):   # t2i.models.sr
             kind = "sr"                  # the file's t2i_family: load refuses a file of another family
@@ -71,14 +70,13 @@ class FamilyFileModel:
 
             def __init__(self, config: SRConfig): ...
 
-        path = model.save("run/model.safetensors")
-        model = SuperResolution.load(path)          # eval mode, frozen, float32 unless dtype given
+        from t2i.checkpoints.family_file import load_family_file, save_family_file
+        path = save_family_file(model, "run/model.safetensors")
+        model = load_family_file(SuperResolution, path)   # eval mode, frozen, float32 unless dtype given
 
     Optional overrides: `freeze_on_load` (False keeps requires_grad on the loaded parameters) and,
     for a state whose layout on disk differs from `state_dict()` (tied weights, which safetensors
     refuses to store twice: see t2i.models.ar), `state_for_file` and `state_from_file`.
-    A config in the file that the dataclass rejects raises ModelConfigError, which is both a
-    ModelLoadError and a ValueError.
     """
 
     kind: str
@@ -93,24 +91,3 @@ class FamilyFileModel:
     def state_from_file(cls, tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
         """The state_dict to load from a file's tensors (default: the tensors as they are)."""
         return tensors
-
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file, the config embedded; written atomically."""
-        from t2i.checkpoints.family_file import save_model_file
-
-        return save_model_file(path, self.kind, asdict(self.config), self.state_for_file())
-
-    @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32):
-        """Strict: the file must hold this family, with tensors that match its embedded config."""
-        from t2i.checkpoints.family_file import ModelConfigError, load_into, read_model_file
-        from t2i.config import from_dict
-
-        _, config, tensors = read_model_file(path, cls.kind)
-        try:
-            model = cls(from_dict(cls.config_class, config, where=f"{path}: config"))
-        except ValueError as err:
-            raise ModelConfigError(str(err)) from err
-        load_into(model, cls.state_from_file(tensors, path), path)
-        model = model.to(dtype).eval()
-        return model.requires_grad_(False) if cls.freeze_on_load else model

@@ -27,12 +27,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from t2i.config import (Beta, BlockDepth, ClassNames, Groups, Levels, LevelFlags, Resolution, Timesteps, Width,
+                        between, check_model_size)
+from t2i.diffusion.conditioning import PromptEncoder
+from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import cfg_combine, denoise, draw_noise, make_generators, sample_scheduler
 from t2i.models.common import FamilyFileModel, check_seed_count, resolve_class, to_pil_images
-from t2i.models.text import TextEncoderConfig
+from t2i.models.sizes import cross_transformer, self_attention, unet_params
+from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
 
 FAMILY = "ddpm"
 SCHEDULES = ("linear", "cosine")
@@ -41,21 +48,21 @@ CONDITIONINGS = ("none", "class", "text")
 
 @dataclass
 class DDPMConfig:
-    resolution: int = 64  # trained size; sampling takes any multiple of 2^(levels - 1)
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)  # one UNet level each
+    resolution: Resolution = 64  # trained size; sampling takes any multiple of 2^(levels - 1)
+    block_out_channels: Levels = (32, 64, 128, 128)  # one UNet level each
     # attention per level (costly at full size): self-attention; for text models self- and cross-attention
-    attention: tuple[bool, ...] = (False, False, True, True)
-    layers_per_block: int = 1
-    attention_head_dim: int = 32  # channels per head (diffusers' meaning for UNet2DModel)
-    norm_num_groups: int = 16  # GroupNorm groups; must divide every width
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
-    beta_start: float = 1e-4  # linear schedule ends, as in Ho et al. 2020
-    beta_end: float = 0.02
-    cosine_s: float = 0.008  # cosine offset: keeps beta_0 from being vanishingly small
+    attention: LevelFlags = (False, False, True, True)
+    layers_per_block: BlockDepth = 1
+    attention_head_dim: Width = 32  # channels per head (diffusers' meaning for UNet2DModel)
+    norm_num_groups: Groups = 16  # GroupNorm groups; must divide every width
+    num_train_timesteps: Timesteps = 1000
+    beta_schedule: Literal["linear", "cosine"] = "linear"  # Ho et al. 2020, or Nichol & Dhariwal 2021
+    beta_start: Beta = 1e-4  # linear schedule ends, as in Ho et al. 2020
+    beta_end: Beta = 0.02
+    cosine_s: Annotated[float, between(0.0, 1.0)] = 0.008  # cosine offset: keeps beta_0 from being vanishingly small
     # none | class (class_names, set from the data by the recipe with data.classes: true) | text (captions)
-    conditioning: str = "none"
-    class_names: tuple[str, ...] = ()  # class-conditional: index = class id
+    conditioning: Literal["none", "class", "text"] = "none"
+    class_names: ClassNames = ()  # class-conditional: index = class id
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # conditioning: text only
 
     def __post_init__(self):
@@ -73,6 +80,21 @@ class DDPMConfig:
             raise ValueError("attention needs one flag per entry of block_out_channels")
         if self.resolution % self.size_multiple:
             raise ValueError(f"resolution {self.resolution} must be a multiple of {self.size_multiple}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every width "
+                             f"{self.block_out_channels}")
+        attended = [c for c, a in zip(self.block_out_channels, self.attention) if a] + [self.block_out_channels[-1]]
+        if any(c % self.attention_head_dim for c in attended):  # the last level: the middle block's attention
+            raise ValueError(f"attention_head_dim {self.attention_head_dim} must divide the width of every attention "
+                             f"level and the last level {self.block_out_channels}")
+        check_model_size("DDPM", self.approx_params())
+
+    def approx_params(self) -> int:
+        text = self.conditioning == "text"
+        attn = cross_transformer(self.text.hidden_size) if text else self_attention
+        unet = unet_params(self.block_out_channels, self.layers_per_block, self.attention, 3, attn)
+        classes = (self.num_classes + 1) * 4 * self.block_out_channels[0]
+        return unet + classes + (self.text.approx_params() if text else 0)
 
     @property
     def size_multiple(self) -> int:
@@ -157,8 +179,6 @@ class PixelDDPM(FamilyFileModel, nn.Module):
         self.config = config
         self.unet = build_unet(config)
         if config.conditioning == "text":
-            from t2i.models.text import build_text_encoder
-
             self.text_encoder = build_text_encoder(config.text)
         self._tokenizer = None  # text models: the CLIP tokenizer, read on first use
         self.betas = make_betas(config)  # float64, (T,)
@@ -175,15 +195,11 @@ class PixelDDPM(FamilyFileModel, nn.Module):
         if self.config.conditioning != "text":
             raise ValueError("this DDPM is not text-conditional; it has no tokenizer")
         if self._tokenizer is None:
-            from t2i.models.text import load_tokenizer
-
             self._tokenizer = load_tokenizer(max_length=self.config.text.max_length)
         return self._tokenizer
 
     def token_ids(self, captions: list[str]) -> torch.Tensor:
         """(B, text.max_length) CLIP token ids, EOS-padded and truncated (text models)."""
-        from t2i.models.text import tokenize
-
         return tokenize(self.tokenizer, list(captions))
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -245,8 +261,6 @@ def make_sampler(model: PixelDDPM, sampler: str):
         keys = ("num_train_timesteps", "trained_betas", "prediction_type", "clip_sample",
                 "clip_sample_range", "timestep_spacing", "steps_offset")
         return DDPMScheduler(**{k: model.scheduler_config()[k] for k in keys})
-    from t2i.diffusion.samplers import make_scheduler
-
     return make_scheduler(sampler, None, model.scheduler_config())
 
 
@@ -279,8 +293,6 @@ def _prompts(prompt: str | list[str] | None, n: int) -> list[str]:
 
 def _label_denoiser(model: PixelDDPM, y: torch.Tensor | None, guidance_scale: float):
     """eps(x, t) of an unconditional or class-conditional model, with guidance towards class y."""
-    from t2i.diffusion.sampling import cfg_combine
-
     def denoiser(x, t):
         if y is None or guidance_scale == 1.0:
             return model.predict_eps(x, t, y).float()
@@ -294,8 +306,6 @@ def _label_denoiser(model: PixelDDPM, y: torch.Tensor | None, guidance_scale: fl
 def _denoise_text(model: PixelDDPM, encoder, prompts: list[str], negative_prompt: str, guidance_scale: float,
                   scheduler, noise: torch.Tensor, **loop) -> torch.Tensor:
     """The spine's text-conditioned loop: prompt syntax, negative prompt, classifier-free guidance."""
-    from t2i.diffusion.sampling import denoise
-
     cond = encoder.conditioning(prompts[0] if len(set(prompts)) == 1 else prompts)
     needs_uncond = guidance_scale != 1.0 or cond.needs_uncond
     uncond = encoder.conditioning(negative_prompt, negative=True) if needs_uncond else None
@@ -313,8 +323,6 @@ def sample(model: PixelDDPM, n: int, seed: int, class_name: str | int | None = N
     or prompt. prompt (text models): one for every image or a list of n, in the web UI's prompt
     syntax; "" (or None) is the unconditional model. width/height: any multiples of the UNet's size
     multiple, larger than trained included."""
-    from t2i.diffusion.sampling import draw_noise, make_generators, sample_scheduler
-
     cfg = model.config
     width, height = _check_size(cfg, width, height)
     _check_condition(cfg, class_name, prompt, negative_prompt, guidance_scale)
@@ -328,8 +336,6 @@ def sample(model: PixelDDPM, n: int, seed: int, class_name: str | int | None = N
     model.eval()
     encoder = None
     if text:
-        from t2i.diffusion.conditioning import PromptEncoder
-
         encoder = PromptEncoder.from_model(model)
     images = []
     for i in range(0, n, batch_size):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import ClassNames, Groups, Resolution, Width, check_model_size
 from t2i.models.common import FamilyFileModel, check_seed_count, per_image_normal, resolve_class, to_pil_images
 
 FAMILY = "gan"
@@ -32,13 +33,13 @@ FAMILY = "gan"
 
 @dataclass
 class GANConfig:
-    resolution: int = 64  # square; 4 * 2^k: the generator doubles a 4x4 map k times
-    z_dim: int = 128  # noise dimensions; more than the data's degrees of freedom is enough
-    channels: int = 32  # width at full resolution; doubles at each halving of the size ...
-    max_channels: int = 256  # ... up to this cap (the 4x4 end otherwise costs most parameters)
-    norm_groups: int = 8  # GroupNorm groups in the generator; must divide every width
-    class_names: tuple[str, ...] = ()  # empty: unconditional; set from the data by the recipe
-    class_embed_dim: int = 32  # generator: a class embedding of this size joins z
+    resolution: Resolution = 64  # square; 4 * 2^k: the generator doubles a 4x4 map k times
+    z_dim: Width = 128  # noise dimensions; more than the data's degrees of freedom is enough
+    channels: Width = 32  # width at full resolution; doubles at each halving of the size ...
+    max_channels: Width = 256  # ... up to this cap (the 4x4 end otherwise costs most parameters)
+    norm_groups: Groups = 8  # GroupNorm groups in the generator; must divide every width
+    class_names: ClassNames = ()  # empty: unconditional; set from the data by the recipe
+    class_embed_dim: Width = 32  # generator: a class embedding of this size joins z
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
@@ -47,6 +48,15 @@ class GANConfig:
             raise ValueError(f"GAN resolution must be 4 * 2^k (8, 16, 32, 64, 128, ...), got {self.resolution}")
         if any(w % self.norm_groups for w in self.widths()):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every width {self.widths()}")
+        check_model_size("GAN", self.approx_params())
+
+    def approx_params(self) -> int:
+        """Generator and discriminator: 4x4 (transposed) convolutions between widths, the 3x3 RGB
+        ends, the discriminator's head, the class embeddings."""
+        w, n = self.widths(), self.num_classes
+        convs = sum(16 * a * b for a, b in zip(w[:-1], w[1:]))
+        z = self.z_dim + (self.class_embed_dim if n else 0)
+        return 16 * z * w[0] + 2 * convs + 54 * w[-1] + 16 * w[0] + n * (self.class_embed_dim + 16 * w[0])
 
     @property
     def levels(self) -> int:

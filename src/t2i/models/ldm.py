@@ -73,7 +73,8 @@ class NoiseScheduleConfig:
     beta_start: Beta = 0.0001
     beta_end: Beta = 0.02
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"  # trailing: sampling starts at the last training step
+    # trailing: sampling starts at the last training step
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
 
     def to_diffusers(self) -> dict:
         return {
@@ -105,7 +106,8 @@ class LDMConfig:
         u, v, t = self.unet, self.vae, self.text
         unet = unet_params(u.block_out_channels, u.layers_per_block, u.cross_attention, v.latent_channels,
                            cross_transformer(t.hidden_size))
-        return unet + autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels) + t.approx_params()
+        vae = autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels)
+        return unet + vae + t.approx_params()
 
     @property
     def latent_size(self) -> int:

@@ -34,31 +34,39 @@ Design:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import (BlockDepth, Groups, Levels, LevelFlags, Resolution, Width, above, between,
+                        check_model_size)
+from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import draw_noise, make_generators, sample_scheduler
 from t2i.models.common import FamilyFileModel
 from t2i.models.ldm import LDMConfig, NoiseScheduleConfig, VAEConfig, VAELatents, build_vae
+from t2i.models.sizes import autoencoder_params, self_attention, unet_params
 
 FAMILY = "sr"
 
 
 @dataclass
 class SRConfig:
-    resolution: int = 64  # trained high-res size; sampling takes any size (padded to the size multiple)
-    scale: int = 2  # high-res / low-res; must divide the VAE's downsampling factor
+    resolution: Resolution = 64  # trained high-res size; sampling takes any size (padded to the size multiple)
+    scale: Annotated[int, between(1, 256)] = 2  # high-res / low-res; must divide the VAE's downsampling factor
     vae: VAEConfig = field(default_factory=VAEConfig)  # the first stage's shape (default: the bundled f4 VAE)
-    scaling_factor: float = 1.0  # latents * scaling_factor have unit variance; the recipe sets it from the data
-    block_out_channels: tuple[int, ...] = (32, 64, 128)  # one UNet level each, at latent resolution
-    attention: tuple[bool, ...] = (False, True, True)  # self-attention per level
-    layers_per_block: int = 2
-    attention_head_dim: int = 32  # channels per head
-    norm_num_groups: int = 16
+    # latents * scaling_factor have unit variance; the recipe sets it from the data
+    scaling_factor: Annotated[float, above(0)] = 1.0
+    block_out_channels: Levels = (32, 64, 128)  # one UNet level each, at latent resolution
+    attention: LevelFlags = (False, True, True)  # self-attention per level
+    layers_per_block: BlockDepth = 2
+    attention_head_dim: Width = 32  # channels per head
+    norm_num_groups: Groups = 16
     # the latent's forward process; v-prediction by default (see the module docstring)
     schedule: NoiseScheduleConfig = field(default_factory=lambda: NoiseScheduleConfig(prediction_type="v_prediction"))
-    max_noise_level: int = 350  # noise augmentation draws levels 0..max of the same schedule (SD x4: 350)
+    # noise augmentation draws levels 0..max of the same schedule (SD x4: 350)
+    max_noise_level: Annotated[int, between(0, 100_000)] = 350
 
     def __post_init__(self):
         self.block_out_channels, self.attention = tuple(self.block_out_channels), tuple(self.attention)
@@ -78,6 +86,20 @@ class SRConfig:
         if self.schedule.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"schedule.prediction_type must be epsilon or v_prediction, "
                              f"got {self.schedule.prediction_type!r}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every width "
+                             f"{self.block_out_channels}")
+        attended = [c for c, a in zip(self.block_out_channels, self.attention) if a] + [self.block_out_channels[-1]]
+        if any(c % self.attention_head_dim for c in attended):  # the last level: the middle block's attention
+            raise ValueError(f"attention_head_dim {self.attention_head_dim} must divide the width of every attention "
+                             f"level and the last level {self.block_out_channels}")
+        check_model_size("super-resolution", self.approx_params())
+
+    def approx_params(self) -> int:
+        v = self.vae
+        unet = unet_params(self.block_out_channels, self.layers_per_block, self.attention,
+                           v.latent_channels + self.condition_channels, self_attention)
+        return unet + autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels)
 
     @property
     def size_multiple(self) -> int:
@@ -193,9 +215,6 @@ def upscale_tensor(model: SuperResolution, low: torch.Tensor, seeds: list[int], 
     Image i starts from latent noise drawn on the CPU from seeds[i] (and its generator draws the
     augmentation noise and any later sampler noise), so it equals a single run with that seed.
     Any h, w: the input is padded to the UNet's size multiple and the output cropped back."""
-    from t2i.diffusion.samplers import make_scheduler
-    from t2i.diffusion.sampling import draw_noise, make_generators, sample_scheduler
-
     cfg = model.config
     if low.ndim != 4 or low.shape[1] != 3:
         raise ValueError(f"expected low-res images (B, 3, h, w), got shape {tuple(low.shape)}")

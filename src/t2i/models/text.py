@@ -8,9 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from t2i.config import Depth, Heads, Width, between
+
+# What the UNet sees of the encoder (clip skip) is the prompt encoder's, for any family: its home
+# is t2i.diffusion.text_states; the names stay importable from here.
+from t2i.diffusion.text_states import final_layer_norm, text_hidden_states  # noqa: F401
+from t2i.models.sizes import clip_text_params
 
 CLIP_VOCAB_SIZE = 49408
 BOS_ID, EOS_ID = 49406, 49407
@@ -44,11 +52,20 @@ def load_tokenizer(directory: str | Path | None = None, max_length: int = 77) ->
 
 @dataclass
 class TextEncoderConfig:
-    hidden_size: int = 64  # also the UNet's cross_attention_dim
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 256
-    max_length: int = 32  # tokens incl. BOS/EOS; shapes captions need under 20
+    hidden_size: Width = 64  # also the UNet's cross_attention_dim
+    num_layers: Depth = 3
+    num_heads: Heads = 4
+    intermediate_size: Annotated[int, between(1, 32768)] = 256
+    max_length: Annotated[int, between(2, 1024)] = 32  # tokens incl. BOS/EOS; shapes captions need under 20
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"text.hidden_size {self.hidden_size} must be divisible by "
+                             f"text.num_heads {self.num_heads}")
+
+    def approx_params(self) -> int:
+        return clip_text_params(self.hidden_size, self.num_layers, self.intermediate_size, self.max_length,
+                                CLIP_VOCAB_SIZE)
 
     def to_clip_config(self) -> CLIPTextConfig:
         return CLIPTextConfig(
@@ -73,25 +90,3 @@ def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
     """(B, max_length) ids, padded with EOS and truncated, as Stable Diffusion does."""
     return tokenizer(prompts, padding="max_length", truncation=True,
                      max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-
-
-def final_layer_norm(text_encoder) -> torch.nn.Module:
-    """The CLIP text model's last LayerNorm (transformers 5 may flatten `text_model`)."""
-    inner = getattr(text_encoder, "text_model", text_encoder)
-    return inner.final_layer_norm
-
-
-def text_hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
-    """(B, T, D) what the UNet cross-attends to, with the web UI's "Clip skip".
-
-    clip_skip 1 is the last layer's output (after the final LayerNorm, as SD 1.x trained on);
-    N > 1 takes the hidden states N layers from the end and passes them through the final
-    LayerNorm, as the web UI does (2 = the penultimate layer, NovelAI-style models' setting).
-    """
-    if clip_skip == 1:
-        return text_encoder(ids).last_hidden_state
-    layers = text_encoder.config.num_hidden_layers
-    if not 1 <= clip_skip <= layers:
-        raise ValueError(f"clip skip must be between 1 and {layers} (the text encoder's layers), got {clip_skip}")
-    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-    return final_layer_norm(text_encoder)(hidden)

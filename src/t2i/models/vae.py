@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from t2i.config import Groups, Levels, Resolution, Width, check_model_size
 from t2i.models.common import FamilyFileModel, check_seed_count, from_pil_images, per_image_normal, to_pil_images
 
 FAMILY = "vae"
@@ -24,10 +25,10 @@ FAMILY = "vae"
 
 @dataclass
 class ConvVAEConfig:
-    resolution: int = 64  # square; divisible by 2^len(channels)
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # encoder widths, one stride-2 stage each
-    latent_dim: int = 64  # enough for shapes' few factors (colours, shape, size, position)
-    norm_groups: int = 8  # GroupNorm groups; must divide every width
+    resolution: Resolution = 64  # square; divisible by 2^len(channels)
+    channels: Levels = (32, 64, 128, 256)  # encoder widths, one stride-2 stage each
+    latent_dim: Width = 64  # enough for shapes' few factors (colours, shape, size, position)
+    norm_groups: Groups = 8  # GroupNorm groups; must divide every width
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
@@ -37,6 +38,14 @@ class ConvVAEConfig:
                              f"(one halving per entry of channels {self.channels})")
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every width {self.channels}")
+        check_model_size("VAE", self.approx_params())
+
+    def approx_params(self) -> int:
+        """4x4 stride-2 convolutions both ways, the 3x3 RGB ends, and the three linear maps
+        between the flattened bottom feature map and the latent (which grow with resolution^2)."""
+        c = self.channels
+        convs = sum(16 * a * b for a, b in zip((c[0], *c[:-1]), c))  # the decoder mirrors the encoder
+        return 2 * convs + 54 * c[0] + 3 * c[-1] * self.bottom ** 2 * self.latent_dim
 
     @property
     def bottom(self) -> int:

@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.config import (BlockDepth, Codebook, Groups, Levels, Resolution, Width, above, at_least, between,
+                        check_model_size)
 from t2i.models.common import FamilyFileModel
+from t2i.models.sizes import autoencoder_params
 
 
 @dataclass
 class VQGANConfig:
-    resolution: int = 64
-    block_out_channels: tuple[int, ...] = (64, 128, 128)  # len - 1 downsamplings: 64 px -> 16x16 codes
-    layers_per_block: int = 1
-    code_dim: int = 32  # codebook vector width; low widths use more of the codebook (Yu et al. 2022)
-    num_codes: int = 512
-    norm_num_groups: int = 32
+    resolution: Resolution = 64
+    block_out_channels: Levels = (64, 128, 128)  # len - 1 downsamplings: 64 px -> 16x16 codes
+    layers_per_block: BlockDepth = 1
+    code_dim: Width = 32  # codebook vector width; low widths use more of the codebook (Yu et al. 2022)
+    num_codes: Codebook = 512
+    norm_num_groups: Groups = 32
     mid_attention: bool = True  # self-attention in the bottleneck, as in the paper
 
     @property
@@ -52,24 +55,39 @@ class VQGANConfig:
                              f"{self.downsample_factor} of block_out_channels {self.block_out_channels}")
         if self.num_codes < 2:
             raise ValueError(f"num_codes must be at least 2, got {self.num_codes}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every width "
+                             f"{self.block_out_channels}")
+        check_model_size("VQGAN", self.approx_params())
+
+    def approx_params(self) -> int:
+        return autoencoder_params(self.block_out_channels, self.layers_per_block, self.code_dim) + \
+            self.num_codes * self.code_dim
 
 
 @dataclass
 class DiscriminatorConfig:
-    channels: int = 64
-    layers: int = 3  # stride-2 convolutions; 3 gives 70x70 receptive fields (pix2pix's PatchGAN)
-    norm_groups: int = 8
+    channels: Width = 64
+    # stride-2 convolutions; 3 gives 70x70 receptive fields (pix2pix's PatchGAN)
+    layers: Annotated[int, between(1, 16)] = 3
+    norm_groups: Groups = 8
+
+    def __post_init__(self):
+        widths = [self.channels * min(2 ** i, 8) for i in range(1, self.layers + 1)]  # as PatchDiscriminator builds
+        if any(w % self.norm_groups for w in widths):
+            raise ValueError(f"disc.norm_groups {self.norm_groups} must divide every width {widths}")
 
 
 @dataclass
 class VQGANLossConfig:
-    rec_weight: float = 1.0  # L1
-    perceptual_weight: float = 0.0  # needs a perceptual network passed in: none ships offline
-    codebook_weight: float = 1.0
-    commitment_weight: float = 0.25  # β
-    disc_weight: float = 0.8  # multiplies the adaptive weight λ (the paper's code uses 0.8)
-    disc_start: int = 2000  # generator step at which the discriminator starts (and its loss counts)
-    max_adaptive_weight: float = 1e4
+    rec_weight: Annotated[float, at_least(0)] = 1.0  # L1
+    perceptual_weight: Annotated[float, at_least(0)] = 0.0  # needs a perceptual network passed in: none ships offline
+    codebook_weight: Annotated[float, at_least(0)] = 1.0
+    commitment_weight: Annotated[float, at_least(0)] = 0.25  # β
+    disc_weight: Annotated[float, at_least(0)] = 0.8  # multiplies the adaptive weight λ (the paper's code uses 0.8)
+    # generator step at which the discriminator starts (and its loss counts)
+    disc_start: Annotated[int, at_least(0)] = 2000
+    max_adaptive_weight: Annotated[float, above(0)] = 1e4
 
 
 def build_vqmodel(config: VQGANConfig):

@@ -1,0 +1,36 @@
+"""A loaded model as the pipelines get it, and the web UI's file hash that names it in infotexts.
+
+Below every loader (registry: t2i folders and the dispatch; single_file: Stable Diffusion files
+and diffusers folders; embedded: files t2i exported with their configs), so each of them builds
+one without importing another. Both names stay importable from t2i.checkpoints.registry.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from t2i.runtime import Runtime
+
+
+def file_hash(path: Path, chars: int = 10) -> str:
+    """The web UI's model hash: the first 10 hex digits of the file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:chars]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate with, plus what infotexts say about it."""
+
+    model: object  # LatentDiffusion
+    name: str
+    hash: str
+    path: Path
+    runtime: Runtime
+    # LoRA / embedding folders, a separate VAE and their caches (t2i.extra_networks.ExtraNetworks);
+    # None: the default folders, made on first use
+    extra_networks: object = None
