@@ -2,9 +2,9 @@
 
 `write_safetensors` streams tensors into a `.safetensors` file one at a time (the header is
 computed first from names, dtypes and shapes), so writing a merge of three 2 GB models needs
-memory for a few tensors, not for the models. Every write goes to a hidden temporary file in the
-target folder, is flushed to disk, and is then renamed over the target in one step; a failure
-(full disk, Ctrl-C, a bad tensor) removes the temporary file and leaves any old file untouched.
+memory for a few tensors, not for the models. The temporary file, fsync, rename and cleanup are
+t2i.atomic's: a failure (full disk, Ctrl-C, a bad tensor) removes the temporary file and leaves
+any old file untouched; a full disk is an OutputError naming the file.
 
 Format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N, N
 bytes of JSON `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str:
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+from t2i.atomic import atomic_file
 
 SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -67,10 +69,6 @@ def check_free_space(folder: Path, needed: int) -> None:
                          f"{free / 2**30:.2f} GiB are free; free some space or write elsewhere")
 
 
-def temporary_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     entries, offset = {}, 0
     for spec in specs:
@@ -110,23 +108,16 @@ def write_safetensors(path: str | Path, specs: Iterable[TensorSpec], tensor_of: 
     header = _header(specs, metadata or {})
     check_free_space(path.parent, len(header) + sum(s.nbytes for s in specs))
     digest = hashlib.sha256(header)
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for spec in specs:
-                tensor = tensor_of(spec)
-                if tensor.dtype != spec.dtype or tuple(tensor.shape) != tuple(spec.shape):
-                    raise RuntimeError(f"tensor {spec.name!r} came out as {tensor.dtype} {tuple(tensor.shape)}, "
-                                       f"expected {spec.dtype} {spec.shape}")
-                data = _tensor_bytes(tensor)
-                f.write(data)
-                digest.update(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as f:
+        f.write(header)
+        for spec in specs:
+            tensor = tensor_of(spec)
+            if tensor.dtype != spec.dtype or tuple(tensor.shape) != tuple(spec.shape):
+                raise RuntimeError(f"tensor {spec.name!r} came out as {tensor.dtype} {tuple(tensor.shape)}, "
+                                   f"expected {spec.dtype} {spec.shape}")
+            data = _tensor_bytes(tensor)
+            f.write(data)
+            digest.update(data)
     return digest.hexdigest()
 
 

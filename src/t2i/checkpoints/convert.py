@@ -226,19 +226,15 @@ def original_state_dict(model, family: str | None = None, dtype: torch.dtype | N
 def save_single_file(model, path, family: str | None = None, dtype: torch.dtype | None = None) -> None:
     """Write `model` as one original-layout `.safetensors` file (web UIs, ComfyUI, diffusers'
     `from_single_file`), atomically: a temporary file renamed into place."""
-    import os
     from pathlib import Path
 
     from safetensors.torch import save_file
+
+    from t2i.atomic import atomic_path
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: single-file exports are written as .safetensors")
     state = original_state_dict(model, family, dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

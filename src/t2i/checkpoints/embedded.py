@@ -22,7 +22,18 @@ from pathlib import Path
 
 import torch
 
+from t2i.checkpoints.component_limits import check_sd_configs
+from t2i.checkpoints.convert import export_targets
+from t2i.checkpoints.detect import UNET_PREFIX, VAE_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError, _t2i_version
+from t2i.checkpoints.loaded import LoadedModel, file_hash
+from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
+from t2i.checkpoints.single_file import _empty, _fill, load_single_file, load_user_model
+from t2i.config import ConfigError, check_value, field_hint
+from t2i.errors import ModelConfigError
+from t2i.models.ldm import LatentDiffusion, LDMConfig, build_unet, build_vae
+from t2i.models.sd import SDModelConfig
+from t2i.models.text import build_text_encoder, load_tokenizer
 
 LDM_CONFIG_KEY = "t2i_ldm_config"
 SD_CONFIGS_KEY = "t2i_sd_configs"
@@ -32,8 +43,6 @@ EMBEDDED_KEYS = (LDM_CONFIG_KEY, SD_CONFIGS_KEY, PREDICTION_KEY, VERSION_KEY)
 
 
 def _is_ldm(model) -> bool:
-    from t2i.models.ldm import LatentDiffusion
-
     return isinstance(model, LatentDiffusion)
 
 
@@ -70,8 +79,6 @@ def single_file_metadata(model) -> dict[str, str]:
 
 def embedded_metadata(path: Path) -> dict[str, str] | None:
     """The file's t2i metadata keys, or None when it is not a safetensors file t2i wrote."""
-    from t2i.checkpoints.safe_load import read_safetensors_header, sniff_format
-
     if not Path(path).is_file() or sniff_format(Path(path)) != "safetensors":
         return None
     metadata = read_safetensors_header(path)[1]
@@ -83,7 +90,7 @@ def embedded_metadata(path: Path) -> dict[str, str] | None:
 def _json(path: Path, metadata: dict, key: str) -> dict:
     try:
         value = json.loads(metadata[key])
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         raise ModelLoadError(f"{path}: the embedded {key} is not valid JSON ({err}); the file is damaged") from err
     if not isinstance(value, dict):
         raise ModelLoadError(f"{path}: the embedded {key} is not a JSON object; the file is damaged")
@@ -91,20 +98,12 @@ def _json(path: Path, metadata: dict, key: str) -> dict:
 
 
 def _load_ldm(path: Path, metadata: dict, dtype: torch.dtype):
-    """A LatentDiffusion from an original-layout file and its embedded LDMConfig, strictly."""
-    from t2i.checkpoints.convert import export_targets
-    from t2i.checkpoints.detect import UNET_PREFIX, VAE_PREFIX
-    from t2i.checkpoints.safe_load import load_state_dict_file
-    # the same strict, memory-free fill the Stable Diffusion loader uses
-    from t2i.checkpoints.single_file import _empty, _fill
-    from t2i.config import ConfigError
-    from t2i.models.ldm import LatentDiffusion, LDMConfig, build_unet, build_vae
-    from t2i.models.text import build_text_encoder, load_tokenizer
-
+    """A LatentDiffusion from an original-layout file and its embedded LDMConfig, strictly, with
+    the same memory-free fill the Stable Diffusion loader uses (single_file._empty, _fill)."""
     try:
-        config = LDMConfig.from_dict(_json(path, metadata, LDM_CONFIG_KEY))
-    except (ConfigError, TypeError) as err:
-        raise ModelLoadError(f"{path}: the embedded t2i config does not fit this t2i version ({err})") from err
+        config = LDMConfig.from_dict(_json(path, metadata, LDM_CONFIG_KEY), where=f"{path}: {LDM_CONFIG_KEY}")
+    except ConfigError as err:  # untrusted: strict types, bounded sizes, checked before anything is built
+        raise ModelConfigError(f"{err} (the file's embedded config is damaged or from another t2i version)") from err
     state = load_state_dict_file(path)
     unet = _empty(lambda: build_unet(config))
     vae = _empty(lambda: build_vae(config))
@@ -139,16 +138,17 @@ def write_config_folder(configs: dict, folder: Path) -> Path:
     return folder
 
 
-def _sd_options(configs: dict) -> dict:
+def _sd_options(configs: dict, path: Path) -> dict:
     sd = configs.get("sd") or {}
-    return {"clip_skip": int(sd.get("clip_skip", 1))}
+    if not isinstance(sd, dict):
+        raise ModelConfigError(f"{path}: the embedded {SD_CONFIGS_KEY}.sd is not a JSON object; the file is damaged")
+    return {"clip_skip": check_value(sd.get("clip_skip", 1), field_hint(SDModelConfig, "clip_skip"),
+                                     f"{path}: {SD_CONFIGS_KEY}: sd.clip_skip", ModelConfigError)}
 
 
 def load_embedded_single_file(path: str | Path, dtype: torch.dtype = torch.float32):
     """The model in a single file t2i exported with its configs (LatentDiffusion or
     StableDiffusionModel); None when the file carries no t2i configs."""
-    from t2i.checkpoints.single_file import load_single_file
-
     path = Path(path)
     metadata = embedded_metadata(path)
     if metadata is None:
@@ -156,17 +156,15 @@ def load_embedded_single_file(path: str | Path, dtype: torch.dtype = torch.float
     if LDM_CONFIG_KEY in metadata:
         return _load_ldm(path, metadata, dtype)
     configs = _json(path, metadata, SD_CONFIGS_KEY)
+    check_sd_configs(configs, f"{path}: {SD_CONFIGS_KEY}")
     with tempfile.TemporaryDirectory(prefix="t2i-configs-") as tmp:
         return load_single_file(path, config_dir=write_config_folder(configs, Path(tmp)), dtype=dtype,
-                                **_sd_options(configs))
+                                **_sd_options(configs, path))
 
 
 def load_embedded_model(path: str | Path, runtime):
     """A LoadedModel (web-UI name: the file stem; hash: sha256's first 10 hex) for a single file
     t2i exported with its configs; None for any other file."""
-    from t2i.checkpoints.registry import LoadedModel, file_hash
-    from t2i.checkpoints.single_file import load_user_model
-
     path = Path(path)
     metadata = embedded_metadata(path)
     if metadata is None:
@@ -176,6 +174,7 @@ def load_embedded_model(path: str | Path, runtime):
         runtime = runtime.for_model(model)  # as registry.load_model does for t2i folders
         return LoadedModel(runtime.place(model), path.stem, file_hash(path), path, runtime)
     configs = _json(path, metadata, SD_CONFIGS_KEY)
+    check_sd_configs(configs, f"{path}: {SD_CONFIGS_KEY}")
     with tempfile.TemporaryDirectory(prefix="t2i-configs-") as tmp:
         return load_user_model(path, runtime, config_dir=write_config_folder(configs, Path(tmp)),
-                               **_sd_options(configs))
+                               **_sd_options(configs, path))

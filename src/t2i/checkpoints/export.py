@@ -17,16 +17,22 @@ through the diffusers folder, in diffusers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from t2i.atomic import atomic_folder
 from t2i.checkpoints.atomic_write import check_output, write_state_dict
-from t2i.checkpoints.diffusers_folder import T2I_CONFIG, ModelLoadError
+from t2i.checkpoints.convert import original_state_dict
+from t2i.checkpoints.diffusers_folder import T2I_CONFIG, ModelLoadError, _tokenizer_config, load_ldm_folder, save_ldm_folder
+from t2i.checkpoints.embedded import load_embedded_single_file, single_file_metadata
+from t2i.checkpoints.registry import bundled_model_dir
+from t2i.checkpoints.safe_load import read_safetensors_header, sniff_format
+from t2i.checkpoints.single_file import load_diffusers_folder, load_single_file
+from t2i.models.ldm import LatentDiffusion
+from t2i.models.text import bundled_tokenizer_dir
 
 TARGETS = ("single-file", "diffusers")
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -43,8 +49,6 @@ class ConvertResult:
 
 def _stored_dtype(file: Path) -> torch.dtype:
     """The floating dtype holding most bytes of a safetensors file (float32 for pickles)."""
-    from t2i.checkpoints.safe_load import read_safetensors_header, sniff_format
-
     if sniff_format(file) != "safetensors":
         return torch.float32
     sizes: dict[str, int] = {}
@@ -63,8 +67,6 @@ def _unet_weights(folder: Path) -> Path | None:
 def resolve_source(path: str | Path) -> Path:
     """The model path behind IN: "default" is the bundled model; a `t2i train` run folder means
     its final model/ folder."""
-    from t2i.checkpoints.registry import bundled_model_dir
-
     path = Path(path)
     if str(path) == "default" and not path.exists():
         return bundled_model_dir()
@@ -79,16 +81,12 @@ def resolve_source(path: str | Path) -> Path:
 def load_for_conversion(path: str | Path, *, config_dir: str | Path | None = None,
                         prediction_type: str | None = None):
     """(model in float32 on the CPU, the precision its weights were stored in)."""
-    from t2i.checkpoints.embedded import load_embedded_single_file
-    from t2i.checkpoints.single_file import load_diffusers_folder, load_single_file
-    from t2i.models.ldm import LatentDiffusion
-
     path = resolve_source(path)
     if path.is_dir():
         weights = _unet_weights(path)
         stored = _stored_dtype(weights) if weights else torch.float32
         if (path / T2I_CONFIG).is_file():
-            return LatentDiffusion.from_pretrained(path), stored
+            return load_ldm_folder(path), stored
         if (path / "model_index.json").is_file():
             return load_diffusers_folder(path, prediction_type=prediction_type), stored
         raise ModelLoadError(f"{path} is not a model folder: expected model_index.json with unet/, vae/, "
@@ -101,8 +99,6 @@ def load_for_conversion(path: str | Path, *, config_dir: str | Path | None = Non
 
 
 def describe_model(model) -> str:
-    from t2i.models.ldm import LatentDiffusion
-
     if isinstance(model, LatentDiffusion):
         return "t2i latent diffusion"
     names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
@@ -119,9 +115,6 @@ def _family(model) -> str:
 def save_single_file_with_configs(model, path: str | Path, dtype: torch.dtype | None = None) -> str:
     """Write `model` in the original single-file layout with its configs in the metadata;
     returns the file's sha256. The caller has checked the output path."""
-    from t2i.checkpoints.convert import original_state_dict
-    from t2i.checkpoints.embedded import single_file_metadata
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: single files are written as .safetensors (the format that cannot carry code); "
@@ -135,17 +128,6 @@ def save_single_file_with_configs(model, path: str | Path, dtype: torch.dtype | 
 
 
 # ----------------------------------------------------------------------------- diffusers folder
-
-
-def replace_folder(staging: Path, target: Path) -> None:
-    """Move a finished `staging` folder to `target`, replacing an old one only at the last step."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old{os.getpid()}")
-        os.replace(target, backup)
-        os.replace(staging, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def _model_index(model) -> dict:
@@ -180,9 +162,6 @@ def _text_state(module) -> dict[str, torch.Tensor]:
 
 
 def _write_tokenizer(tokenizer, folder: Path) -> None:
-    from t2i.checkpoints.diffusers_folder import _tokenizer_config
-    from t2i.models.text import bundled_tokenizer_dir
-
     folder.mkdir()
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(bundled_tokenizer_dir() / name, folder / name)
@@ -195,9 +174,9 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
 def _save_sd_folder(model, folder: Path, dtype: torch.dtype | None) -> None:
     import diffusers
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    # built in a staging folder renamed into place (t2i.atomic): an old folder is replaced only
+    # at the last step, and a failure leaves nothing behind
+    with atomic_folder(folder, replace=True) as staging:
         index = _model_index(model)
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             module = getattr(model, name, None)
@@ -222,17 +201,11 @@ def _save_sd_folder(model, folder: Path, dtype: torch.dtype | None) -> None:
         (staging / "scheduler").mkdir()
         (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
         (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def save_diffusers_folder(model, folder: str | Path, dtype: torch.dtype | None = None) -> None:
     """A diffusers folder (`from_pretrained` reads it offline); t2i models also get
     t2i_config.json, so t2i loads them back as t2i models."""
-    from t2i.checkpoints.diffusers_folder import save_ldm_folder
-
     folder = Path(folder)
     if describe_model(model) == "t2i latent diffusion":
         save_ldm_folder(model, folder, dtype)

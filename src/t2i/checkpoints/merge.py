@@ -26,8 +26,11 @@ from pathlib import Path
 
 import torch
 
-from t2i.checkpoints.atomic_write import TensorSpec, check_output, write_safetensors
-from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.atomic_write import SAFETENSORS_DTYPES, TensorSpec, check_output, write_safetensors
+from t2i.checkpoints.diffusers_folder import ModelLoadError, _t2i_version
+from t2i.checkpoints.embedded import EMBEDDED_KEYS, VERSION_KEY
+from t2i.checkpoints.loaded import file_hash
+from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
 
 METHODS = ("weighted-sum", "add-difference")
 _WEBUI_METHOD = {"weighted-sum": "Weighted sum", "add-difference": "Add difference"}
@@ -48,8 +51,6 @@ class _SafetensorsReader:
     def __init__(self, path: Path, stack: ExitStack):
         from safetensors import safe_open
 
-        from t2i.checkpoints.safe_load import read_safetensors_header
-
         self.path = path
         header, self.metadata = read_safetensors_header(path)  # a clear message for a damaged file
         self._handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
@@ -69,8 +70,6 @@ class _PickleReader:
     """A weights-only pickle (`.ckpt`), which cannot be read lazily: loaded whole, safely."""
 
     def __init__(self, path: Path):
-        from t2i.checkpoints.safe_load import load_state_dict_file
-
         self.path, self.metadata = path, {}
         self._state = load_state_dict_file(path)
 
@@ -85,8 +84,6 @@ class _PickleReader:
 
 
 def _open(path: Path, stack: ExitStack):
-    from t2i.checkpoints.safe_load import sniff_format
-
     if path.is_dir():
         raise ValueError(f"{path} is a folder; merge works on single files: convert it first with "
                          f"`t2i convert {path} {path.name}.safetensors --to single-file`")
@@ -138,15 +135,10 @@ def merge_tensor(method: str, alpha: float, a: torch.Tensor, b: torch.Tensor, c:
 
 
 def _sha256(path: Path) -> str:
-    from t2i.checkpoints.registry import file_hash
-
     return file_hash(path, chars=64)  # the whole digest
 
 
 def _metadata(method: str, alpha: float, name: str, half: bool, inputs: list[Path], first_meta: dict) -> dict:
-    from t2i.checkpoints.diffusers_folder import _t2i_version
-    from t2i.checkpoints.embedded import EMBEDDED_KEYS, VERSION_KEY
-
     hashes = [_sha256(p) for p in inputs]
     recipe = {"type": "webui", "primary_model_hash": hashes[0], "secondary_model_hash": hashes[1],
               "tertiary_model_hash": hashes[2] if len(hashes) > 2 else None, "interp_method": _WEBUI_METHOD[method],
@@ -193,9 +185,6 @@ def merge_models(a: str | Path, b: str | Path, c: str | Path | None = None, *, m
 
 
 def _safetensors_dtypes(path: Path) -> dict[str, torch.dtype]:
-    from t2i.checkpoints.atomic_write import SAFETENSORS_DTYPES
-    from t2i.checkpoints.safe_load import read_safetensors_header
-
     by_name = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     header = read_safetensors_header(path)[0]
     unknown = sorted({e["dtype"] for e in header.values()} - set(by_name))

@@ -1,38 +1,51 @@
-"""Read weight files without ever running code from them.
+"""Read weight files without ever running code from them, with bounded time and memory.
 
-Two formats reach this module: safetensors (a JSON header plus raw bytes, checked here before
-the safetensors library sees it, so a lying header gives a message instead of a library
-error) and pickles (`.ckpt`, `.pt`, `.pth`, `.bin`), which are loaded only through
-`torch.load(weights_only=True)`: its restricted unpickler accepts tensors and plain containers
-and refuses every other global, so a `__reduce__` that would call `os.system` never runs.
+Every weight file t2i opens (models, VAEs, LoRAs, embeddings, tiny decoders, family files,
+feature nets, training checkpoints on `--resume`) comes through here. Two formats:
+
+* safetensors (a little-endian u64 length, a JSON header, raw bytes). Before anything is parsed,
+  cheap byte-level limits bound the work: header length, number of JSON objects (one per tensor)
+  and nesting depth (a valid header is at most {name: {"shape": [...]}} deep), so a 1M-entry or
+  100k-deep header is refused in milliseconds. The safetensors library's own parser then decides
+  validity (dtypes, shapes, offsets that tile the data section, total size = file size): t2i
+  never rejects a file the library accepts. Only if the library refuses does t2i look at the
+  header itself, to say in plain words what is wrong (t2i_safetensors_faults).
+* pickles (`.ckpt`, `.pt`, `.pth`, `.bin`), loaded only through `torch.load(weights_only=True)`:
+  its restricted unpickler accepts tensors and plain containers and refuses every other global,
+  so a `__reduce__` that would call `os.system` never runs. Refusals never suggest turning that off.
+
+Every failure is a t2i.errors.ModelLoadError that names the file and says what is wrong.
 
     state = load_state_dict_file("v1-5-pruned-emaonly.safetensors")   # {name: tensor} on the CPU
 """
 from __future__ import annotations
 
 import json
-import pickle
 import struct
-import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.safe_pickle import load_pickle, short_message
+from t2i.checkpoints.safetensors_faults import explain_refusal
+from t2i.errors import ModelLoadError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-# A real header is a few MB even for SDXL (one JSON entry per tensor); anything far larger is a
-# corrupt length field, and reading it would waste memory before failing.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-# torch versions before 2.10 have published `weights_only` bypasses (see INTEROP.md).
-MIN_TORCH_FOR_PICKLES = (2, 10)
+# The safetensors library's own ceiling on the header; real headers are far smaller (SDXL: ~0.3 MB).
+MAX_HEADER_BYTES = 100_000_000
+# One JSON object per tensor. SDXL checkpoints hold ~2,500 tensors, a full-network LyCORIS up to
+# ~15,000; a larger count is a forged header, whose parsing alone takes seconds (1M entries: 6 s in
+# the library) and whose loading takes ~5 s per 100,000 tensors on a CPU core.
+MAX_TENSORS = 50_000
+# A header is {name: {"dtype", "shape": [...], "data_offsets": [...]}, "__metadata__": {str: str}}:
+# depth 3. Two bracket-peeling passes (each removes up to one level of [] and one of {}) empty
+# every valid header; what remains is nested too deep (Python's json would hit RecursionError).
+_PEEL_PASSES = 2
 
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -40,7 +53,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
 
     A checkpoint that wraps its weights in a "state_dict" entry (as Lightning and the original
     Stable Diffusion `.ckpt` files do) is unwrapped. Raises ModelLoadError, naming the file, for
-    a missing, corrupt, truncated or unsafe file.
+    a missing, corrupt, truncated, oversized or unsafe file.
     """
     path = Path(path)
     return _tensors_only(load_weights_object(path), path)
@@ -51,136 +64,191 @@ def load_weights_object(path: str | Path) -> object:
     dicts, lists, strings, numbers and tensors, as textual-inversion `.pt` files are), on the CPU.
     Same safety and errors as `load_state_dict_file`."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file {path} does not exist")
-    if path.stat().st_size < 8:
-        raise ModelLoadError(f"{path} is empty or truncated ({path.stat().st_size} bytes); it is not a checkpoint")
-    return _load_safetensors(path) if sniff_format(path) == "safetensors" else _load_pickle(path)
+    if sniff_format(path) == "safetensors":
+        return _load_safetensors(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:  # a pickle posing as the safe format: never unpickled
+        raise ModelLoadError(f"refused to load {path}: it is named like a safetensors file but is not one (it looks "
+                             f"like a pickle, which can carry code); re-download or re-export the file")
+    return load_pickle(path)
 
 
-def sniff_format(path: Path) -> str:
+def load_checkpoint_dict(path: str | Path, what: str, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint that is a dictionary (a training state t2i wrote, read weights-only) holding
+    the `required` keys; ModelLoadError naming the file otherwise. `what` names it in messages,
+    e.g. "vae training checkpoint"."""
+    path = Path(path)
+    state = load_weights_object(path)
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} is not a {what}: it holds a {type(state).__name__}, not a dictionary")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ModelLoadError(f"{path} is not a {what}: it lacks {', '.join(map(repr, missing))}; "
+                             f"the file is damaged or was written by something else")
+    return state
+
+
+@contextmanager
+def misfit_is_load_error(path: str | Path, what: str, hint: str = ""):
+    """While applying a loaded file's content (strict load_state_dict, a missing key, a value of
+    the wrong type), turn the errors that content can cause into a ModelLoadError naming the
+    file: the content is untrusted data, so a misfit is the file's fault, not a bug to trace."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        raise ModelLoadError(f"{path} does not fit {what} ({type(err).__name__}: {short_message(err)})"
+                             + (f"; {hint}" if hint else "")) from err
+
+
+def check_tensor_kinds(expected: dict[str, Tensor], state: dict[str, Tensor], path: str | Path, what: str) -> None:
+    """ModelLoadError when a tensor of `state` is of another kind (float, complex, integer, bool)
+    than the module's tensor of that name: copying would convert its values silently, and
+    assigning would fail deep in torch. (A file whose F16 tensors were relabelled I16 is one.)"""
+    wrong = [f"{name} ({state[name].dtype}, expected {slot.dtype})" for name, slot in expected.items()
+             if name in state and isinstance(state[name], Tensor) and not same_kind(state[name], slot)]
+    if wrong:
+        raise ModelLoadError(f"{path} does not fit {what}: {len(wrong)} tensors of the wrong kind of dtype "
+                             f"(e.g. {'; '.join(wrong[:3])}); the file is damaged or of another model")
+
+
+def same_kind(a: Tensor, b: Tensor) -> bool:
+    """Both float, both complex, both integer or both bool (a cast between kinds changes values)."""
+    return _kind(a) == _kind(b)
+
+
+def _kind(tensor: Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    return "float" if tensor.is_floating_point() else "complex" if tensor.is_complex() else "integer"
+
+
+def sniff_format(path: str | Path) -> str:
     """'safetensors' or 'pickle', from the first bytes (the suffix only breaks ties), so a
     renamed file is still read by the right, safe reader."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    path = Path(path)
+    head = _head(path, 16)
     (n,) = struct.unpack("<Q", head[:8])
     if head[8:9] == b"{" and 0 < n <= MAX_HEADER_BYTES:  # before the pickle test: n's low byte may be 0x80
         return "safetensors"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive / pickle protocol >= 2
         return "pickle"
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        return "safetensors"  # let the header check say what is wrong with it
+        return "safetensors"  # let the header checks say what is wrong with it
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return "pickle"
     raise ModelLoadError(f"{path} is neither a safetensors file nor a PyTorch checkpoint "
                          f"(expected {', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})")
 
 
-def read_safetensors_header(path: str | Path) -> tuple[dict, dict[str, str]]:
-    """({name: {"dtype", "shape", "data_offsets"}}, metadata) after checking that every entry is
-    well formed and that the offsets tile the data section exactly, as the format requires."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) < 8:
-            raise ModelLoadError(f"{path} is truncated: no safetensors header")
-        (n,) = struct.unpack("<Q", raw_len)
-        if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-            raise ModelLoadError(f"{path} is corrupt or truncated: its header claims {n} bytes but the file has "
-                                 f"{size} bytes; re-download or re-export the file")
-        raw = f.read(n)
+def _head(path: Path, count: int) -> bytes:
+    """The first `count` bytes; ModelLoadError for a missing, unreadable or < 8-byte file."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path} has a corrupt safetensors header ({err})") from err
-    if not isinstance(header, dict):
+        with open(path, "rb") as f:
+            head = f.read(count)
+    except FileNotFoundError:
+        raise ModelLoadError(f"checkpoint file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path} is a folder, not a weights file") from None
+    except OSError as err:
+        raise ModelLoadError(f"cannot read {path}: {err.strerror or err}") from err
+    if len(head) < 8:
+        raise ModelLoadError(f"{path} is empty or truncated ({len(head)} bytes); it is not a checkpoint")
+    return head
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """({name: {"dtype", "shape", "data_offsets"}}, metadata) of a file the safetensors library
+    accepts, after the limits above; ModelLoadError naming the file and the fault otherwise."""
+    path = Path(path)
+    header = _parse_header(_validated_header(path), path)
+    if not isinstance(header, dict):  # the library refuses these; kept for a clear type below
         raise ModelLoadError(f"{path} has a corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise ModelLoadError(f"{path} has a corrupt safetensors header (__metadata__ is not an object)")
-    data_size = size - 8 - n
-    spans = []
-    for name, entry in header.items():
-        spans.append((*_check_entry(path, name, entry, data_size), name))
-    spans.sort()
-    end = 0
-    for begin, stop, name in spans:
-        if begin != end:
-            what = "overlaps another tensor" if begin < end else "leaves a gap before it"
-            raise ModelLoadError(f"{path} has a lying safetensors header: tensor {name!r} {what} "
-                                 f"(offset {begin}, expected {end}); the file is corrupt")
-        end = stop
-    if end != data_size:
-        raise ModelLoadError(f"{path} is corrupt or truncated: its header describes {end} bytes of tensor data "
-                             f"but the file holds {data_size}; re-download or re-export the file")
     return header, {str(k): str(v) for k, v in metadata.items()}
 
 
-def _check_entry(path: Path, name: str, entry, data_size: int) -> tuple[int, int]:
-    bad = f"{path} has a lying safetensors header: tensor {name!r}"
-    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
-        raise ModelLoadError(f"{bad} lacks dtype/shape/data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _DTYPE_BYTES:
-        raise ModelLoadError(f"{bad} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ModelLoadError(f"{bad} has an invalid shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_size):
-        raise ModelLoadError(f"{bad} points at bytes {offsets!r} outside the {data_size} bytes of data "
-                             f"(the file is truncated or corrupt)")
-    numel = 1
-    for d in shape:
-        numel *= d
-    if offsets[1] - offsets[0] != numel * _DTYPE_BYTES[dtype]:
-        raise ModelLoadError(f"{bad} of shape {shape} and dtype {dtype} needs {numel * _DTYPE_BYTES[dtype]} "
-                             f"bytes but its offsets span {offsets[1] - offsets[0]}")
-    return offsets[0], offsets[1]
+def _validated_header(path: Path) -> bytes:
+    """The header bytes of a file that passed the limits and the safetensors library's validation."""
+    raw, data_size = _bounded_header(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            f.keys()  # parsing and validation happen on open; nothing is read into memory
+    except Exception as err:  # SafetensorError and a few builtins, all meaning "not a valid file"
+        explain_refusal(path, _parse_header(raw, path), data_size)  # a plainer message, when it finds the fault
+        raise ModelLoadError(f"{path} is not a valid safetensors file ({short_message(err)}); "
+                             f"re-download or re-export the file") from err
+    return raw
 
 
-def _load_safetensors(path: Path) -> dict:
+def _parse_header(raw: bytes, path: Path):
+    """The header's JSON (safe to parse once the limits passed: bounded size, count and depth)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ModelLoadError(f"{path} has a corrupt safetensors header ({short_message(err)}); "
+                             f"re-download or re-export the file") from err
+
+
+def _bounded_header(path: Path) -> tuple[bytes, int]:
+    """(header bytes, size of the data section) after the limits that need no parsing."""
+    (n,) = struct.unpack("<Q", _head(path, 8))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(8)
+        if n == 0 or n > MAX_HEADER_BYTES:
+            raise ModelLoadError(f"{path} is not a valid safetensors file: its header length field says {n:,} bytes "
+                                 f"(at most {MAX_HEADER_BYTES:,} are allowed); the file is corrupt or not safetensors")
+        if 8 + n > size:
+            raise ModelLoadError(f"{path} is corrupt or truncated: its header claims {n:,} bytes but the file has "
+                                 f"{size:,} bytes; re-download or re-export the file")
+        raw = f.read(n)
+    _check_json_shape(raw, path)
+    return raw, size - 8 - n
+
+
+def _check_json_shape(raw: bytes, path: Path) -> None:
+    """Entry count and nesting depth from the bytes alone (C-speed bytes methods: ~0.1 s for the
+    largest allowed header), before any JSON parser sees them."""
+    # Escapes first: `\\` pairs, then `\"`, so every remaining quote opens or closes a string.
+    body = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    strings = body.count(b'"') // 2
+    if strings > 8 * MAX_TENSORS:  # a tensor entry has 5 strings; bounds the split below too
+        raise ModelLoadError(f"{path} has an oversized safetensors header ({strings:,} JSON strings, more than "
+                             f"{MAX_TENSORS:,} tensors need); t2i reads files of at most {MAX_TENSORS:,} tensors")
+    outside = b"".join(body.split(b'"')[0::2])  # the even parts lie outside strings
+    entries = outside.count(b"{") - 1 - (b'"__metadata__"' in raw)  # the top level and metadata are objects too
+    if entries > MAX_TENSORS:
+        raise ModelLoadError(f"{path} has an oversized safetensors header ({entries:,} entries); "
+                             f"t2i reads files of at most {MAX_TENSORS:,} tensors")
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    for _ in range(_PEEL_PASSES):
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    if brackets:
+        raise ModelLoadError(f"{path} has a corrupt safetensors header: its JSON is nested deeper than a "
+                             f"safetensors header can be, or its brackets do not match")
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
-    read_safetensors_header(path)  # clear messages for the common kinds of damage
+    _validated_header(path)  # the limits, the library's validation, clear messages
     try:
         return load_file(str(path), device="cpu")
-    except Exception as err:  # the Rust reader raises SafetensorError and a few builtins
-        raise ModelLoadError(f"cannot read {path} as safetensors: {err}") from err
-
-
-def _load_pickle(path: Path) -> dict:
-    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
-    if version < MIN_TORCH_FOR_PICKLES:
-        raise ModelLoadError(f"refusing to unpickle {path}: torch {torch.__version__} has known weights_only "
-                             f"bypasses; upgrade torch to >= 2.10 or convert the file to safetensors")
-    try:
-        # mmap avoids a second copy of a multi-GB zip checkpoint; legacy (non-zip) pickles can't.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise ModelLoadError(
-            f"refused to load {path}: it needs more than plain tensors to unpickle, which could run code "
-            f"hidden in the file ({_first_line(err)}). t2i loads pickles only with torch.load(weights_only=True); "
-            f"if you trust the file's source, convert it to .safetensors with a tool you trust"
-        ) from err
-    except Exception as err:  # corrupt zip, truncated stream, not a pickle at all
-        raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: "
-                             f"{_first_line(err)}); the file is corrupt, truncated or not a checkpoint") from err
-
-
-def _first_line(err: BaseException) -> str:
-    """The line of torch's message that says what was refused (its advice to retry with
-    weights_only=False is exactly what t2i must not suggest)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if "unsupported" in line.lower() and "weights_only" not in line:
-            return line
-    return lines[0] if lines and "weights_only" not in lines[0] else type(err).__name__
+    except Exception as err:  # e.g. a dtype this torch build lacks
+        raise ModelLoadError(f"cannot read {path} as safetensors: {short_message(err)}") from err
 
 
 def _tensors_only(state, path: Path) -> dict[str, Tensor]:
     """Unwrap nested "state_dict" entries; keep the tensors; fail if there are none."""
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    for _ in range(8):  # bounded: a pickle can hold a dict that contains itself
+        if not (isinstance(state, dict) and isinstance(state.get("state_dict"), dict)):
+            break
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors")

@@ -23,13 +23,16 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from t2i.checkpoints.component_limits import check_component_config
 from t2i.checkpoints.convert import (
     Target, clip_target, open_clip_target, read_target, text_name, unet_target, vae_target,
 )
 from t2i.checkpoints.detect import UNET_PREFIX, VAE_PREFIX, detect_architecture, resolve_prediction_type
 from t2i.checkpoints.diffusers_folder import ModelLoadError
-from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
+from t2i.checkpoints.loaded import LoadedModel, file_hash
+from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, same_kind, sniff_format
 from t2i.models.sd import SDModelConfig, StableDiffusionModel
+from t2i.models.text import load_tokenizer
 
 SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionInpaintPipeline",
                 "StableDiffusionXLInpaintPipeline")
@@ -61,15 +64,18 @@ def _read_json(path: Path, optional: bool = False) -> dict | None:
             return None
         raise ModelLoadError(f"{path} is missing; a diffusers-layout config folder needs it")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         raise ModelLoadError(f"cannot read {path}: {err}") from err
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} is not a JSON object; a diffusers config file is one")
+    return value
 
 
 def read_configs(folder: str | Path) -> FolderConfigs:
     folder = Path(folder)
     two = (folder / "text_encoder_2").is_dir()
-    return FolderConfigs(
+    configs = FolderConfigs(
         folder=folder,
         unet=_read_json(folder / "unet" / "config.json"),
         vae=_read_json(folder / "vae" / "config.json"),
@@ -80,6 +86,10 @@ def read_configs(folder: str | Path) -> FolderConfigs:
         tokenizer_2=(_read_json(folder / "tokenizer_2" / "tokenizer_config.json", optional=True) or {})
         if two else None,
     )
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):  # untrusted: sizes bounded before a build
+        if getattr(configs, part) is not None:
+            check_component_config(part, getattr(configs, part), folder / part / "config.json")
+    return configs
 
 
 # ----------------------------------------------------------------------------- building modules
@@ -122,6 +132,9 @@ def _fill(module: nn.Module, component: str, state: dict[str, Tensor], target_of
         if tuple(value.shape) != tuple(slot.shape):
             wrong.append(f"{target.key} {tuple(state[target.key].shape)} (expected {tuple(slot.shape)})")
             continue
+        if not same_kind(value, slot):  # e.g. F16 relabelled I16: values would be cast, or assign would fail
+            wrong.append(f"{target.key} {value.dtype} (expected {slot.dtype})")
+            continue
         new[name] = value.to(dtype) if value.is_floating_point() else value
     stray = sorted(k for k in state if k.startswith(area) and k not in used and not ignore(k))
     problems = mismatch_report(missing, wrong, stray)
@@ -139,7 +152,7 @@ def mismatch_report(missing: list[str], wrong: list[str], stray: list[str]) -> l
     """The parts of a strict-loading error: counts of missing, wrong-shape and unexpected tensors,
     each with up to three examples (empty when everything fits)."""
     return [f"{len(items)} {what} (e.g. {'; '.join(items[:3])})"
-            for items, what in ((missing, "missing tensors"), (wrong, "tensors of the wrong shape"),
+            for items, what in ((missing, "missing tensors"), (wrong, "tensors of the wrong shape or dtype"),
                                 (stray, "unexpected tensors")) if items]
 
 
@@ -158,8 +171,6 @@ def _tokenizer(folder: Path, config: dict, max_positions: int):
     """The CLIP tokenizer: the folder's own vocab files if present, else t2i's bundled CLIP BPE
     (the same vocabulary for CLIP ViT-L and OpenCLIP); pad token from the folder's config
     ("!" for OpenCLIP encoders, as they were trained)."""
-    from t2i.models.text import load_tokenizer
-
     length = config.get("model_max_length", max_positions)
     length = max_positions if not isinstance(length, int) or length > max_positions else length
     own = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
@@ -292,8 +303,6 @@ def load_user_model(path: str | Path, runtime, *, config_dir: str | Path | None 
                     prediction_type: str | None = None, clip_skip: int = 1):
     """A LoadedModel from a single file or a plain diffusers folder, on the runtime's device and
     dtype; name and hash as the web UI shows them (file stem, first 10 hex of the sha256)."""
-    from t2i.checkpoints.registry import LoadedModel, file_hash
-
     path = Path(path)
     options = {"prediction_type": prediction_type, "dtype": runtime.load_dtype, "clip_skip": clip_skip}
     if path.is_file():

@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.safe_load import load_state_dict_file
 
 # diffusers AutoencoderTiny defaults = the original TAESD decoder (x8 upsampling, 4 latent channels)
 TAESD_DECODER = {"num_blocks": (3, 3, 3, 1), "block_out_channels": (64, 64, 64, 64), "upsampling_scaling_factor": 2}
@@ -57,15 +58,18 @@ def decoder_state(state: dict[str, Tensor], source) -> dict[str, Tensor]:
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict]:
     """(tensors, architecture overrides) from a file or an AutoencoderTiny folder."""
-    from t2i.checkpoints.safe_load import load_state_dict_file
-
     if path.is_dir():
         config_path = path / "config.json"
         weights = next((path / n for n in FOLDER_WEIGHTS if (path / n).is_file()), None)
         if weights is None or not config_path.is_file():
             raise ModelLoadError(f"{path} is not an AutoencoderTiny folder (needs config.json and "
                                  f"{' or '.join(FOLDER_WEIGHTS)})")
-        config = json.loads(config_path.read_text())
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError, RecursionError) as err:
+            raise ModelLoadError(f"cannot read {config_path}: {err}") from err
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{config_path} is not a JSON object; an AutoencoderTiny config is one")
         arch = {"num_blocks": config.get("num_decoder_blocks", TAESD_DECODER["num_blocks"]),
                 "block_out_channels": config.get("decoder_block_out_channels", TAESD_DECODER["block_out_channels"]),
                 "upsampling_scaling_factor": config.get("upsampling_scaling_factor", 2)}

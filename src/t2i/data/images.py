@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from t2i.data.cache import load_cache, save_cache
 from t2i.data.shapes import ShapesDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -74,14 +75,13 @@ def load_image_source(data_cfg, resolution: int, cache_dir: Path | None = None) 
     dataset = ShapesDataset(data_cfg.size, data_cfg.seed, resolution, data_cfg.p_two, data_cfg.p_short)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"shapes-s{data_cfg.seed}-n{data_cfg.size}-r{resolution}-p{data_cfg.p_two}-{data_cfg.p_short}.pt"
-        if cache.is_file():
-            data = torch.load(cache, weights_only=True)
+        # v2: captions no longer depend on PYTHONHASHSEED; older caches may hold other captions
+        cache = Path(cache_dir) / (f"shapes-v2-s{data_cfg.seed}-n{data_cfg.size}-r{resolution}"
+                                   f"-p{data_cfg.p_two}-{data_cfg.p_short}.pt")
+        data = load_cache(cache, lambda d: len(d["images"]) == len(d["captions"]) == data_cfg.size)
+        if data is not None:
             return ImageSource(data["images"], list(data["captions"]))
     source = render_shapes(dataset)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"images": source.images, "captions": source.captions}, tmp)
-        tmp.replace(cache)
+        save_cache({"images": source.images, "captions": source.captions}, cache)
     return source

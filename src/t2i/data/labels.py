@@ -12,21 +12,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
+from t2i.config import Fraction, Seed, between
 from t2i.data.images import IMAGE_SUFFIXES, load_image_source
 from t2i.data.shapes import COLORS, SHAPES
 
 
 @dataclass
 class ImageDataConfig:
-    name: str = "shapes"  # "shapes" or "folder"
+    name: Literal["shapes", "folder"] = "shapes"
     folder: str | None = None  # the image folder when name == "folder"
-    size: int = 20_000  # shapes: how many samples (indices 0..size-1) to render and cache
-    seed: int = 0
-    p_two: float = 0.0  # shapes: share of two-object scenes (none by default: classes need one object)
-    p_short: float = 0.3
+    size: Annotated[int, between(1, 10**9)] = 20_000  # shapes: how many samples (indices 0..size-1) to render and cache
+    seed: Seed = 0
+    p_two: Fraction = 0.0  # shapes: share of two-object scenes (none by default: classes need one object)
+    p_short: Fraction = 0.3
     classes: bool = False  # class labels (colour x shape, or sub-directory) for conditional models
 
 

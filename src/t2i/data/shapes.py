@@ -32,6 +32,10 @@ POSITIONS = {
     "in the center": (0.5, 0.5),
 }
 RELATIONS = ("to the left of", "above")
+# The optional parts of a single-object caption, in SHAPES.md's order. A tuple, never a set: the
+# random draws are matched to parts in this order, and a set of strings iterates in an order
+# that changes with PYTHONHASHSEED, which made captions differ between processes.
+OPTIONAL_PARTS = ("size", "position", "background")
 PAIR_SIDE = 0.3
 JITTER = 0.02
 SUPERSAMPLE = 4
@@ -123,9 +127,9 @@ def sample_scene(rng: np.random.Generator, p_two: float = 0.4, p_short: float = 
         # a shorter true caption: leave out a non-empty subset of the optional parts
         # A caption with position and background but no size word reads as medium (SHAPES.md),
         # so the size word alone may only be left out of a medium scene's caption.
-        full = {"size", "position", "background"}
+        full = set(OPTIONAL_PARTS)
         while stated == full or (stated == {"position", "background"} and size != "medium"):
-            stated = {part for part in full if rng.random() < 0.5}
+            stated = {part for part in OPTIONAL_PARTS if rng.random() < 0.5}
     obj = ShapeObject(shape, color, SIZES[size], cx, cy)
     return Scene(background, (obj,), size=size, position=position, stated=frozenset(stated))
 

@@ -23,8 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from t2i.config import save_yaml, to_dict
+from t2i.atomic import atomic_path
+from t2i.checkpoints.family_file import load_family_file, save_family_file
+from t2i.checkpoints.loaded import file_hash
+from t2i.config import BatchSize, Seed, save_yaml, to_dict
+from t2i.data.cache import load_cache, save_cache
 from t2i.data.images import ImageSource, load_image_source
+from t2i.data.labels import SHAPES_CLASSES, folder_classes, shapes_class
 from t2i.models.ar import ARConfig, CodeTransformer
 from t2i.models.vqgan import VQGAN
 from t2i.training.ldm import DataConfig, _to_model_range
@@ -33,7 +38,7 @@ from t2i.training.trainer import OptimConfig, Trainer
 
 @dataclass
 class AROptimConfig(OptimConfig):
-    encode_batch_size: int = 128
+    encode_batch_size: BatchSize = 128
 
 
 @dataclass
@@ -44,12 +49,10 @@ class ARTrainConfig:
     model: ARConfig = field(default_factory=ARConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: AROptimConfig = field(default_factory=AROptimConfig)
-    seed: int = 0
+    seed: Seed = 0
 
 
 def _file_hash(path: Path) -> str:
-    from t2i.checkpoints.registry import file_hash
-
     return file_hash(path, chars=64)  # the whole sha256: the code cache is keyed on the exact first stage
 
 
@@ -64,22 +67,17 @@ def encode_codes(vqgan: VQGAN, images_uint8: torch.Tensor, batch_size: int) -> t
 def _load_or_encode(vqgan: VQGAN, first_stage: Path, source: ImageSource, cfg: ARTrainConfig,
                     outdir: Path) -> torch.Tensor:
     path, key = outdir / "codes.pt", _file_hash(first_stage)
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached["first_stage"] == key and len(cached["codes"]) == len(source.images):
-            return cached["codes"]
+    cached = load_cache(path, lambda c: c["first_stage"] == key and len(c["codes"]) == len(source.images))
+    if cached is not None:
+        return cached["codes"]
     codes = encode_codes(vqgan, source.images, cfg.optim.encode_batch_size)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"first_stage": key, "codes": codes}, tmp)
-    tmp.replace(path)
+    save_cache({"first_stage": key, "codes": codes}, path)
     return codes
 
 
 def class_labels(data: DataConfig, captions: list[str]) -> tuple[list[int | None], tuple[str, ...]]:
     """Per-image class ids (None: the image has no class) and the class names, with the classes
     the GAN and DDPM recipes use (t2i.data.labels)."""
-    from t2i.data.labels import SHAPES_CLASSES, folder_classes, shapes_class
-
     if data.name == "shapes":
         classes, names = [shapes_class(c) for c in captions], SHAPES_CLASSES
     else:
@@ -133,7 +131,7 @@ def train_ar(cfg: ARTrainConfig, outdir: str | Path, resume: bool = False,
     outdir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, outdir / "config.yaml")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vqgan = VQGAN.load(first_stage).to(device)
+    vqgan = load_family_file(VQGAN, first_stage).to(device)
     source = load_image_source(cfg.data, vqgan.config.resolution, cache_dir=outdir / "cache")
     codes = _load_or_encode(vqgan, first_stage, source, cfg, outdir)
 
@@ -163,7 +161,8 @@ def train_ar(cfg: ARTrainConfig, outdir: str | Path, resume: bool = False,
         return model
     trainer.apply_ema()
     model.eval().requires_grad_(False)
-    model.save(outdir / "ar.safetensors")
+    save_family_file(model, outdir / "ar.safetensors")
     if first_stage.resolve() != (outdir / "vqgan.safetensors").resolve():
-        shutil.copyfile(first_stage, outdir / "vqgan.safetensors")
+        with atomic_path(outdir / "vqgan.safetensors") as tmp:
+            shutil.copyfile(first_stage, tmp)
     return model

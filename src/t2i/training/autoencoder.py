@@ -7,14 +7,16 @@ with `family: vqgan` (t2i.training.vqgan); a `loss.disc_start` beyond `optim.ste
 plain VQ-VAE.
 
 Outputs in `outdir`: autoencoder.ckpt (training state, resumable), autoencoder.safetensors
-(the model, its config embedded; load with `KLAutoencoder.load`).
+(the model, its config embedded; load with
+`t2i.checkpoints.family_file.load_family_file(KLAutoencoder, path)`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t2i.config import save_yaml, to_dict
+from t2i.checkpoints.family_file import save_family_file
+from t2i.config import Seed, save_yaml, to_dict
 from t2i.data.images import load_image_source
 from t2i.models.autoencoder import KLAutoencoder, KLAutoencoderConfig
 from t2i.training.ldm import DataConfig, VAEStageConfig, vae_loss_fn
@@ -28,7 +30,7 @@ class AutoencoderTrainConfig:
     model: KLAutoencoderConfig = field(default_factory=KLAutoencoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: VAEStageConfig = field(default_factory=VAEStageConfig)  # with kl_weight and crop
-    seed: int = 0
+    seed: Seed = 0
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, outdir: str | Path, resume: bool = False,
@@ -54,7 +56,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, outdir: str | Path, resume: b
     model = model.eval().requires_grad_(False)
     if trainer.step >= cfg.optim.steps or trainer.stopped_on_budget:
         trainer.apply_ema()
-        model.save(outdir / MODEL_FILE)
+        save_family_file(model, outdir / MODEL_FILE)
     return model
 
 

@@ -28,6 +28,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from t2i.atomic import write_json
+
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -101,7 +103,6 @@ def train_on_budget(train_fn, cfg, outdir, *, resume: bool = False, minutes: flo
     """Run a recipe's train function under a fresh CPUBudget of `minutes` on `clock`; writes
     `outdir/budget.json` (the summary: minutes used, each stage's step k of n) and returns the model."""
     import inspect
-    import json
     from pathlib import Path
 
     if "budget" not in inspect.signature(train_fn).parameters:
@@ -109,6 +110,5 @@ def train_on_budget(train_fn, cfg, outdir, *, resume: bool = False, minutes: flo
                          f"--budget-minutes / budget_minutes")
     budget = CPUBudget(minutes, clock=clock)
     model = train_fn(cfg, outdir, resume=resume, budget=budget)
-    path = Path(outdir) / "budget.json"
-    path.write_text(json.dumps(budget.summary(), indent=2) + "\n")
+    write_json(Path(outdir) / "budget.json", budget.summary())
     return model

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
+from t2i.config import BatchSize, Decay, Fraction, LearningRate, Seed, Steps, between
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.ddpm import DDPMConfig, PixelDDPM, sample
 from t2i.training.runs import finish_run, open_run, write_sample_grid
@@ -26,12 +28,12 @@ FAMILY = "ddpm"
 
 @dataclass
 class DDPMOptimConfig(OptimConfig):
-    steps: int = 10_000
-    batch_size: int = 64
-    lr: float = 2e-4  # Ho et al. used 2e-4 on CIFAR-10
-    ema_decay: float = 0.999  # DDPM samples come from EMA weights (Ho et al.: 0.9999 over 800k steps)
-    class_dropout: float = 0.1  # class models: share of labels dropped to "no class"
-    caption_dropout: float = 0.1  # text models: share of captions dropped to "" (for guidance)
+    steps: Steps = 10_000
+    batch_size: BatchSize = 64
+    lr: LearningRate = 2e-4  # Ho et al. used 2e-4 on CIFAR-10
+    ema_decay: Decay = 0.999  # DDPM samples come from EMA weights (Ho et al.: 0.9999 over 800k steps)
+    class_dropout: Fraction = 0.1  # class models: share of labels dropped to "no class"
+    caption_dropout: Fraction = 0.1  # text models: share of captions dropped to "" (for guidance)
 
 
 @dataclass
@@ -39,10 +41,11 @@ class DDPMTrainConfig:
     model: DDPMConfig = field(default_factory=DDPMConfig)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     train: DDPMOptimConfig = field(default_factory=DDPMOptimConfig)
-    seed: int = 0
-    sample_n: int = 16  # periodic grids (train.sample_every): DDIM, 50 steps
-    sample_steps: int = 50
-    sample_guidance_scale: float = 1.0  # conditional models' grids: classifier-free guidance
+    seed: Seed = 0
+    sample_n: Annotated[int, between(1, 1024)] = 16  # periodic grids (train.sample_every): DDIM, 50 steps
+    sample_steps: Annotated[int, between(1, 10_000)] = 50
+    # conditional models' grids: classifier-free guidance
+    sample_guidance_scale: Annotated[float, between(0, 100)] = 1.0
     sample_prompts: tuple[str, ...] = ()  # text models' grids (default: the first training captions)
 
 

@@ -11,32 +11,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
+from t2i.checkpoints.family_file import save_family_file
+from t2i.checkpoints.safe_load import check_tensor_kinds, misfit_is_load_error
+from t2i.config import BatchSize, Decay, Fraction, LearningRate, Seed, Steps, at_least, between
 from t2i.data.labels import ImageDataConfig, to_model_range
+from t2i.errors import version
 from t2i.models.gan import GAN, LOSSES, GANConfig, d_loss, g_loss, r1_penalty, sample
+from t2i.training.budget import stopped
 from t2i.training.runs import load_checkpoint, run_config, save_run_config, start_run, write_sample_grid
-from t2i.training.trainer import EMA, OptimConfig, lr_at, save_atomic, step_generator
+from t2i.training.trainer import (EMA, RESUME_HINT, OptimConfig, check_optimizer_state, checked_progress, lr_at,
+                                  remove_run_leftovers, save_atomic, step_generator)
 
 FAMILY = "gan"
 
 
 @dataclass
 class GANOptimConfig(OptimConfig):
-    steps: int = 10_000  # one step = d_steps discriminator updates + one generator update
-    batch_size: int = 64
-    lr: float = 2e-4  # generator; DCGAN's rate
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1.0  # constant rate, as GANs are usually trained
-    grad_clip: float = 0.0  # 0: no clipping (R1 is the stabiliser of choice)
-    ema_decay: float = 0.999  # of the generator: averaged weights give steadier samples
-    lr_d: float = 2e-4  # discriminator
-    beta1: float = 0.5  # DCGAN: momentum 0.9 oscillates in the adversarial game
-    beta2: float = 0.999
-    loss: str = "nonsaturating"  # or "hinge"
-    r1_gamma: float = 0.0  # R1 penalty weight on real data; 0 disables
-    d_steps: int = 1  # discriminator updates per generator update
+    steps: Steps = 10_000  # one step = d_steps discriminator updates + one generator update
+    batch_size: BatchSize = 64
+    lr: LearningRate = 2e-4  # generator; DCGAN's rate
+    warmup_steps: Steps = 0
+    min_lr_ratio: Fraction = 1.0  # constant rate, as GANs are usually trained
+    grad_clip: Annotated[float, at_least(0)] = 0.0  # 0: no clipping (R1 is the stabiliser of choice)
+    ema_decay: Decay = 0.999  # of the generator: averaged weights give steadier samples
+    lr_d: LearningRate = 2e-4  # discriminator
+    beta1: Decay = 0.5  # DCGAN: momentum 0.9 oscillates in the adversarial game
+    beta2: Decay = 0.999
+    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    r1_gamma: Annotated[float, at_least(0)] = 0.0  # R1 penalty weight on real data; 0 disables
+    d_steps: Annotated[int, between(1, 1000)] = 1  # discriminator updates per generator update
 
 
 @dataclass
@@ -44,8 +51,8 @@ class GANTrainConfig:
     model: GANConfig = field(default_factory=GANConfig)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     train: GANOptimConfig = field(default_factory=GANOptimConfig)
-    seed: int = 0
-    sample_n: int = 24  # images in each periodic grid (train.sample_every)
+    seed: Seed = 0
+    sample_n: Annotated[int, between(1, 1024)] = 24  # images in each periodic grid (train.sample_every)
 
     def __post_init__(self):
         if self.train.loss not in LOSSES:
@@ -77,13 +84,11 @@ class GANTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
-        from t2i.checkpoints.diffusers_folder import _t2i_version
-
         if not self.acc.is_main_process:
             return
         unwrap = self.acc.unwrap_model
         save_atomic({
-            "kind": f"t2i-train-{FAMILY}", "t2i_version": _t2i_version(), "config": self.config,
+            "kind": f"t2i-train-{FAMILY}", "t2i_version": version(), "config": self.config,
             "step": self.step, "losses": self.g_losses, "d_losses": self.d_losses,
             "modules": {"generator": unwrap(self.G).state_dict(), "discriminator": unwrap(self.D).state_dict()},
             "optimizer_g": self.opt_g.state_dict(), "optimizer_d": self.opt_d.state_dict(),
@@ -91,16 +96,24 @@ class GANTrainer:
         }, self.checkpoint_path)
 
     def load(self) -> bool:
+        if self.acc.is_main_process:
+            remove_run_leftovers(self.checkpoint_path.parent)
         if not self.checkpoint_path.is_file():
             return False
         state = load_checkpoint(self.checkpoint_path, FAMILY)
-        self.acc.unwrap_model(self.G).load_state_dict(state["modules"]["generator"], strict=True)
-        self.acc.unwrap_model(self.D).load_state_dict(state["modules"]["discriminator"], strict=True)
-        self.opt_g.load_state_dict(state["optimizer_g"])
-        self.opt_d.load_state_dict(state["optimizer_d"])
-        if self.ema and state["ema"]:
-            self.ema.load_state_dict(state["ema"])
-        self.step, self.g_losses, self.d_losses = state["step"], list(state["losses"]), list(state["d_losses"])
+        with misfit_is_load_error(self.checkpoint_path, "this gan run", RESUME_HINT):
+            for module, part in ((self.acc.unwrap_model(self.G), "generator"), (self.acc.unwrap_model(self.D), "discriminator")):
+                check_tensor_kinds(module.state_dict(), state["modules"][part], self.checkpoint_path, "this gan run")
+                module.load_state_dict(state["modules"][part], strict=True)
+            self.opt_g.load_state_dict(state["optimizer_g"])
+            self.opt_d.load_state_dict(state["optimizer_d"])
+            check_optimizer_state(self.opt_g)
+            check_optimizer_state(self.opt_d)
+            if self.ema and state.get("ema"):
+                self.ema.load_state_dict(state["ema"], self.g_params)
+            step, g_losses = checked_progress(state["step"], state["losses"])
+            d_losses = checked_progress(step, state["d_losses"])[1]
+        self.step, self.g_losses, self.d_losses = step, g_losses, d_losses
         return True
 
     # -- one step ----------------------------------------------------------------------------
@@ -147,8 +160,6 @@ class GANTrainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, on_sample=None, stop_after: int | None = None, budget=None) -> None:
         from tqdm.auto import tqdm
-
-        from t2i.training.budget import stopped
 
         cfg = self.cfg
         last = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
@@ -209,6 +220,6 @@ def train_gan(cfg: GANTrainConfig, outdir: str | Path, resume: bool = False,
     if trainer.ema:
         trainer.ema.copy_to(trainer.g_params)
     gan.eval().requires_grad_(False)
-    gan.save(outdir / "model.safetensors")
+    save_family_file(gan, outdir / "model.safetensors")
     return gan
 

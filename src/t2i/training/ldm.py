@@ -10,38 +10,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 
-from t2i.config import save_yaml, to_dict
+from t2i.checkpoints.diffusers_folder import save_ldm_folder
+from t2i.checkpoints.safe_load import check_tensor_kinds, load_checkpoint_dict, load_weights_object, misfit_is_load_error
+from t2i.config import BatchSize, Crop, Fraction, Seed, at_least, between, save_yaml, to_dict
+from t2i.data.cache import load_cache, save_cache
 from t2i.data.images import ImageSource, load_image_source
+from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import denoise, draw_noise, make_generators
+from t2i.errors import ModelLoadError
+from t2i.metadata import write_png
+from t2i.models.common import to_pil_images
 from t2i.models.ldm import LatentDiffusion, LDMConfig
 from t2i.models.text import tokenize
+from t2i.outputs import make_grid
+from t2i.training.runs import copy_ema
 from t2i.training.trainer import OptimConfig, Trainer
 
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"  # "shapes" or "folder"
+    name: Literal["shapes", "folder"] = "shapes"
     folder: str | None = None  # images (+ .txt caption sidecars) when name == "folder"
-    size: int = 100_000  # shapes: how many samples (indices 0..size-1) to render and cache
-    seed: int = 0
-    p_two: float = 0.4
-    p_short: float = 0.3
+    # shapes: how many samples (indices 0..size-1) to render and cache
+    size: Annotated[int, between(1, 10**9)] = 100_000
+    seed: Seed = 0
+    p_two: Fraction = 0.4
+    p_short: Fraction = 0.3
 
 
 @dataclass
 class VAEStageConfig(OptimConfig):
-    kl_weight: float = 1e-6
-    crop: int = 32  # train on random crops: the autoencoder is convolutional, crops are cheaper
+    kl_weight: Annotated[float, at_least(0)] = 1e-6
+    crop: Crop = 32  # train on random crops: the autoencoder is convolutional, crops are cheaper
 
 
 @dataclass
 class UNetStageConfig(OptimConfig):
-    caption_dropout: float = 0.1
-    min_snr_gamma: float = 5.0  # 0 disables min-SNR weighting
-    encode_batch_size: int = 256
+    caption_dropout: Fraction = 0.1
+    min_snr_gamma: Annotated[float, at_least(0)] = 5.0  # 0 disables min-SNR weighting
+    encode_batch_size: BatchSize = 256
 
 
 @dataclass
@@ -50,13 +62,13 @@ class LDMTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEStageConfig = field(default_factory=VAEStageConfig)
     unet: UNetStageConfig = field(default_factory=UNetStageConfig)
-    seed: int = 0
+    seed: Seed = 0
     sample_prompts: tuple[str, ...] = ()
-    sample_steps: int = 20
-    sample_cfg_scale: float = 5.0
+    sample_steps: Annotated[int, between(1, 10_000)] = 20
+    sample_cfg_scale: Annotated[float, between(0, 100)] = 5.0
     # under a CPU budget (--budget-minutes): stage 1 stops once this share of it is spent; latent
     # caching and the UNet stage use the rest (and whatever stage 1 left)
-    vae_budget_share: float = 0.2
+    vae_budget_share: Fraction = 0.2
 
 
 def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -127,23 +139,24 @@ def encode_dataset(model: LatentDiffusion, images: torch.Tensor, batch_size: int
     return torch.cat(out)
 
 
-def _load_or_encode(model: LatentDiffusion, source: ImageSource, cfg: LDMTrainConfig, outdir: Path) -> torch.Tensor:
-    path = outdir / "latents.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
+LATENTS_FILE = "latents.pt"
+
+
+def _cached_latents(source: ImageSource, outdir: Path) -> torch.Tensor | None:
+    """The latents cache of this run's images, or None when it is missing, unreadable (a killed
+    older t2i left 0-byte files) or of other data: then stage 1 resumes and they are re-encoded."""
+    return load_cache(outdir / LATENTS_FILE, lambda t: isinstance(t, torch.Tensor) and len(t) == len(source.images))
+
+
+def _encode_and_cache(model: LatentDiffusion, source: ImageSource, cfg: LDMTrainConfig, outdir: Path) -> torch.Tensor:
     latents = encode_dataset(model, source.images, cfg.unet.encode_batch_size)
-    torch.save(latents, path)
+    save_cache(latents, outdir / LATENTS_FILE)
     return latents
 
 
 @torch.no_grad()
 def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, outdir: Path) -> Path:
     """A grid of the sample prompts (one row each, 4 seeds) with the current weights."""
-    from t2i.diffusion.samplers import make_scheduler
-    from t2i.diffusion.sampling import denoise, draw_noise, make_generators
-    from t2i.outputs import make_grid
-    from t2i.pipelines.txt2img import latents_to_images
-
     model.eval()
     prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
     seeds = list(range(4))
@@ -155,11 +168,10 @@ def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, out
         latents = denoise(model.unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
                           draw_noise(generators, shape), cond, uncond, steps=cfg.sample_steps,
                           cfg_scale=cfg.sample_cfg_scale, generators=generators)
-        images += latents_to_images(model, latents)
+        param = next(model.vae.parameters())
+        images += to_pil_images(model.decode_latents(latents.to(param.device, param.dtype)))
     path = outdir / "samples" / f"step-{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, cols=len(seeds)).save(path)
-    return path
+    return write_png(make_grid(images, cols=len(seeds)), path, "")
 
 
 def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
@@ -180,14 +192,15 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     vae_trainer = Trainer("vae", {"vae": model.vae}, cfg.vae, outdir, cfg.seed, run_config)
     if resume:
         vae_trainer.load()
-    if vae_trainer.step < cfg.vae.steps and not (outdir / "latents.pt").is_file():
+    cached = _cached_latents(source, outdir)
+    if vae_trainer.step < cfg.vae.steps and cached is None:
         vae_budget = budget.until(cfg.vae_budget_share) if budget is not None else None
         vae_trainer.fit(vae_loss_fn(source.images, cfg.vae), stop_after=stop_after.get("vae"), budget=vae_budget)
         if vae_trainer.step < cfg.vae.steps and not vae_trainer.stopped_on_budget:
             return model
     model.vae.requires_grad_(False).eval()
 
-    latents = _load_or_encode(model, source, cfg, outdir)
+    latents = cached if cached is not None else _encode_and_cache(model, source, cfg, outdir)
     scale = 1.0 / latents.std().item()
     model.config.scaling_factor = scale
     model.vae.register_to_config(scaling_factor=scale)
@@ -209,29 +222,36 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
         return model
     unet_trainer.apply_ema()
     model.eval().requires_grad_(False)
-    model.save_pretrained(outdir / "model")
+    save_ldm_folder(model, outdir / "model")
     return model
 
 
 def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str | Path,
                             dtype: torch.dtype | None = None, use_ema: bool = True) -> LatentDiffusion:
     """Build a model folder from the latest stage checkpoints (e.g. of a run still going)."""
-    from t2i.checkpoints.diffusers_folder import save_ldm_folder
-
     outdir = Path(outdir)
+    vae_path, unet_path, latents_path = outdir / "vae.ckpt", outdir / "unet.ckpt", outdir / LATENTS_FILE
+    # the files first (cheap, and any of them may be damaged), the model after
+    vae_state = load_checkpoint_dict(vae_path, "vae training checkpoint", ("modules",))
+    unet_state = load_checkpoint_dict(unet_path, "unet training checkpoint", ("modules",))
+    latents = load_weights_object(latents_path)
+    usable = isinstance(latents, torch.Tensor) and latents.is_floating_point() and latents.numel() > 1
+    scale = (1.0 / latents.float().std()).item() if usable else 0.0
+    if not 0 < scale < float("inf"):
+        raise ModelLoadError(f"{latents_path} is not this run's latents cache (float latents of nonzero spread); run "
+                             f"`t2i train ... --resume` once to rebuild it")
     model = LatentDiffusion(cfg.model)
-    vae_state = torch.load(outdir / "vae.ckpt", map_location="cpu", weights_only=True)
-    model.vae.load_state_dict(vae_state["modules"]["vae"], strict=True)
-    unet_state = torch.load(outdir / "unet.ckpt", map_location="cpu", weights_only=True)
-    model.unet.load_state_dict(unet_state["modules"]["unet"], strict=True)
-    model.text_encoder.load_state_dict(unet_state["modules"]["text_encoder"], strict=True)
-    if use_ema and unet_state["ema"]:
-        params = [p for m in (model.unet, model.text_encoder) for p in m.parameters()]
-        with torch.no_grad():
-            for p, shadow in zip(params, unet_state["ema"]["shadow"]):
-                p.copy_(shadow)
-    latents = torch.load(outdir / "latents.pt", weights_only=True)
-    model.config.scaling_factor = 1.0 / latents.std().item()
+    parts = ((vae_path, vae_state, {"vae": model.vae}),
+             (unet_path, unet_state, {"unet": model.unet, "text_encoder": model.text_encoder}))
+    for path, state, modules in parts:
+        with misfit_is_load_error(path, "this run's model config"):
+            for name, module in modules.items():
+                check_tensor_kinds(module.state_dict(), state["modules"][name], path, "this run's model config")
+                module.load_state_dict(state["modules"][name], strict=True)
+    if use_ema:
+        with misfit_is_load_error(unet_path, "this run's UNet and text encoder"):
+            copy_ema([p for m in (model.unet, model.text_encoder) for p in m.parameters()], unet_state.get("ema"))
+    model.config.scaling_factor = scale
     model.vae.register_to_config(scaling_factor=model.config.scaling_factor)
     model.eval().requires_grad_(False)
     save_ldm_folder(model, Path(target), dtype=dtype)

@@ -8,9 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from t2i.config import ConfigError, from_dict
+from t2i.config import ConfigError, from_dict, read_yaml_mapping
 
 
 def _ldm():
@@ -84,16 +82,9 @@ DEFAULT_FAMILY = "ldm"
 def load_training_config(path: str | Path):
     """Read a training YAML -> (family, typed config, train function)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path)
     family = data.pop("family", DEFAULT_FAMILY)
-    if family not in RECIPES:
+    if not isinstance(family, str) or family not in RECIPES:
         raise ConfigError(f"{path}: unknown family {family!r}; choose one of {', '.join(sorted(RECIPES))}")
     config_cls, train_fn = RECIPES[family]()
     return family, from_dict(config_cls, data, where=str(path)), train_fn

@@ -13,8 +13,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from t2i.config import to_dict
+from t2i.atomic import write_text
+from t2i.checkpoints.family_file import save_family_file
+from t2i.checkpoints.safe_load import check_tensor_kinds, load_checkpoint_dict, misfit_is_load_error
+from t2i.config import from_dict, to_dict
 from t2i.data.labels import LabelledImages, load_labelled_images
+from t2i.errors import ModelConfigError
+from t2i.metadata import write_png
+from t2i.outputs import make_grid
+from t2i.training.trainer import Trainer
 
 
 def start_run(cfg, outdir: str | Path, family: str) -> tuple[Path, LabelledImages, object]:
@@ -45,15 +52,13 @@ def run_config(cfg, family: str, model_cfg) -> dict:
 
 
 def save_run_config(config: dict, outdir: Path) -> None:
-    (outdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text(outdir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 def open_run(cfg, outdir: str | Path, family: str, model_cls: type, resume: bool):
     """Start (or, with `resume`, continue) a run trained by t2i.training.trainer.Trainer: the folder,
     the data, config.yaml, the model (initialised from cfg.seed) and its Trainer over `cfg.train`,
     the model registered under the family's name. Returns (outdir, data, model, trainer)."""
-    from t2i.training.trainer import Trainer
-
     outdir, data, model_cfg = start_run(cfg, outdir, family)
     config = run_config(cfg, family, model_cfg)
     save_run_config(config, outdir)
@@ -73,23 +78,22 @@ def finish_run(trainer, model, outdir: Path):
         return model
     trainer.apply_ema()
     model.eval().requires_grad_(False)
-    model.save(outdir / "model.safetensors")
+    save_family_file(model, outdir / "model.safetensors")
     return model
 
 
 def write_sample_grid(images: list, outdir: Path, step: int) -> Path:
-    from t2i.metadata import write_png
-    from t2i.outputs import make_grid
-
     path = outdir / "samples" / f"step-{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_png(make_grid(images), path, f"step {step}")
 
 
 def load_checkpoint(path: Path, family: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config", {}).get("family") != family:
-        raise ValueError(f"{path} is not a {family} training checkpoint")
+    """A `<family>.ckpt` training state, read weights-only; ModelLoadError for anything else."""
+    state = load_checkpoint_dict(path, f"{family} training checkpoint", ("config", "modules", "step"))
+    config = state["config"]
+    if not isinstance(config, dict) or config.get("family") != family:  # a ValueError too: callers try the next family
+        raise ModelConfigError(f"{path} is not a {family} training checkpoint (its config names another family)")
     return state
 
 
@@ -99,6 +103,8 @@ def copy_ema(params: list[torch.nn.Parameter], ema_state: dict | None) -> None:
         return
     with torch.no_grad():
         for p, shadow in zip(params, ema_state["shadow"], strict=True):
+            if shadow.shape != p.shape:  # copy_ would broadcast a wrong-shaped shadow silently
+                raise ValueError(f"an EMA tensor of shape {tuple(shadow.shape)} for a parameter of shape {tuple(p.shape)}")
             p.copy_(shadow)
 
 
@@ -108,12 +114,13 @@ def model_from_checkpoint(path: str | Path, family: str, model_cls: type, config
 
     parts: the checkpoint's module names -> the model's attribute holding each ("" = the model
     itself; default {family: ""}); ema_part: the attribute whose parameters the EMA shadows."""
-    from t2i.config import from_dict
-
     state = load_checkpoint(Path(path), family)
-    model = model_cls(from_dict(config_cls, state["config"]["model"], where=f"{path}: model"))
-    for name, attr in (parts or {family: ""}).items():
-        (getattr(model, attr) if attr else model).load_state_dict(state["modules"][name], strict=True)
-    if use_ema:
-        copy_ema(list((getattr(model, ema_part) if ema_part else model).parameters()), state["ema"])
+    with misfit_is_load_error(path, f"a {family} model"):
+        model = model_cls(from_dict(config_cls, state["config"]["model"], where=f"{path}: model"))
+        for name, attr in (parts or {family: ""}).items():
+            module = getattr(model, attr) if attr else model
+            check_tensor_kinds(module.state_dict(), state["modules"][name], path, f"a {family} model")
+            module.load_state_dict(state["modules"][name], strict=True)
+        if use_ema:
+            copy_ema(list((getattr(model, ema_part) if ema_part else model).parameters()), state.get("ema"))
     return model.eval()

@@ -18,29 +18,38 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from t2i.checkpoints.family_file import load_family_file
+from t2i.checkpoints.registry import bundled_model_dir
+from t2i.config import BatchSize, Decay, Fraction, LearningRate, Seed, Steps, between
+from t2i.data.cache import load_cache, save_cache
 from t2i.data.labels import ImageDataConfig, to_model_range
+from t2i.errors import ModelLoadError
+from t2i.models.autoencoder import KLAutoencoder
+from t2i.models.common import to_pil_images
 from t2i.models.ldm import VAEConfig
 from t2i.models.sr import FAMILY, SRConfig, SuperResolution, upscale_tensor
 from t2i.training.runs import finish_run, run_config, save_run_config, start_run, write_sample_grid
-from t2i.training.trainer import OptimConfig
+from t2i.training.trainer import OptimConfig, Trainer
 
 
 @dataclass
 class SROptimConfig(OptimConfig):
-    steps: int = 10_000
-    batch_size: int = 64
-    lr: float = 2e-4
-    ema_decay: float = 0.999
+    steps: Steps = 10_000
+    batch_size: BatchSize = 64
+    lr: LearningRate = 2e-4
+    ema_decay: Decay = 0.999
 
 
 @dataclass
 class DegradeConfig:
-    blur_sigma_max: float = 0.6  # Gaussian blur sigma drawn in [0, max] (high-res pixels) before downsampling
-    p_bicubic: float = 0.5  # share of images downsampled bicubic (antialiased); the rest by area (box)
+    # Gaussian blur sigma drawn in [0, max] (high-res pixels) before downsampling
+    blur_sigma_max: Annotated[float, between(0, 100)] = 0.6
+    p_bicubic: Fraction = 0.5  # share of images downsampled bicubic (antialiased); the rest by area (box)
 
 
 @dataclass
@@ -51,9 +60,10 @@ class SRTrainConfig:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     first_stage: str = "default"  # "default" (bundled VAE), an autoencoder run/file or a diffusers folder
     scale_latents: bool = True  # set model.scaling_factor to 1 / std of the training latents
-    encode_batch_size: int = 64
-    seed: int = 0
-    sample_n: int = 8  # periodic grids (train.sample_every): DDIM 50 steps on the first training images
+    encode_batch_size: BatchSize = 64
+    seed: Seed = 0
+    # periodic grids (train.sample_every): DDIM 50 steps on the first training images
+    sample_n: Annotated[int, between(1, 1024)] = 8
 
 
 # ---------------------------------------------------------------------------- first stage
@@ -62,19 +72,13 @@ class SRTrainConfig:
 def load_first_stage(spec: str) -> tuple[dict[str, torch.Tensor], VAEConfig]:
     """(AutoencoderKL state dict, its VAEConfig) from `default`, a diffusers model/LDM run folder
     (its vae/), a KL autoencoder run folder or its autoencoder .safetensors file."""
-    from t2i.checkpoints.diffusers_folder import ModelLoadError
-
     path = Path(spec)
     if spec == "default":
-        from t2i.checkpoints.registry import bundled_model_dir
-
         return _diffusers_vae(bundled_model_dir() / "vae")
     if path.is_dir() and (path / "autoencoder.safetensors").is_file():
         path = path / "autoencoder.safetensors"
     if path.is_file():
-        from t2i.models.autoencoder import KLAutoencoder
-
-        ae = KLAutoencoder.load(path)
+        ae = load_family_file(KLAutoencoder, path)
         return ae.vae.state_dict(), ae.config.vae
     for folder in (path / "vae", path / "model" / "vae", path):
         if (folder / "config.json").is_file() and (folder / "diffusion_pytorch_model.safetensors").is_file():
@@ -144,12 +148,11 @@ def encode_latents(model: SuperResolution, images: torch.Tensor, batch_size: int
 def _cached_latents(model: SuperResolution, images: torch.Tensor, cfg: SRTrainConfig, outdir: Path) -> torch.Tensor:
     path = outdir / "latents.pt"
     key = {"first_stage": cfg.first_stage, "n": len(images), "resolution": cfg.model.resolution}
-    if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached.get("key") == key:
-            return cached["latents"]
+    cached = load_cache(path, lambda c: c["key"] == key)
+    if cached is not None:
+        return cached["latents"]
     latents = encode_latents(model, images, cfg.encode_batch_size)
-    torch.save({"key": key, "latents": latents}, path)
+    save_cache({"key": key, "latents": latents}, path)
     return latents
 
 
@@ -190,8 +193,6 @@ def train_sr(cfg: SRTrainConfig, outdir: str | Path, resume: bool = False,
     """Train; writes `outdir/sr.ckpt` and, once finished, `outdir/model.safetensors` (EMA weights of
     the UNet, the frozen VAE inside). `stop_after` stops early (tests simulate a crash with it);
     `budget` (t2i.training.budget.CPUBudget) stops early too but still writes the model."""
-    from t2i.training.trainer import Trainer
-
     outdir, data, _ = start_run(cfg, outdir, FAMILY)
     vae_state, vae_shape = load_first_stage(cfg.first_stage)
     model_cfg = _model_config(cfg, vae_shape)
@@ -212,9 +213,7 @@ def train_sr(cfg: SRTrainConfig, outdir: str | Path, resume: bool = False,
     def on_sample(step):
         low = degrade(preview, model_cfg.scale, DegradeConfig(blur_sigma_max=0.0, p_bicubic=0.0), torch.Generator())
         images = upscale_tensor(model, low.to(model.device), list(range(len(low))), steps=50)
-        from t2i.pipelines.imageops import tensor_to_images
-
-        write_sample_grid(tensor_to_images(torch.cat([images.cpu(), preview])), outdir, step)
+        write_sample_grid(to_pil_images(torch.cat([images.cpu(), preview])), outdir, step)
 
     trainer.fit(sr_loss_fn(data.images, latents * model_cfg.scaling_factor, model_cfg, cfg),
                 on_sample=on_sample, stop_after=stop_after, budget=budget)

@@ -23,12 +23,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 
-from t2i.config import to_dict
+from t2i.checkpoints.family_file import save_model_file
+from t2i.checkpoints.registry import load_model
+from t2i.checkpoints.tiny_vae import build_tiny_decoder
+from t2i.config import BatchSize, Crop, Seed, Width, at_least, between, to_dict
+from t2i.data.cache import load_cache, save_cache
+from t2i.data.images import load_image_source
+from t2i.runtime import Runtime
 from t2i.training.ldm import DataConfig
+from t2i.training.runs import save_run_config
 from t2i.training.trainer import OptimConfig, Trainer
 
 DECODER_FILE = "tiny_vae_decoder.safetensors"
@@ -37,26 +45,27 @@ LOSSES = ("l1", "mse")
 
 @dataclass
 class TinyDecoderConfig:
-    width: int = 64  # channels of every stage (TAESD: 64)
-    blocks: int = 3  # tiny residual blocks per low-resolution stage (TAESD: 3; the last stage has 1)
+    width: Width = 64  # channels of every stage (TAESD: 64)
+    # tiny residual blocks per low-resolution stage (TAESD: 3; the last stage has 1)
+    blocks: Annotated[int, between(1, 16)] = 3
 
 
 @dataclass
 class DistillConfig(OptimConfig):
-    crop: int = 0  # random crops of this many pixels (a multiple of the teacher's factor); 0: whole images
-    loss: str = "l1"  # "l1" or "mse", against the teacher's decoded image
-    real_weight: float = 0.0  # > 0 adds this weight x the same loss against the real image
-    encode_batch_size: int = 32  # teacher encode/decode batch when filling the cache
+    crop: Crop = 0  # random crops of this many pixels (a multiple of the teacher's factor); 0: whole images
+    loss: Literal["l1", "mse"] = "l1"  # against the teacher's decoded image
+    real_weight: Annotated[float, at_least(0)] = 0.0  # > 0 adds this weight x the same loss against the real image
+    encode_batch_size: BatchSize = 32  # teacher encode/decode batch when filling the cache
 
 
 @dataclass
 class TinyVAETrainConfig:
     teacher: str = "default"  # "default" (the bundled model), or a t2i model / diffusers folder / SD single file
-    resolution: int = 0  # training image size; 0: the teacher's native resolution
+    resolution: Annotated[int, between(0, 16384)] = 0  # training image size; 0: the teacher's native resolution
     decoder: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(size=4000))
     optim: DistillConfig = field(default_factory=DistillConfig)
-    seed: int = 0
+    seed: Seed = 0
 
 
 @dataclass
@@ -73,8 +82,6 @@ class TeacherCache:
 
 def build_student(cfg: TinyDecoderConfig, latent_channels: int, factor: int):
     """A DecoderTiny with log2(factor) upsamplings: scaled latents -> images in [-1, 1]."""
-    from t2i.checkpoints.tiny_vae import build_tiny_decoder
-
     upsamplings = int(round(math.log2(factor)))
     if 2 ** upsamplings != factor:
         raise ValueError(f"the teacher's VAE downsamples x{factor}; tiny decoders need a power of two")
@@ -94,9 +101,6 @@ def _teacher_path(spec: str) -> str | None:
 
 def load_teacher(spec: str):
     """The teacher's LoadedModel in float32 (on the GPU when there is one)."""
-    from t2i.checkpoints.registry import load_model
-    from t2i.runtime import Runtime
-
     return load_model(_teacher_path(spec), Runtime.auto("full"))
 
 
@@ -134,22 +138,16 @@ def teacher_cache(cfg: TinyVAETrainConfig, cache_dir: Path) -> TeacherCache:
     """The training images with the teacher's latents and decodes, computed once per (teacher,
     data, resolution) and kept in `cache_dir/teacher.pt` (recomputed when any of them changes;
     a resumed run does not load the teacher again)."""
-    from t2i.data.images import load_image_source
-
     key, path = _cache_key(cfg), cache_dir / "teacher.pt"
-    if path.is_file():
-        state = torch.load(path, weights_only=True)
-        if state["key"] == key:
-            return TeacherCache(state["latents"], state["decoded"], state["images"], int(state["factor"]))
+    state = load_cache(path, lambda s: s["key"] == key)
+    if state is not None:
+        return TeacherCache(state["latents"], state["decoded"], state["images"], int(state["factor"]))
     model = load_teacher(cfg.teacher).model
     factor, resolution = model.vae_scale_factor, cfg.resolution or model.config.resolution
     _check_factor(cfg, factor, resolution)
     images = load_image_source(cfg.data, resolution, cache_dir=cache_dir).images
     latents, decoded = teacher_outputs(model, images, cfg.optim.encode_batch_size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "latents": latents, "decoded": decoded, "images": images, "factor": factor}, tmp)
-    tmp.replace(path)
+    save_cache({"key": key, "latents": latents, "decoded": decoded, "images": images, "factor": factor}, path)
     return TeacherCache(latents, decoded, images, factor)
 
 
@@ -206,9 +204,6 @@ def train_tiny_vae(cfg: TinyVAETrainConfig, outdir: str | Path, resume: bool = F
                    stop_after: int | None = None):
     """Distil; a finished run writes `outdir/tiny_vae_decoder.safetensors` (EMA weights if
     enabled). Returns the student decoder (eval mode)."""
-    from t2i.checkpoints.family_file import save_model_file
-    from t2i.training.runs import save_run_config
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg)

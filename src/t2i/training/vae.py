@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
+from t2i.config import BatchSize, LearningRate, Seed, Steps, at_least, between
 from t2i.data.labels import ImageDataConfig, to_model_range
 from t2i.models.vae import ConvVAE, ConvVAEConfig, elbo_loss, sample
 from t2i.training.runs import finish_run, open_run, write_sample_grid
@@ -19,10 +21,10 @@ FAMILY = "vae"
 
 @dataclass
 class VAEOptimConfig(OptimConfig):
-    steps: int = 5000
-    batch_size: int = 64
-    lr: float = 1e-3  # small conv VAEs tolerate a high Adam rate; warmup covers the start
-    kl_weight: float = 1.0  # beta: 1 is the true ELBO; lower for sharper reconstructions
+    steps: Steps = 5000
+    batch_size: BatchSize = 64
+    lr: LearningRate = 1e-3  # small conv VAEs tolerate a high Adam rate; warmup covers the start
+    kl_weight: Annotated[float, at_least(0)] = 1.0  # beta: 1 is the true ELBO; lower for sharper reconstructions
 
 
 @dataclass
@@ -30,8 +32,8 @@ class VAETrainConfig:
     model: ConvVAEConfig = field(default_factory=ConvVAEConfig)
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     train: VAEOptimConfig = field(default_factory=VAEOptimConfig)
-    seed: int = 0
-    sample_n: int = 16  # images in each periodic grid (train.sample_every)
+    seed: Seed = 0
+    sample_n: Annotated[int, between(1, 1024)] = 16  # images in each periodic grid (train.sample_every)
 
 
 def vae_loss_fn(images: torch.Tensor, cfg: VAEOptimConfig, latent_dim: int):

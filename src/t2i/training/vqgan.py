@@ -17,22 +17,29 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
-from t2i.config import save_yaml, to_dict
+from t2i.atomic import write_text
+from t2i.checkpoints.family_file import save_family_file
+from t2i.checkpoints.safe_load import check_tensor_kinds, load_checkpoint_dict, misfit_is_load_error
+from t2i.config import Crop, Decay, Seed, at_least, between, save_yaml, to_dict
 from t2i.data.images import load_image_source
+from t2i.errors import version
 from t2i.models.vqgan import (VQGAN, DiscriminatorConfig, PatchDiscriminator, VQGANConfig, VQGANLoss,
                               VQGANLossConfig, codebook_usage)
+from t2i.training.budget import stopped
 from t2i.training.ldm import DataConfig, _random_crops, _to_model_range
-from t2i.training.trainer import OptimConfig, lr_at, save_atomic, step_generator
+from t2i.training.trainer import (RESUME_HINT, OptimConfig, check_optimizer_state, checked_progress, lr_at,
+                                  remove_run_leftovers, save_atomic, step_generator)
 
 
 @dataclass
 class VQGANOptimConfig(OptimConfig):
-    disc_lr: float = 0.0  # 0: the same as lr
-    betas: tuple[float, float] = (0.5, 0.9)  # the VQGAN code's Adam betas: less momentum for the GAN game
-    crop: int = 0  # > 0: train on random crops of this size (the autoencoder is convolutional)
+    disc_lr: Annotated[float, at_least(0)] = 0.0  # 0: the same as lr
+    betas: tuple[Decay, Decay] = (0.5, 0.9)  # the VQGAN code's Adam betas: less momentum for the GAN game
+    crop: Crop = 0  # > 0: train on random crops of this size (the autoencoder is convolutional)
 
 
 @dataclass
@@ -42,8 +49,8 @@ class VQGANTrainConfig:
     loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: VQGANOptimConfig = field(default_factory=VQGANOptimConfig)
-    seed: int = 0
-    report_images: int = 1024  # training images for the final codebook-usage report
+    seed: Seed = 0
+    report_images: Annotated[int, between(0, 10**9)] = 1024  # training images for the final codebook-usage report
 
 
 class _Run:
@@ -63,9 +70,7 @@ class _Run:
         self.history: dict[str, list[float]] = {}
 
     def state_dict(self) -> dict:
-        from t2i.checkpoints.diffusers_folder import _t2i_version
-
-        return {"kind": "t2i-train-vqgan", "t2i_version": _t2i_version(), "config": to_dict(self.cfg),
+        return {"kind": "t2i-train-vqgan", "t2i_version": version(), "config": to_dict(self.cfg),
                 "step": self.step, "losses": self.history.get("loss", []), "history": self.history,
                 "modules": {"vqgan": self.model.state_dict(), "disc": self.disc.state_dict()},
                 "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}}
@@ -75,8 +80,10 @@ class _Run:
         self.disc.load_state_dict(state["modules"]["disc"], strict=True)
         self.opt_g.load_state_dict(state["optimizers"]["g"])
         self.opt_d.load_state_dict(state["optimizers"]["d"])
-        self.step = state["step"]
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        check_optimizer_state(self.opt_g)
+        check_optimizer_state(self.opt_d)
+        self.step = checked_progress(state["step"], [])[0]
+        self.history = {str(k): checked_progress(0, v)[1] for k, v in state["history"].items()}
 
     def record(self, logs: dict[str, float]) -> None:
         for key, value in logs.items():
@@ -129,8 +136,6 @@ def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False,
     """Train the first stage; `stop_after` steps (tests: a simulated crash) leaves the run
     unfinished; a spent `budget` (t2i.training.budget.CPUBudget) stops early but still writes the
     model; `perceptual` is an optional distance network (see t2i.models.vqgan)."""
-    from t2i.training.budget import stopped
-
     if cfg.optim.ema_decay:
         raise ValueError("the vqgan recipe keeps no EMA of the weights: set optim.ema_decay to 0")
     outdir = Path(outdir)
@@ -139,8 +144,14 @@ def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False,
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = _Run(cfg, dev, perceptual)
     checkpoint = outdir / "vqgan.ckpt"
+    if resume:
+        remove_run_leftovers(outdir)
     if resume and checkpoint.is_file():
-        run.load_state_dict(torch.load(checkpoint, map_location=dev, weights_only=True))
+        state = load_checkpoint_dict(checkpoint, "vqgan training checkpoint", ("modules", "optimizers", "step", "history"))
+        with misfit_is_load_error(checkpoint, "this vqgan run", RESUME_HINT):
+            for module, part in ((run.model, "vqgan"), (run.disc, "disc")):
+                check_tensor_kinds(module.state_dict(), state["modules"][part], checkpoint, "this vqgan run")
+            run.load_state_dict(state)
     images = load_image_source(cfg.data, cfg.model.resolution, cache_dir=outdir / "cache").images
     o = cfg.optim
     last = o.steps if stop_after is None else min(o.steps, run.step + stop_after)
@@ -163,9 +174,9 @@ def train_vqgan(cfg: VQGANTrainConfig, outdir: str | Path, resume: bool = False,
     on_budget = stopped(budget, "vqgan", run.step, o.steps)
     if run.step < o.steps and not on_budget:
         return model
-    model.save(outdir / "vqgan.safetensors")
+    save_family_file(model, outdir / "vqgan.safetensors")
     report = evaluate_first_stage(model, images[:cfg.report_images])
-    (outdir / "vqgan_report.json").write_text(json.dumps(report, indent=2))
+    write_text(outdir / "vqgan_report.json", json.dumps(report, indent=2))
     print(f"[vqgan] codebook usage {report['codebook_used']:.1%} of {model.num_codes} codes, perplexity "
           f"{report['perplexity']:.1f}, reconstruction L1 {report['recon_l1']:.4f}", file=sys.stderr)
     return model
