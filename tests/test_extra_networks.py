@@ -192,6 +192,9 @@ def test_prompt_tags():
         ("ink", 0.8, 0.8), ("x", 0.2, 0.6), ("y", 0.1, 0.3), ("z", 1.0, 1.0),
         ("/models/extra.safetensors", 0.5, 0.5), ("pair", 0.1, 0.2)]
     assert requests[4].alias == "extra"
+    assert [r.name for r in lora_requests("<lyco:old:0.5>")] == ["old"]  # the old LyCORIS spelling
+    with pytest.raises(ParamError, match="unknown extra network kind 'hypernetx'"):
+        lora_requests("a <hypernetx:h:1>")  # a typo is an error, not silently ignored
     for bad in ("<lora:a:strong>", "<lora:a:1:2:3>", "<lora:a:dyn=4>"):
         with pytest.raises(ParamError):
             lora_requests(bad)

@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from t2i.extra_networks import DEFAULT_EMBEDDING_DIRS, DEFAULT_LORA_DIRS
+from t2i.checkpoints.registry import file_hash
+from t2i.checkpoints.safe_load import sniff_format
+from t2i.errors import ParamError
+from t2i.extra_networks import DEFAULT_EMBEDDING_DIRS, DEFAULT_HYPERNETWORK_DIRS, DEFAULT_LORA_DIRS
 from t2i.extra_networks.embeddings import EMBEDDING_SUFFIXES, Embedding, load_embedding
 from t2i.extra_networks.lora import LORA_SUFFIXES, LoraFile, LoraTargets, merge_loras, read_lora, restore_weights
-from t2i.pipelines.params import ParamError
+from t2i.extra_networks.vae import vae_state_dict, vae_weights_file
 from t2i.prompts import extract_extra_networks
 
 log = logging.getLogger("t2i")
@@ -65,14 +68,17 @@ def _number(value: str, what: str) -> float:
 def lora_requests(prompt: str, loras=None) -> list[LoraRequest]:
     """The LoRAs of a generation: `<lora:name>`, `<lora:name:w>` (both multipliers),
     `<lora:name:te:unet>` or `<lora:name:te=w:unet=w>` tags of the prompt, then `loras`
-    ({name or path: weight or (te, unet)}). Other tag kinds (hypernet, ...) are not supported
-    and are left out with a warning."""
+    ({name or path: weight or (te, unet)}). `<hypernet:...>` tags are t2i.extra_networks.hypernetwork's;
+    `<lyco:...>` is an old spelling of `<lora:...>` (LyCORIS files load as LoRAs). Any other tag kind
+    is an error, as an unknown LoRA is: a typo must not silently change the image."""
     found = []
     for kind, name, args in extract_extra_networks(prompt)[1]:
         tag = f"<{kind}:{name}{''.join(':' + a for a in args)}>"
-        if kind.lower() != "lora":
-            log.warning("%s: t2i supports <lora:...> extra networks only; this tag is ignored", tag)
+        if kind.lower() == "hypernet":
             continue
+        if kind.lower() not in ("lora", "lyco"):
+            raise ParamError(f"{tag}: unknown extra network kind {kind!r}; t2i applies <lora:name:weight> (also "
+                             f"<lyco:...>) and <hypernet:name:weight> tags")
         positional = [a for a in args if "=" not in a]
         named = dict(a.split("=", 1) for a in args if "=" in a)
         unknown = set(named) - {"te", "unet"}
@@ -97,8 +103,6 @@ def lora_requests(prompt: str, loras=None) -> list[LoraRequest]:
 def lora_short_hash(path: Path) -> str:
     """The web UI's LoRA hash (12 hex digits): sha256 of a safetensors file's tensor data (after
     its header, so editing metadata keeps the hash), of the whole file otherwise."""
-    from t2i.checkpoints.safe_load import sniff_format
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         if sniff_format(path) == "safetensors":
@@ -134,6 +138,8 @@ class ExtraNetworks:
 
     lora_dirs: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_LORA_DIRS)
     embedding_dirs: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_EMBEDDING_DIRS)
+    hypernetwork_dirs: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_HYPERNETWORK_DIRS)
+    _hypernetworks: dict = field(default_factory=dict, repr=False)  # path -> (stamp, Hypernetwork)
     vae_name: str | None = None  # file name of a separate VAE (--vae), for infotexts
     vae_hash: str | None = None
     _loras: OrderedDict = field(default_factory=OrderedDict, repr=False)  # path -> (stamp, LoraFile)
@@ -201,22 +207,48 @@ class ExtraNetworks:
         return cached[1]
 
     def embedding_files(self) -> dict[str, Path]:
-        """{name: file} of every embedding in the folders (subfolders too); the first of two
-        files with one name wins, with a warning."""
+        """{name: file} of every embedding in the folders (subfolders too); of two files with one
+        name the one nearer the folder's top wins, with a warning unless both hold the same
+        vectors (a fine-tuning run writes NAME.safetensors and diffusers/learned_embeds.safetensors)."""
         found: dict[str, Path] = {}
         for folder in self.embedding_dirs:
             if not folder.is_dir():
                 continue
-            for path in sorted(folder.rglob("*")):
+            for path in sorted(folder.rglob("*"), key=lambda p: (len(p.relative_to(folder).parts), p)):
                 if path.suffix.lower() not in EMBEDDING_SUFFIXES or not path.is_file():
                     continue
                 # a diffusers learned_embeds file is named by its token: read it (it is small)
                 name = self.embedding(path).name if path.stem == "learned_embeds" else path.stem
                 if name in found:
-                    log.warning("embedding %r: %s is shadowed by %s", name, path, found[name])
+                    if not self._same_vectors(path, found[name]):
+                        log.warning("embedding %r: %s is shadowed by %s", name, path, found[name])
                     continue
                 found[name] = path
         return found
+
+    def _same_vectors(self, shadowed: Path, winner: Path) -> bool:
+        """Whether every vector set of `shadowed` is one of `winner`'s (a copy in another format)."""
+        import torch
+
+        kept = list(self.embedding(winner).vectors.values())
+        return all(any(v.shape == w.shape and torch.equal(v, w) for w in kept)
+                   for v in self.embedding(shadowed).vectors.values())
+
+    # ------------------------------------------------------------------ hypernetworks
+
+    def hypernetworks(self, prompt: str) -> list[tuple]:
+        """(Hypernetwork, multiplier) of each `<hypernet:name:m>` tag of `prompt` (files cached)."""
+        from t2i.extra_networks.hypernetwork import find_hypernetwork, hypernetwork_requests, load_hypernetwork
+
+        out = []
+        for name, multiplier in hypernetwork_requests(prompt):
+            path = find_hypernetwork(name, self.hypernetwork_dirs + self.lora_dirs)
+            stamp = _stamp(path)
+            cached = self._hypernetworks.get(path)
+            if cached is None or cached[0] != stamp:
+                cached = self._hypernetworks[path] = (stamp, load_hypernetwork(path))
+            out.append((cached[1], multiplier))
+        return out
 
     def embeddings_named_in(self, texts: list[str], widths: list[int]) -> list[Embedding]:
         """The embeddings whose names appear as words in `texts` (case-insensitive, as CLIP's
@@ -265,10 +297,14 @@ class ExtraNetworks:
             paths = [self.find_lora(request.name) for request in requests]
             files = [(self.lora(path), request.te, request.unet) for path, request in zip(paths, requests)]
             active = self.describe(model, params, requests)
+            hypernetworks = self.hypernetworks(params.prompt)
             backups = merge_loras(self.targets(model), files) if files else []
             self._active_key, self._last = key, (key, active)
             try:
-                yield active
+                from t2i.extra_networks.hypernetwork import applying_hypernetworks
+
+                with applying_hypernetworks(model.unet, hypernetworks):  # its attention processors, restored after
+                    yield active
             finally:
                 self._active_key = None
                 restore_weights(backups)
@@ -334,7 +370,18 @@ def configure_extra_networks(loaded, *, vae=None, lora_dirs=None, embedding_dirs
         dirs = [embedding_dirs] if isinstance(embedding_dirs, (str, Path)) else embedding_dirs
         networks.embedding_dirs = tuple(Path(d).expanduser() for d in dirs)
     if vae is not None:
-        from t2i.extra_networks.vae import use_vae
-
         use_vae(loaded, vae)
     return networks
+
+
+def use_vae(loaded, path: str | Path) -> None:
+    """Load the VAE file or folder `path` into `loaded.model.vae` (in place: device and dtype
+    stay) and record its name and hash for infotexts (`VAE hash`, `VAE`); the file is read by
+    t2i.extra_networks.vae."""
+    vae = loaded.model.vae
+    state = vae_state_dict(vae, path)
+    vae.load_state_dict(state, strict=True)  # copies into the existing parameters
+    file = vae_weights_file(path)
+    networks = extra_networks_of(loaded)
+    networks.vae_name = file.name if Path(path).is_file() else Path(path).name
+    networks.vae_hash = file_hash(file)
