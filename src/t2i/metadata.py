@@ -9,6 +9,7 @@ is the web UI's, exactly (see ../shared/INTEROP.md, "Infotext"):
 
 PNG files carry it in a text chunk keyed `parameters`; JPEG and WEBP files in the EXIF
 UserComment, encoded the way piexif does it (an 8-byte charset prefix, then the text).
+Files are written through t2i.atomic (never half-written; a full disk is an OutputError).
 """
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import json
 import numbers
 import os
 import re
-import secrets
+import struct
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
+
+from t2i.atomic import atomic_file
 
 # The order the web UI writes its own keys in; extras follow in the caller's order.
 CANONICAL_KEYS: tuple[str, ...] = (
@@ -56,7 +60,10 @@ _UC_ASCII = b"ASCII\x00\x00\x00"
 _UC_JIS = b"JIS\x00\x00\x00\x00\x00"
 _UC_UNDEFINED = b"\x00" * 8
 _JPEG_MAX_EXIF = 65533  # one APP1 marker segment
+_TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
 _EXIF_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# The choices of an image-format option, as file extensions (the web UI's names).
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp")
 
 
 # ---------------------------------------------------------------------------- text
@@ -227,11 +234,20 @@ def decode_user_comment(data: bytes | str) -> str:
     return body.decode("utf-8", errors="replace")
 
 
-def _exif_with_comment(infotext: str) -> Image.Exif:
-    exif = Image.Exif()
-    exif.endian = ">"  # big-endian like piexif, so the UTF-16BE comment matches the byte order
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = encode_user_comment(infotext)
-    return exif
+def _exif_with_comment(infotext: str) -> bytes:
+    """An EXIF block holding only the UserComment, laid out as the web UI's `piexif.dump` lays it
+    out: a big-endian TIFF header (matching the UTF-16BE text), IFD0 with one entry pointing to
+    the Exif IFD, whose one entry is the UserComment, typed UNDEFINED as EXIF requires. (Pillow's
+    Image.Exif types raw bytes as BYTE, which piexif, and so the web UI, cannot decode.)"""
+    comment = encode_user_comment(infotext)
+    entry = struct.Struct(">HHII")  # tag, type, count, value or offset
+    exif_ifd = 8 + 2 + entry.size + 4  # after the header and IFD0
+    data = exif_ifd + 2 + entry.size + 4  # after the Exif IFD; even, as TIFF wants offsets
+    tiff = (b"MM\x00\x2a" + struct.pack(">I", 8)
+            + struct.pack(">H", 1) + entry.pack(ExifTags.IFD.Exif, _TIFF_LONG, 1, exif_ifd) + struct.pack(">I", 0)
+            + struct.pack(">H", 1) + entry.pack(ExifTags.Base.UserComment, _TIFF_UNDEFINED, len(comment), data)
+            + struct.pack(">I", 0) + comment)
+    return b"Exif\x00\x00" + tiff
 
 
 # ---------------------------------------------------------------------------- files
@@ -264,7 +280,7 @@ def _save_kwargs(
     kwargs: dict[str, object] = {"quality": quality}
     if infotext:
         exif = _exif_with_comment(infotext)
-        if fmt == "JPEG" and len(exif.tobytes()) > _JPEG_MAX_EXIF:
+        if fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
             raise ValueError(
                 f"infotext of {len(infotext)} characters does not fit in a JPEG EXIF segment "
                 f"(64 KiB, 2 bytes a character): save as .png instead"
@@ -275,28 +291,33 @@ def _save_kwargs(
     return image, kwargs
 
 
-def write_png(
+def image_format(name: str) -> str:
+    """The extension of an image-format choice: "png", "jpg" (also "jpeg") or "webp"."""
+    ext = str(name).lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    if ext not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {name!r}")
+    return ext
+
+
+def write_image(
     image: Image.Image, path: str | os.PathLike[str], infotext: str, *, quality: int = 95
 ) -> Path:
     """Save `image` with its infotext, atomically: a reader never sees a half-written file.
 
     The suffix picks the container: .png (text chunk `parameters`), .jpg/.jpeg/.webp
-    (EXIF UserComment; `quality` applies to these). Returns the path written.
+    (EXIF UserComment, UTF-16 as the web UI writes it; `quality` applies to these). Returns
+    the path written; an OSError (disk full, no permission) is a t2i.errors.OutputError.
     """
     path = Path(path)
     fmt = _image_format(path)
     image, kwargs = _save_kwargs(image, fmt, infotext, quality)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # same folder: replace is atomic
-    try:
-        with open(tmp, "xb") as f:
-            image.save(f, format=fmt, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format=fmt, **kwargs)
     return path
+
+
+write_png = write_image  # the older name: it has always written JPEG and WEBP too
 
 
 def _infotext_of(image: Image.Image) -> str | None:
@@ -316,3 +337,23 @@ def read_infotext(path_or_image: str | os.PathLike[str] | Image.Image) -> str | 
         return _infotext_of(path_or_image)
     with Image.open(path_or_image) as image:
         return _infotext_of(image)
+
+
+# Characters that move the cursor or reorder text on a terminal without being controls (Cc):
+# bidi embeddings/overrides/isolates (a "Trojan source" prompt) and Unicode line separators.
+_TERMINAL_UNSAFE = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def printable_infotext(text: str) -> str:
+    """`text` safe to print on a terminal: control characters other than newline and tab (ESC
+    sequences, carriage returns, C1 controls) and bidi overrides are written as escapes such as
+    `\\x1b` or `\\u202e`, so a file's infotext cannot recolour, rewrite or hide terminal output."""
+    out = []
+    for char in text:
+        if char in "\n\t" or not (unicodedata.category(char) == "Cc" or char in _TERMINAL_UNSAFE):
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "".join(out)

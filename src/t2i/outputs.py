@@ -23,7 +23,9 @@ _WINDOWS_RESERVED = (
     | {f"COM{c}" for c in "123456789¹²³"}
     | {f"LPT{c}" for c in "123456789¹²³"}
 )
-_COUNTER_RE = re.compile(r"^(\d{5,})-")
+# `00042-...`, and the same after a prefix (`grid-`, `xyz_grid-`, `prompt_matrix-`, `loopback-`,
+# any other word): those files share the counter, so no name is ever used twice.
+_COUNTER_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]*-)?(\d{5,})-")
 _EXT_RE = re.compile(r"[A-Za-z0-9]{1,10}")
 
 
@@ -67,7 +69,8 @@ def safe_filename_part(prompt: str, max_chars: int = 60) -> str:
 
 
 def _highest_counter(folder: Path) -> int:
-    """Highest `NNNNN-` counter among the folder's names, -1 when there is none."""
+    """Highest `NNNNN-` counter among the folder's names (also after a `word-` prefix), -1 when
+    there is none."""
     highest = -1
     for name in os.listdir(folder):
         match = _COUNTER_RE.match(name)

@@ -34,3 +34,8 @@ class LoadedModel:
     # LoRA / embedding folders, a separate VAE and their caches (t2i.extra_networks.ExtraNetworks);
     # None: the default folders, made on first use
     extra_networks: object = None
+    # upscaler folders, face restorer and their loaded models (t2i.pipelines.model_upscalers
+    # UpscalerLibrary); None: the default folders, made on first use
+    upscalers: object = None
+    # the safety checker of --safety-checker (t2i.pipelines.safety.SafetyChecker); None: off
+    safety_checker: object = None

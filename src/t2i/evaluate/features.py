@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.data.shapes import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene
+from t2i.atomic import atomic_path, write_json
+from t2i.checkpoints.safe_load import check_tensor_kinds, load_state_dict_file, misfit_is_load_error
+from t2i.config import from_dict
+from t2i.data.shapes import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, ShapesDataset, draw_scene
 
 RESOLUTION = 64
 IGNORE = -1  # label of a head that does not apply to a scene
@@ -126,27 +129,30 @@ def save_feature_net(net: FeatureNet, folder: str | Path, info: dict | None = No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"t2i_family": "fid_features"})
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"t2i_family": "fid_features"})
     config = {"architecture": asdict(net.config), "info": info or {}}
-    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_json(folder / "config.json", config, indent=1)
     return folder
 
 
 def load_feature_net(folder: str | Path | None = None, device: str | torch.device = "cpu") -> FeatureNet:
     """The feature net of `folder` (default: the shipped one), loaded strictly, in eval mode."""
-    from safetensors.torch import load_file
-
-    from t2i.config import from_dict
-
     folder = Path(folder) if folder is not None else shipped_weights_dir()
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     if not (config_path.is_file() and weights_path.is_file()):
         raise FileNotFoundError(f"{folder} holds no feature net (config.json + model.safetensors); "
                                 f"train one with `python scripts/train_fid_features.py --outdir {folder}`")
-    config = from_dict(FeatureNetConfig, json.loads(config_path.read_text())["architecture"], str(config_path))
-    config.heads = {name: tuple(classes) for name, classes in config.heads.items()}
-    net = FeatureNet(config)
-    net.load_state_dict(load_file(str(weights_path)), strict=True)
+    with misfit_is_load_error(config_path, "a feature net config"):
+        architecture = dict(json.loads(config_path.read_text())["architecture"])
+        if isinstance(architecture.get("heads"), dict):  # JSON has lists where the config has tuples
+            architecture["heads"] = {name: tuple(classes) for name, classes in architecture["heads"].items()}
+        config = from_dict(FeatureNetConfig, architecture, str(config_path))
+        net = FeatureNet(config)
+    state = load_state_dict_file(weights_path)
+    check_tensor_kinds(net.state_dict(), state, weights_path, "the feature net of its config.json")
+    with misfit_is_load_error(weights_path, "the feature net of its config.json"):
+        net.load_state_dict(state, strict=True)
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -155,8 +161,6 @@ def load_feature_net(folder: str | Path | None = None, device: str | torch.devic
 def render_labelled(size: int, seed: int, heads: dict[str, tuple[str, ...]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`size` shapes images (N, 3, 64, 64) uint8 and their labels per head."""
     import numpy as np
-
-    from t2i.data.shapes import ShapesDataset, draw_scene
 
     dataset = ShapesDataset(length=size, seed=seed, resolution=RESOLUTION)
     images, labels = [], {name: [] for name in heads}

@@ -13,6 +13,10 @@ import json
 
 import torch
 
+from t2i.checkpoints.single_file import bundled_config_dir
+from t2i.models.sd import SDModelConfig, StableDiffusionModel
+from t2i.models.text import load_tokenizer
+
 # Channel widths and text sizes of the tiny variant (SD 1.5 / 10, groups that divide them)
 TINY_UNET = {"block_out_channels": [32, 64, 128, 128], "cross_attention_dim": 32, "norm_num_groups": 8,
              "sample_size": 16}
@@ -23,8 +27,6 @@ TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 
 
 def sd_configs(family: str = "sd15", tiny: bool = False) -> dict:
     """{"unet", "vae", "text_encoder", "scheduler"} configs of the bundled `family` folder."""
-    from t2i.checkpoints.single_file import bundled_config_dir
-
     folder = bundled_config_dir(family)
     read = lambda part, name="config.json": json.loads((folder / part / name).read_text())  # noqa: E731
     configs = {"unet": read("unet"), "vae": read("vae"), "text_encoder": read("text_encoder"),
@@ -55,9 +57,6 @@ def random_sd_vae(family: str = "sd15", tiny: bool = False, seed: int = 0):
 def random_sd_model(family: str = "sd15", tiny: bool = False, seed: int = 0):
     """A StableDiffusionModel (SD 1.x layout) with random weights, float32 on the CPU."""
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from t2i.models.sd import SDModelConfig, StableDiffusionModel
-    from t2i.models.text import load_tokenizer
 
     if family != "sd15":
         raise ValueError(f"random_sd_model builds sd15 models, not {family!r}")

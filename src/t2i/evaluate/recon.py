@@ -32,6 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.checkpoints.family_file import load_family_file, read_metadata
+from t2i.checkpoints.registry import bundled_model_dir
+from t2i.data.images import render_shapes
+from t2i.data.shapes import ShapesDataset
+from t2i.errors import ModelLoadError
+from t2i.evaluate.features import load_feature_net
+from t2i.evaluate.fid import fid_from_features, image_features
+from t2i.models.autoencoder import FILE_FAMILY, KLAutoencoder
+from t2i.models.vqgan import VQGAN
+
 HELDOUT_SEED = 999  # training configs use shapes seed 0: seed 999 renders other scenes
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
@@ -123,9 +133,6 @@ class Autoencoder:
 
 def heldout_shapes(n: int, resolution: int = 64, seed: int = HELDOUT_SEED) -> torch.Tensor:
     """(n, H, W, 3) uint8 `shapes` images from a seed no training config uses."""
-    from t2i.data.images import render_shapes
-    from t2i.data.shapes import ShapesDataset
-
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     return render_shapes(ShapesDataset(length=n, seed=seed, resolution=resolution), workers=1).images
@@ -136,9 +143,6 @@ def evaluate_reconstruction(ae: Autoencoder, images_uint8: torch.Tensor, batch_s
                             features: RandomFeatures | None = None, feature_net=None) -> dict[str, float]:
     """Mean PSNR (dB), SSIM and random-feature distance of `ae` on (N, H, W, 3) uint8 images,
     and rFID in the trained `shapes` feature space (`feature_net`: default the shipped one)."""
-    from t2i.evaluate.features import load_feature_net
-    from t2i.evaluate.fid import fid_from_features, image_features
-
     h, w = images_uint8.shape[1:3]
     if h % ae.factor or w % ae.factor:
         raise ValueError(f"{ae.name}: image size {h}x{w} is not a multiple of its downsampling factor {ae.factor}")
@@ -166,12 +170,8 @@ def evaluate_reconstruction(ae: Autoencoder, images_uint8: torch.Tensor, batch_s
 def load_autoencoder(spec: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     """`default` (the bundled model's VAE), a diffusers model folder (its vae/), an LDM run
     folder (its model/), an autoencoder or VQGAN run folder, or their .safetensors file."""
-    from t2i.checkpoints.diffusers_folder import ModelLoadError
-
     device = torch.device(device)
     if str(spec) == "default":
-        from t2i.checkpoints.registry import bundled_model_dir
-
         return _diffusers_vae(bundled_model_dir(), "default", device)
     path = Path(spec)
     if path.is_dir():
@@ -191,18 +191,12 @@ def load_autoencoder(spec: str | Path, device: str | torch.device = "cpu") -> Au
 
 
 def _from_file(path: Path, name: str, device: torch.device) -> Autoencoder:
-    from t2i.checkpoints.diffusers_folder import ModelLoadError
-    from t2i.checkpoints.family_file import read_metadata
-    from t2i.models.autoencoder import FILE_FAMILY, KLAutoencoder
-
     family = read_metadata(path)["t2i_family"]
     if family == FILE_FAMILY:
-        model = KLAutoencoder.load(path).to(device)
+        model = load_family_file(KLAutoencoder, path).to(device)
         return Autoencoder(name, "kl", model.config.downsample_factor, _count(model), model.reconstruct, device)
     if family == "vqgan":
-        from t2i.models.vqgan import VQGAN
-
-        model = VQGAN.load(path).to(device)
+        model = load_family_file(VQGAN, path).to(device)
         return Autoencoder(name, "vq", model.config.downsample_factor, _count(model),
                            lambda x: model(x).recon, device)
     raise ModelLoadError(f"{path} holds a {family!r} model, not an autoencoder ({FILE_FAMILY} or vqgan)")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from t2i.data.shapes import PALETTE, POSITIONS, RELATIONS, SHAPES, SIZES
+from t2i.data.shapes import PALETTE, POSITIONS, RELATIONS, SHAPES, SIZES, ShapesDataset
 
 COLOR_NAMES = tuple(PALETTE)
 _PALETTE_RGB = np.array([PALETTE[c] for c in COLOR_NAMES], dtype=np.float32)  # (8, 3)
@@ -405,8 +405,6 @@ def check(image: Image.Image, prompt: str) -> CheckResult:
 
 def evaluation_prompts(n: int, seed: int) -> list[str]:
     """n prompts from the full grammar: the captions of a `shapes` dataset (short ones included)."""
-    from t2i.data.shapes import ShapesDataset
-
     dataset = ShapesDataset(length=n, seed=seed, p_two=0.4, p_short=0.3)
     return [dataset.scene(i).caption for i in range(n)]
 

@@ -69,7 +69,7 @@ class TextSource:
     ids (+ placeholder positions for textual inversion) when the encoder runs in the step."""
 
     def __init__(self, model, net: FinetuneNet, captions: list[str], setup: Setup, cache_path: Path | None,
-                 is_main: bool):
+                 is_main: bool, model_id: str = ""):
         self.captions = captions
         self.ti_places = None
         if setup.ti_name:
@@ -80,12 +80,13 @@ class TextSource:
             self.ids = net.text.ids(captions)
         self.cached = None
         if not setup.live_text:
-            self.cached = self._encode_all(net, cache_path, is_main)
+            self.cached = self._encode_all(net, cache_path, is_main, model_id)
 
-    def _encode_all(self, net: FinetuneNet, cache_path: Path | None, is_main: bool) -> tuple:
+    def _encode_all(self, net: FinetuneNet, cache_path: Path | None, is_main: bool, model_id: str) -> tuple:
         from t2i.data.cache import load_cache, save_cache
 
-        key = hashlib.sha256(repr((self.captions, [i.tolist() for i in self.ids])).encode()).hexdigest()
+        key = hashlib.sha256(repr((model_id, net.text.clip_skip, self.captions,
+                                   [i.tolist() for i in self.ids])).encode()).hexdigest()
         cached = load_cache(cache_path, check=lambda v: v["key"] == key) if cache_path else None
         if cached is None:
             contexts, pooled = [], []
@@ -255,7 +256,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
             if setup.text_params and hasattr(encoder, "gradient_checkpointing_enable"):
                 encoder.gradient_checkpointing_enable()
     captions = data.captions + (class_data.captions if class_data else []) + [""]
-    text = TextSource(model, net, captions, setup, outdir / "cache" / "text.pt", is_main)
+    text = TextSource(model, net, captions, setup, outdir / "cache" / "text.pt", is_main, model_id)
     optim = OptimConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                         min_lr_ratio=0.0, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                         ema_decay=cfg.ema_decay, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
