@@ -6,6 +6,8 @@ never used); each prompt gets one image with its own seed; the checker
 one row per guidance scale.
 
     python benchmarks/prompt_accuracy.py --n 200 --cfg 3 5 7.5 [--model DIR] [--sampler "DPM++ 2M"]
+    python benchmarks/prompt_accuracy.py --n 200 --fast        # the bundled LCM-LoRA, LCM, 4 steps, CFG 1
+    python benchmarks/prompt_accuracy.py --n 200 --lora FILE --sampler LCM --steps 4 --cfg 1
 """
 from __future__ import annotations
 
@@ -53,15 +55,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--save-failures", default=None, help="folder for images that failed the check")
+    parser.add_argument("--lora", default=None, help="a LoRA file merged at weight 1 (e.g. an LCM-LoRA)")
+    parser.add_argument("--fast", action="store_true",
+                        help="as `t2i generate --fast`: the model's LCM-LoRA, LCM sampler, 4 steps, CFG 1")
     args = parser.parse_args()
+    if args.fast:
+        from t2i.pipelines.fast import FAST_SETTINGS, bundled_fast_lora
+
+        args.lora = args.lora or str(bundled_fast_lora())
+        args.sampler, args.steps, args.cfg = FAST_SETTINGS["sampler"], FAST_SETTINGS["steps"], [FAST_SETTINGS["cfg_scale"]]
     if args.threads:
         torch.set_num_threads(args.threads)
 
     loaded = t2i.load(args.model, precision="full")
+    if args.lora:  # merged for the whole run, as a generation with <lora:NAME:1> merges it
+        from contextlib import ExitStack
+
+        from t2i.extra_networks.library import activate_extra_networks
+        from t2i.pipelines.txt2img import Txt2ImgParams
+
+        stack = ExitStack()
+        stack.enter_context(activate_extra_networks(loaded, Txt2ImgParams(loras={args.lora: 1.0})))
     prompts = evaluation_prompts(args.n, args.prompt_seed)
     seeds = [args.image_seed + i for i in range(args.n)]
-    print(f"model {loaded.name} ({loaded.hash}), {args.n} prompts, {args.sampler}, {args.steps} steps, "
-          f"torch threads {torch.get_num_threads()}")
+    print(f"model {loaded.name} ({loaded.hash}){' + LoRA ' + args.lora if args.lora else ''}, {args.n} prompts, "
+          f"{args.sampler}, {args.steps} steps, torch threads {torch.get_num_threads()}")
     rows = []
     for cfg in args.cfg:
         start = time.perf_counter()

@@ -25,11 +25,12 @@ def tiny_ldm_config(resolution: int = 32):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised tiny latent diffusion model saved as a t2i/diffusers folder."""
+    from t2i.checkpoints.diffusers_folder import save_ldm_folder
     from t2i.models.ldm import LatentDiffusion
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny"
-    LatentDiffusion(tiny_ldm_config()).save_pretrained(path)
+    save_ldm_folder(LatentDiffusion(tiny_ldm_config()), path)
     return path
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.family_file import load_family_file, save_family_file
 from t2i.data.labels import ImageDataConfig
 from t2i.models.ddpm import DDPMConfig, PixelDDPM, cosine_betas, linear_betas, make_sampler
 from t2i.models.ddpm import sample as ddpm_sample
@@ -207,8 +208,8 @@ def test_save_load_round_trip_is_exact_and_strict(build, tmp_path):
 
     torch.manual_seed(0)
     model = build()
-    path = model.save(tmp_path / "m.safetensors")
-    loaded = type(model).load(path)
+    path = save_family_file(model, tmp_path / "m.safetensors")
+    loaded = load_family_file(type(model), path)
     assert loaded.config == model.config
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -221,18 +222,18 @@ def test_save_load_round_trip_is_exact_and_strict(build, tmp_path):
         metadata = f.metadata()
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=metadata)
     with pytest.raises(ModelLoadError, match="broken.safetensors"):
-        type(model).load(tmp_path / "broken.safetensors")
+        load_family_file(type(model), tmp_path / "broken.safetensors")
     # a config key the dataclass does not know is an error, not ignored
     bad = dict(metadata, t2i_config=json.dumps({**json.loads(metadata["t2i_config"]), "typo": 1}))
     save_file(load_file(str(path)), str(tmp_path / "typo.safetensors"), metadata=bad)
     with pytest.raises(ValueError, match="typo"):
-        type(model).load(tmp_path / "typo.safetensors")
+        load_family_file(type(model), tmp_path / "typo.safetensors")
 
 
 def test_loading_a_file_of_another_family_fails(tmp_path):
-    path = ConvVAE(tiny_vae()).save(tmp_path / "vae.safetensors")
+    path = save_family_file(ConvVAE(tiny_vae()), tmp_path / "vae.safetensors")
     with pytest.raises(ModelLoadError, match="'vae' model, not a 'gan'"):
-        GAN.load(path)
+        load_family_file(GAN, path)
 
 
 # -------------------------------------------------------------------------------- labels
@@ -285,7 +286,7 @@ def test_training_lowers_the_loss(family, steps, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
     if family == "ddpm":  # the class list came from the data
         assert len(model.config.class_names) == 24
-        assert type(model).load(tmp_path / "model.safetensors").config.class_names == model.config.class_names
+        assert load_family_file(type(model), tmp_path / "model.safetensors").config.class_names == model.config.class_names
 
 
 def test_gan_training_lowers_the_discriminator_loss(tmp_path):
@@ -330,7 +331,7 @@ def test_shipped_configs_parse(family):
 # -------------------------------------------------------------------------------- CLI
 def test_cli_sample_subprocess(tmp_path):
     torch.manual_seed(0)
-    path = PixelDDPM(tiny_ddpm(CLASSES)).save(tmp_path / "ddpm.safetensors")
+    path = save_family_file(PixelDDPM(tiny_ddpm(CLASSES)), tmp_path / "ddpm.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "t2i.interfaces.cli", "sample", str(path), "--n", "4", "--seed", "0",
            "--steps", "2", "--threads", "1"]
@@ -346,7 +347,7 @@ def test_cli_interpolate_and_sample_errors(tmp_path, capsys):
     from t2i.interfaces.cli import main
 
     torch.manual_seed(0)
-    vae = ConvVAE(tiny_vae()).save(tmp_path / "vae.safetensors")
+    vae = save_family_file(ConvVAE(tiny_vae()), tmp_path / "vae.safetensors")
     Image.new("RGB", (16, 16), (230, 25, 25)).save(tmp_path / "a.png")
     Image.new("RGB", (16, 16), (30, 80, 230)).save(tmp_path / "b.png")
     assert main(["interpolate", str(vae), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--n", "6",
@@ -355,7 +356,7 @@ def test_cli_interpolate_and_sample_errors(tmp_path, capsys):
         assert strip.size == (96, 16)
     assert main(["sample", str(vae), "--steps", "3", "-o", str(tmp_path / "x.png")]) == 2
     assert "only apply to ddpm" in capsys.readouterr().err
-    ddpm = PixelDDPM(tiny_ddpm(CLASSES)).save(tmp_path / "ddpm.safetensors")
+    ddpm = save_family_file(PixelDDPM(tiny_ddpm(CLASSES)), tmp_path / "ddpm.safetensors")
     assert main(["sample", str(ddpm), "--class", "purple dot", "-o", str(tmp_path / "x.png")]) == 2
     assert "unknown class 'purple dot'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "missing.safetensors")]) == 2
@@ -370,5 +371,5 @@ def test_cli_train_writes_a_model_file(tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny-gan.yaml"
     assert main(["train", str(config), "--outdir", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().out.strip().endswith("model.safetensors")
-    assert GAN.load(tmp_path / "run" / "model.safetensors").config.class_names[0] == "red circle"
+    assert load_family_file(GAN, tmp_path / "run" / "model.safetensors").config.class_names[0] == "red circle"
     assert "family: gan" in (tmp_path / "run" / "config.yaml").read_text()  # the run can be retrained as is

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from t2i.checkpoints.family_file import load_family_file, save_family_file
 from t2i.models.ddpm import DDPMConfig, PixelDDPM
 from t2i.models.ddpm import sample as ddpm_sample
 from t2i.models.text import TextEncoderConfig
@@ -61,7 +62,7 @@ def test_text_ddpm_config_errors():
 
 
 def test_text_ddpm_save_load_round_trip(text_ddpm, tmp_path):
-    loaded = PixelDDPM.load(text_ddpm.save(tmp_path / "m.safetensors"))
+    loaded = load_family_file(PixelDDPM, save_family_file(text_ddpm, tmp_path / "m.safetensors"))
     assert loaded.config == text_ddpm.config and loaded.config.conditioning == "text"
     a, b = text_ddpm.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -111,7 +112,7 @@ def text_run(tmp_path_factory):
 def test_text_recipe_lowers_the_loss_and_writes_a_text_model(text_run):
     losses = torch.load(text_run / "ddpm.ckpt", weights_only=True)["losses"]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
-    model = PixelDDPM.load(text_run / "model.safetensors")
+    model = load_family_file(PixelDDPM, text_run / "model.safetensors")
     assert model.config.conditioning == "text" and model.config.class_names == ()
     assert "conditioning: text" in (text_run / "config.yaml").read_text()
 
@@ -168,11 +169,11 @@ def ar_folder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("ar-run")
     torch.manual_seed(0)
-    VQGAN(VQGANConfig(resolution=8, block_out_channels=(16, 16), code_dim=8, num_codes=32,
-                      norm_num_groups=8)).eval().save(folder / "vqgan.safetensors")
-    CodeTransformer(ARConfig(num_codes=32, code_shape=(4, 4), conditioning="class",
-                             class_names=("red circle", "blue square"), n_embd=32, n_layer=1,
-                             n_head=2)).eval().save(folder / "ar.safetensors")
+    save_family_file(VQGAN(VQGANConfig(resolution=8, block_out_channels=(16, 16), code_dim=8, num_codes=32,
+                                       norm_num_groups=8)).eval(), folder / "vqgan.safetensors")
+    save_family_file(CodeTransformer(ARConfig(num_codes=32, code_shape=(4, 4), conditioning="class",
+                                              class_names=("red circle", "blue square"), n_embd=32, n_layer=1,
+                                              n_head=2)).eval(), folder / "ar.safetensors")
     return folder
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.family_file import load_family_file, save_family_file
 from t2i.models.ar import (ARConfig, CodeTransformer, apply_temperature, complete_codes, generate_images,
                            next_token_probs, sample_codes, top_k_filter, top_p_filter)
 from t2i.models.vqgan import (VQGAN, DiscriminatorConfig, PatchDiscriminator, VQGANConfig, VQGANLoss,
@@ -127,22 +128,22 @@ def test_perceptual_term_needs_a_network():
 def test_vqgan_save_load_exact_and_strict(tmp_path):
     torch.manual_seed(0)
     model = VQGAN(tiny_vqgan_config()).eval()
-    model.save(tmp_path / "vq.safetensors")
-    loaded = VQGAN.load(tmp_path / "vq.safetensors")
+    save_family_file(model, tmp_path / "vq.safetensors")
+    loaded = load_family_file(VQGAN, tmp_path / "vq.safetensors")
     assert loaded.config == model.config
     x = images()
     assert torch.equal(loaded(x).recon, model(x).recon)
     with pytest.raises(ModelLoadError, match="holds a 'vqgan' model, not a 'ar' one"):
-        CodeTransformer.load(tmp_path / "vq.safetensors")
+        load_family_file(CodeTransformer, tmp_path / "vq.safetensors")
     # a file whose tensors do not match its embedded config is refused, not half-loaded
     from t2i.checkpoints.family_file import save_model_file
 
     save_model_file(tmp_path / "bad.safetensors", "vqgan", {**vars(tiny_vqgan_config())},
                     VQGAN(tiny_vqgan_config(num_codes=16)).state_dict())
     with pytest.raises(ModelLoadError, match="does not match"):
-        VQGAN.load(tmp_path / "bad.safetensors")
+        load_family_file(VQGAN, tmp_path / "bad.safetensors")
     with pytest.raises(ModelLoadError, match="does not exist"):
-        VQGAN.load(tmp_path / "missing.safetensors")
+        load_family_file(VQGAN, tmp_path / "missing.safetensors")
 
 
 def test_vqgan_few_steps_lower_the_loss():
@@ -290,13 +291,13 @@ def test_ar_save_load_exact_and_few_steps_lower_the_loss(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
-    model.eval().save(tmp_path / "ar.safetensors")
-    loaded = CodeTransformer.load(tmp_path / "ar.safetensors")
+    save_family_file(model.eval(), tmp_path / "ar.safetensors")
+    loaded = load_family_file(CodeTransformer, tmp_path / "ar.safetensors")
     assert loaded.config == model.config
     assert torch.equal(loaded(cond, codes), model(cond, codes))
     assert loaded.gpt.lm_head.weight.data_ptr() == loaded.gpt.transformer.wte.weight.data_ptr()  # still tied
     with pytest.raises(ModelLoadError, match="holds a 'ar' model, not a 'vqgan' one"):
-        VQGAN.load(tmp_path / "ar.safetensors")
+        load_family_file(VQGAN, tmp_path / "ar.safetensors")
 
 
 def test_generate_images_through_the_vqgan():

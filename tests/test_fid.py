@@ -95,7 +95,7 @@ def test_training_is_deterministic_and_saves_a_strictly_loading_net(tmp_path):
     config = json.loads((tmp_path / "net" / "config.json").read_text())
     config["architecture"]["feature_dim"] = 17
     (tmp_path / "net" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(RuntimeError, match="does not fit the feature net"):
         load_feature_net(tmp_path / "net")
     with pytest.raises(FileNotFoundError, match="train_fid_features"):
         load_feature_net(tmp_path / "missing")

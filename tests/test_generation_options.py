@@ -25,6 +25,7 @@ def two_layer(tmp_path_factory):
     """A tiny LDM whose text encoder has 2 layers (clip skip 2 needs a layer before the last)."""
     from conftest import tiny_ldm_config
 
+    from t2i.checkpoints.diffusers_folder import save_ldm_folder
     from t2i.checkpoints.registry import load_model
     from t2i.models.ldm import LatentDiffusion
     from t2i.runtime import Runtime
@@ -33,7 +34,7 @@ def two_layer(tmp_path_factory):
     config.text.num_layers = 2
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("models") / "tiny2"
-    LatentDiffusion(config).save_pretrained(path)
+    save_ldm_folder(LatentDiffusion(config), path)
     return load_model(path, Runtime.auto("full", "cpu"))
 
 

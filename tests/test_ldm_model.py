@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_ldm_config
-from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.diffusers_folder import ModelLoadError, load_ldm_folder, save_ldm_folder
 from t2i.models.ldm import LatentDiffusion, LDMConfig
 
 
@@ -30,8 +30,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(1)
     model = LatentDiffusion(tiny_ldm_config())
     model.config.scaling_factor = 0.7
-    model.save_pretrained(tmp_path / "m")
-    loaded = LatentDiffusion.from_pretrained(tmp_path / "m")
+    save_ldm_folder(model, tmp_path / "m")
+    loaded = load_ldm_folder(tmp_path / "m")
     assert loaded.config == model.config
     for name in ("unet", "vae", "text_encoder"):
         a, b = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
@@ -53,26 +53,26 @@ def test_diffusers_pipeline_loads_the_folder_offline(tiny_model_dir):
 
 def test_strict_loading_rejects_mismatched_weights(tmp_path):
     torch.manual_seed(2)
-    LatentDiffusion(tiny_ldm_config()).save_pretrained(tmp_path / "m")
+    save_ldm_folder(LatentDiffusion(tiny_ldm_config()), tmp_path / "m")
     meta_path = tmp_path / "m" / "t2i_config.json"
     meta = json.loads(meta_path.read_text())
     meta["config"]["unet"]["block_out_channels"] = [16, 48]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="does not match"):
-        LatentDiffusion.from_pretrained(tmp_path / "m")
+        load_ldm_folder(tmp_path / "m")
 
 
 def test_corrupt_weights_file_gives_clear_error(tmp_path):
     torch.manual_seed(3)
-    LatentDiffusion(tiny_ldm_config()).save_pretrained(tmp_path / "m")
+    save_ldm_folder(LatentDiffusion(tiny_ldm_config()), tmp_path / "m")
     weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="cannot read"):
-        LatentDiffusion.from_pretrained(tmp_path / "m")
+        load_ldm_folder(tmp_path / "m")
 
 
 def test_missing_folder_and_unknown_config_keys(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
-        LatentDiffusion.from_pretrained(tmp_path / "nope")
+        load_ldm_folder(tmp_path / "nope")
     with pytest.raises(ValueError, match="unknown keys"):
         LDMConfig.from_dict({"resolution": 32, "unet": {"chanels": [1]}})

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from t2i.checkpoints.family_file import load_family_file
 from t2i.evaluate.recon import RandomFeatures, psnr, ssim
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -53,7 +54,7 @@ def test_kl_recipe_trains_saves_and_evaluate_recon_prints_rows(tmp_path, capsys)
 
     kl = tmp_path / "ae-kl"
     assert main(["train", str(CONFIGS / "tiny-ae-kl.yaml"), "--outdir", str(kl)]) == 0
-    model = KLAutoencoder.load(kl / "autoencoder.safetensors")
+    model = load_family_file(KLAutoencoder, kl / "autoencoder.safetensors")
     assert model.config.downsample_factor == 2
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert model.reconstruct(x).shape == x.shape

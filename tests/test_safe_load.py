@@ -207,3 +207,125 @@ def test_random_bytes_ckpt_is_not_a_checkpoint(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_state_dict_file(tmp_path / "nope.safetensors")
+
+
+# --------------------------------------------------------------------------- limits and the library's word
+
+
+def _header_file(path, header: bytes, body: bytes = b""):
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + body)
+    return path
+
+
+@pytest.mark.parametrize("size", [0, 1, 7])
+def test_files_under_8_bytes_are_a_clear_error_everywhere(tmp_path, size):
+    from t2i.checkpoints.safe_load import sniff_format
+
+    path = tmp_path / "tiny.safetensors"
+    path.write_bytes(b"\x01" * size)
+    for load in (load_state_dict_file, read_safetensors_header, sniff_format):
+        with pytest.raises(ModelLoadError, match=r"tiny\.safetensors is empty or truncated"):
+            load(path)
+
+
+def test_deeply_nested_header_is_refused_before_parsing(tmp_path):
+    path = _header_file(tmp_path / "deep.safetensors", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(ModelLoadError, match="nested deeper than a safetensors header can be"):
+        load_state_dict_file(path)
+
+
+def test_a_million_entries_are_refused_from_the_bytes(tmp_path):
+    entries = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(1_000_000))
+    path = _header_file(tmp_path / "many.safetensors", ("{" + entries + "}").encode())
+    with pytest.raises(ModelLoadError, match=r"oversized safetensors header .*at most 50,000 tensors"):
+        load_state_dict_file(path)
+
+
+@pytest.mark.parametrize("dtype, raw", [("F8_E8M0", bytes([127, 128, 126])), ("C64", bytes(24)), ("F16", bytes(6))])
+def test_t2i_accepts_what_the_safetensors_library_accepts(tmp_path, dtype, raw):
+    """t2i's own checks only explain the library's refusals: a dtype the installed safetensors
+    knows (F8_E8M0 and C64 since 0.6) loads; one it does not know is its refusal, said clearly."""
+    from safetensors import safe_open
+
+    path = _header_file(tmp_path / f"{dtype}.safetensors",
+                        json.dumps({"t": {"dtype": dtype, "shape": [3], "data_offsets": [0, len(raw)]}}).encode(), raw)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            expected = f.get_tensor("t")
+    except Exception:  # this safetensors (or torch) version does not know the dtype
+        with pytest.raises(ModelLoadError, match=f"{dtype}.safetensors"):
+            load_state_dict_file(path)
+        return
+    assert torch.equal(load_state_dict_file(path)["t"].view(torch.uint8), expected.view(torch.uint8))
+    assert read_safetensors_header(path)[0]["t"]["dtype"] == dtype
+
+
+def test_f16_relabelled_i16_is_a_load_error_not_a_traceback(tmp_path):
+    """A valid safetensors file whose float tensors claim an integer dtype: the library accepts
+    it, so the model loaders must refuse it (strictly) themselves."""
+    from t2i.checkpoints.family_file import load_family_file, save_family_file
+    from t2i.models.vae import ConvVAE, ConvVAEConfig
+
+    path = tmp_path / "vae.safetensors"
+    save_family_file(ConvVAE(ConvVAEConfig(resolution=16, channels=(8, 8), latent_dim=4, norm_groups=4)).half(), path)
+    _rewrite_header(path, lambda h: [e.__setitem__("dtype", "I16") for k, e in h.items() if k != "__metadata__"])
+    with pytest.raises(ModelLoadError, match=r"vae\.safetensors does not fit .*wrong kind of dtype .*int16"):
+        load_family_file(ConvVAE, path)
+
+
+def test_a_pickle_named_safetensors_is_never_unpickled(tmp_path):
+    marker, path = tmp_path / "pwned.txt", tmp_path / "model.safetensors"
+    _write_torch_zip(path, SystemTouch(marker))
+    with pytest.raises(ModelLoadError, match="named like a safetensors file but is not one"):
+        load_state_dict_file(path)
+    assert not marker.exists()
+
+
+def test_no_message_suggests_loading_unsafely(tmp_path):
+    """torch's refusals advise `weights_only=False` and allow-listing globals: t2i passes on what
+    was refused, never that advice."""
+    import io
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fuzz_pickles import malicious_pickles
+
+    for kind, data in malicious_pickles(tmp_path / "marker").items():
+        path = tmp_path / f"{kind}.ckpt"
+        path.write_bytes(data)
+        with pytest.raises(ModelLoadError) as info:
+            load_state_dict_file(path)
+        message = str(info.value)
+        assert str(path) in message, kind
+        for advice in ("weights_only=False", "weights_only` set to `False", "safe_globals", "trusted source"):
+            assert advice not in message, (kind, message)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_legacy_pickle_declaring_more_than_the_file_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    huge = b"\x8a\x06" + (2**40).to_bytes(6, "little")
+    path.write_bytes(data.replace(b"X\x03\x00\x00\x00cpuq\x06K\x03N", b"X\x03\x00\x00\x00cpuq\x06" + huge + b"N", 1))
+    with pytest.raises(ModelLoadError, match=r"old\.pt is corrupt: its tensors declare 4,398,046,511,104 bytes"):
+        load_state_dict_file(path)
+
+
+def test_damaged_training_checkpoint_on_resume_is_a_load_error(tmp_path):
+    from t2i.training.trainer import OptimConfig, Trainer
+
+    module = torch.nn.Linear(3, 3)
+    trainer = Trainer("vae", {"vae": module}, OptimConfig(steps=2), tmp_path, 0, {})
+    trainer.save()
+    state = torch.load(trainer.checkpoint_path, weights_only=True)
+    for damage in ({**state, "step": "3"}, {**state, "modules": {"vae": {"weight": torch.ones(2, 2)}}},
+                   {k: v for k, v in state.items() if k != "optimizer"}, [state]):
+        torch.save(damage, trainer.checkpoint_path)
+        with pytest.raises(ModelLoadError, match=r"vae\.ckpt"):
+            trainer.load()
+    trainer.checkpoint_path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty or truncated"):
+        trainer.load()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from t2i.checkpoints.family_file import load_family_file, save_family_file
 from t2i.models.ldm import VAEConfig
 from t2i.models.sr import SRConfig, SuperResolution, upscale_tensor
 
@@ -114,8 +115,8 @@ def test_sr_default_is_v_prediction_and_rejects_unknown_types():
 
 
 def test_save_load_round_trip_is_identical(tiny_sr, tmp_path):
-    path = tiny_sr.save(tmp_path / "sr.safetensors")
-    loaded = SuperResolution.load(path)
+    path = save_family_file(tiny_sr, tmp_path / "sr.safetensors")
+    loaded = load_family_file(SuperResolution, path)
     low = torch.rand(1, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(upscale_tensor(loaded, low, [7], steps=2), upscale_tensor(tiny_sr, low, [7], steps=2),
                                atol=0, rtol=0)
@@ -179,7 +180,7 @@ def test_training_lowers_loss_and_writes_a_loadable_model(trained_run):
     from_ckpt = load_sr_model(outdir)
     torch.testing.assert_close(upscale_tensor(from_ckpt.model, low, [0], steps=2),
                                upscale_tensor(model, low, [0], steps=2), atol=0, rtol=0)
-    model.save(outdir / "model.safetensors")
+    save_family_file(model, outdir / "model.safetensors")
 
 
 def test_upscale_cli_writes_png_with_parameters(trained_run, tmp_path):

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from t2i.checkpoints.family_file import load_family_file
 from t2i.models.ar import CodeTransformer, generate_images
 from t2i.models.vqgan import VQGAN, DiscriminatorConfig, VQGANConfig, VQGANLossConfig
 from t2i.training.ar import AROptimConfig, ARTrainConfig, train_ar
@@ -47,7 +48,7 @@ def test_vqgan_recipe_writes_model_report_and_trains_the_discriminator(first_sta
     assert len(state["history"]["d_loss"]) == 3  # the discriminator joined at step 3
     report = json.loads((first_stage / "vqgan_report.json").read_text())
     assert 0 < report["codebook_used"] <= 1 and 1 <= report["perplexity"] <= 16 and report["images"] == 16
-    model = VQGAN.load(first_stage / "vqgan.safetensors")
+    model = load_family_file(VQGAN, first_stage / "vqgan.safetensors")
     assert model.code_shape == (8, 8)
 
 
@@ -55,7 +56,7 @@ def test_vqgan_resume_is_exact(tmp_path, first_stage):
     cfg = tiny_vqgan_train()
     train_vqgan(cfg, tmp_path, stop_after=4)  # a crash after step 4 (the discriminator is on)
     resumed = train_vqgan(cfg, tmp_path, resume=True)
-    straight = VQGAN.load(first_stage / "vqgan.safetensors")
+    straight = load_family_file(VQGAN, first_stage / "vqgan.safetensors")
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     la = torch.load(first_stage / "vqgan.ckpt", weights_only=True)["history"]
@@ -75,9 +76,9 @@ def test_ar_recipe_text_conditional_with_exact_resume(tmp_path, first_stage):
     resumed = train_ar(cfg, tmp_path / "b", resume=True)
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    loaded = CodeTransformer.load(tmp_path / "a" / "ar.safetensors")
+    loaded = load_family_file(CodeTransformer, tmp_path / "a" / "ar.safetensors")
     assert loaded.config.num_codes == 16 and loaded.config.code_shape == (8, 8)
-    vqgan = VQGAN.load(tmp_path / "a" / "vqgan.safetensors")  # the folder carries its first stage
+    vqgan = load_family_file(VQGAN, tmp_path / "a" / "vqgan.safetensors")  # the folder carries its first stage
     images = generate_images(loaded, vqgan, ["a red circle"], seeds=[0], top_k=4)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 

@@ -84,15 +84,31 @@ def next_image_path(outdir: str | os.PathLike[str], seed: int, prompt: str, ext:
 
     The counter continues after the highest one already there (gaps are kept, deleted images
     never get their numbers reused). Creates `outdir`. Two processes writing to the same
-    folder at once may get the same name: give each its own folder.
+    folder at once may get the same name: give each its own folder, or number the images
+    yourself (`first_free_counter` once, then `image_path`), as `t2i generate` does when
+    `accelerate launch` starts several processes.
     """
+    _extension(ext)  # a bad extension fails before the folder is made
+    return image_path(outdir, first_free_counter(outdir), seed, prompt, ext)
+
+
+def first_free_counter(outdir: str | os.PathLike[str]) -> int:
+    """The counter the next image in `outdir` gets (one above the highest there). Creates `outdir`."""
+    folder = Path(outdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _highest_counter(folder) + 1
+
+
+def image_path(outdir: str | os.PathLike[str], counter: int, seed: int, prompt: str, ext: str = "png") -> Path:
+    """The web-UI style path `NNNNN-<seed>-<prompt part>.<ext>` with a given counter."""
+    return Path(outdir) / f"{int(counter):05d}-{int(seed)}-{safe_filename_part(prompt)}.{_extension(ext)}"
+
+
+def _extension(ext: str) -> str:
     ext = ext.lstrip(".")
     if not _EXT_RE.fullmatch(ext):
         raise ValueError(f"extension must be 1-10 letters or digits, such as 'png', got {ext!r}")
-    folder = Path(outdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    counter = _highest_counter(folder) + 1
-    return folder / f"{counter:05d}-{int(seed)}-{safe_filename_part(prompt)}.{ext.lower()}"
+    return ext.lower()
 
 
 def _grid_mode(images: list[Image.Image]) -> str:

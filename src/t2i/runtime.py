@@ -4,7 +4,10 @@ Nothing probes hardware at import; `Runtime.auto()` is called by the front ends 
 `describe()` reports what it chose so a user can see it.
 
 The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast path"):
-- CUDA: bfloat16 where the GPU has it, else float16 (diffusers' SDPA attention either way).
+- CUDA: float16 for the UNet and text encoders, with the VAE in float32 where its config asks
+  for it (`force_upcast`: SD VAEs overflow float16 while decoding), as diffusers' fp16 pipelines
+  do. Measured on an H100 (BENCHMARKS.md, "SD 1.5 on a GPU"): eager float16 ran 1.11x float32 and
+  bfloat16 0.99x, and float16 is the closer to float32 (82 dB against 69 dB PSNR).
 - A CPU with native bf16 matmuls (AVX512-BF16 or AMX): bfloat16 UNet and VAE in channels_last.
   On such a CPU bf16 doubles the matmul peak, and oneDNN's bf16 convolutions are fast only in
   NHWC (bf16 in NCHW gains nothing; fp32 in NHWC is slower). The text encoder stays float32: it
@@ -77,9 +80,7 @@ class Runtime:
         if precision == "full":
             return cls(dev, torch.float32, threads, reason="--precision full")
         if dev.type == "cuda":
-            bf16 = torch.cuda.is_bf16_supported()
-            return cls(dev, torch.bfloat16 if bf16 else torch.float16, threads,
-                       reason="GPU supports bf16" if bf16 else "GPU without bf16")
+            return cls(dev, torch.float16, threads, reason="CUDA: float16, the fastest eager dtype measured")
         if dev.type == "cpu":
             feature = cpu_native_bf16()
             if feature is not None:
@@ -107,18 +108,30 @@ class Runtime:
         """The dtype to read weights into; `place` casts the UNet and VAE from there."""
         return self.text_dtype or self.dtype
 
+    def placement(self, component: str, module=None) -> tuple[torch.dtype, torch.memory_format]:
+        """(dtype, memory format) of a model's `component` ("unet", "vae", "text_encoder", ...)
+        under this runtime: what `place` gives it, and what loaders cast a file's tensors to
+        directly (one cast from the file's dtype, no round trip through float32). `module`: the
+        component (its config decides the VAE's float16 upcast)."""
+        if component in ("unet", "vae"):
+            dtype = self.dtype
+            config = getattr(module, "config", None)
+            if component == "vae" and dtype == torch.float16 and getattr(config, "force_upcast", False):
+                dtype = torch.float32  # as diffusers does: SD VAEs overflow float16 while decoding
+            return dtype, torch.channels_last if self.channels_last else torch.contiguous_format
+        return self.text_dtype or self.dtype, torch.contiguous_format
+
     def place(self, model):
         """Move `model` (a LatentDiffusion or StableDiffusionModel) to the device, the UNet and VAE
-        to `dtype` (and channels_last), the text encoders to `text_dtype`. Returns `model`."""
+        to `dtype` (and channels_last), the text encoders to `text_dtype`. Returns `model`.
+        Tensors already in their dtype and layout (a loader that used `placement`) are kept as
+        they are, not copied."""
         model.to(self.device)
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         for name in ("unet", "vae"):
             module = getattr(model, name, None)
             if module is None:
                 continue
-            dtype = self.dtype
-            if name == "vae" and dtype == torch.float16 and getattr(module.config, "force_upcast", False):
-                dtype = torch.float32  # as diffusers does: SD VAEs overflow float16 while decoding
+            dtype, layout = self.placement(name, module)
             # nn.Module.to, not diffusers' override of it: that one warns on every dtype cast
             # (about fp32-only modules, even when a model has none); t2i models are never quantized
             # or offloaded, which is all else the override handles
@@ -126,7 +139,7 @@ class Runtime:
         for name in ("text_encoder", "text_encoder_2"):
             module = getattr(model, name, None)
             if module is not None:
-                module.to(self.text_dtype or self.dtype)
+                module.to(self.placement(name, module)[0])
         return model
 
     def apply_threads(self) -> None:

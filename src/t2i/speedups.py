@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from t2i.checkpoints.tiny_vae import load_tiny_decoder
+
 
 def _model(loaded):
     return getattr(loaded, "model", loaded)
@@ -61,8 +63,6 @@ def compile_unet(loaded, *, warmup_batch: int | None = 2, mode: str | None = Non
 def use_tiny_decoder(loaded, path) -> None:
     """Decode latents with a TAESD-architecture tiny decoder read from `path` (see
     t2i.checkpoints.tiny_vae) instead of the full VAE decoder: several times faster, approximate."""
-    from t2i.checkpoints.tiny_vae import load_tiny_decoder
-
     model = _model(loaded)
     decoder = load_tiny_decoder(path, latent_channels=model.latent_channels, scale_factor=model.vae_scale_factor)
     param = next(model.vae.parameters())

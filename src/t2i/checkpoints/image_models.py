@@ -30,7 +30,8 @@ from pathlib import Path
 from t2i.errors import ModelLoadError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
-PIP_HINT = 'pip install spandrel spandrel-extra-arches einops (or: pip install "t2i[extras]")'
+PIP_HINT = ('pip install "t2i[extras]" (with a CPU-only torch build, whose torchvision PyPI lacks: pip install einops '
+            '&& pip install --no-deps spandrel spandrel-extra-arches)')
 _IMPORT_LOCK = threading.Lock()
 _REGISTRY = None  # spandrel's main registry plus the extra architectures, built on first use
 
@@ -59,8 +60,9 @@ class ImageModel:
 
     @property
     def tiling_supported(self) -> bool:
-        """False for models that see the whole image at once (tiling would change their output)."""
-        return self.descriptor.tiling.name == "SUPPORTED"
+        """False for models that tile internally; spandrel's "discouraged" (attention over the
+        whole input, e.g. SwinIR) is tiled all the same, as the web UI does, for bounded memory."""
+        return self.descriptor.tiling.name != "INTERNAL"
 
 
 def find_image_models(dirs) -> dict[str, Path]:

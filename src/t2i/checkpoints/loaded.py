@@ -6,20 +6,17 @@ one without importing another. Both names stay importable from t2i.checkpoints.r
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from t2i.checkpoints.hash_cache import sha256_of
 from t2i.runtime import Runtime
 
 
 def file_hash(path: Path, chars: int = 10) -> str:
-    """The web UI's model hash: the first 10 hex digits of the file's sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:chars]
+    """The web UI's model hash: the first 10 hex digits of the file's sha256 (of a large file
+    remembered by path, size and mtime in t2i's cache folder: t2i.checkpoints.hash_cache)."""
+    return sha256_of(path)[:chars]
 
 
 @dataclass

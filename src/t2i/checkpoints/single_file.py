@@ -113,10 +113,13 @@ def _text_module(config: dict, with_projection: bool) -> nn.Module:
 
 def _fill(module: nn.Module, component: str, state: dict[str, Tensor], target_of: Callable[[str], Target],
           source: Path, label: str, area: str, dtype: torch.dtype,
-          ignore: Callable[[str], bool] = lambda key: False) -> None:
-    """Assign every parameter of `module` from `state` through `target_of`, cast to `dtype`; all
-    problems of the component (missing, wrong shape, stray tensors whose names start with
-    `area`, unless `ignore`d) in one ModelLoadError."""
+          ignore: Callable[[str], bool] = lambda key: False,
+          memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    """Assign every parameter of `module` from `state` through `target_of`, cast to `dtype` (and
+    4-d weights to `memory_format`) in one step from the file's memory-mapped tensors: a tensor
+    already in that dtype and layout is used as it is, never copied. All problems of the
+    component (missing, wrong shape, stray tensors whose names start with `area`, unless
+    `ignore`d) in one ModelLoadError."""
     expected = module.state_dict()
     new, used, missing, wrong = {}, set(), [], []
     for name, slot in expected.items():
@@ -135,7 +138,9 @@ def _fill(module: nn.Module, component: str, state: dict[str, Tensor], target_of
         if not same_kind(value, slot):  # e.g. F16 relabelled I16: values would be cast, or assign would fail
             wrong.append(f"{target.key} {value.dtype} (expected {slot.dtype})")
             continue
-        new[name] = value.to(dtype) if value.is_floating_point() else value
+        if value.is_floating_point():
+            value = value.to(dtype=dtype, memory_format=memory_format if value.ndim == 4 else torch.preserve_format)
+        new[name] = value
     stray = sorted(k for k in state if k.startswith(area) and k not in used and not ignore(k))
     problems = mismatch_report(missing, wrong, stray)
     if problems:
@@ -184,6 +189,18 @@ def _tokenizer(folder: Path, config: dict, max_positions: int):
     return tokenizer
 
 
+def _placements(runtime, unet: nn.Module, vae: nn.Module, dtype: torch.dtype):
+    """component -> (dtype, memory format) to read it into: the runtime's choice for a model with
+    this (still empty) UNet, or `dtype` for every component without a runtime."""
+    if runtime is None:
+        return lambda component: (dtype, torch.contiguous_format)
+    from types import SimpleNamespace
+
+    final = runtime.for_model(SimpleNamespace(unet=unet))  # decided by the UNet's size: meta tensors suffice
+    modules = {"unet": unet, "vae": vae}
+    return lambda component: final.placement(component, modules.get(component))
+
+
 def _scheduler_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -192,10 +209,12 @@ def _scheduler_config(config: dict) -> dict:
 
 
 def load_single_file(path: str | Path, *, config_dir: str | Path | None = None, prediction_type: str | None = None,
-                     dtype: torch.dtype = torch.float32, clip_skip: int = 1) -> StableDiffusionModel:
+                     dtype: torch.dtype = torch.float32, clip_skip: int = 1, runtime=None) -> StableDiffusionModel:
     """A Stable Diffusion model from one original-layout file. `config_dir`: a diffusers folder
     whose configs describe the file (default: the bundled one for the detected architecture);
-    `prediction_type`: "epsilon" or "v_prediction" when the file cannot say (SD 2.x)."""
+    `prediction_type`: "epsilon" or "v_prediction" when the file cannot say (SD 2.x).
+    `runtime` (a t2i.runtime.Runtime): read each component straight into the dtype and layout
+    the runtime gives it for this model (instead of `dtype` for all)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(path)
@@ -214,10 +233,14 @@ def load_single_file(path: str | Path, *, config_dir: str | Path | None = None, 
     label = arch.label
     unet_config = {**configs.unet, "in_channels": arch.in_channels}
     unet = _empty(lambda: UNet2DConditionModel.from_config(unet_config))
-    _fill(unet, "UNet", state, lambda n: unet_target(n, unet_config), path, label, UNET_PREFIX, dtype)
     vae = _empty(lambda: AutoencoderKL.from_config(configs.vae))
-    _fill(vae, "VAE", state, lambda n: vae_target(n, configs.vae), path, label, VAE_PREFIX, dtype,
-          lambda k: k.startswith(VAE_PREFIX + "loss."))  # a training loss's weights, if any
+    place = _placements(runtime, unet, vae, dtype)
+    dtype_of = lambda part: place(part)[0]  # noqa: E731
+    layout_of = lambda part: place(part)[1]  # noqa: E731
+    _fill(unet, "UNet", state, lambda n: unet_target(n, unet_config), path, label, UNET_PREFIX, dtype_of("unet"),
+          memory_format=layout_of("unet"))
+    _fill(vae, "VAE", state, lambda n: vae_target(n, configs.vae), path, label, VAE_PREFIX, dtype_of("vae"),
+          lambda k: k.startswith(VAE_PREFIX + "loss."), layout_of("vae"))  # a training loss's weights, if any
 
     encoders, tokenizers = [], []
     for i, prefix in enumerate(arch.text_prefixes):  # SDXL: CLIP ViT-L, then OpenCLIP bigG
@@ -227,7 +250,8 @@ def load_single_file(path: str | Path, *, config_dir: str | Path | None = None, 
         open_clip = arch.family == "sd2" or i == 1
         to = open_clip_target if open_clip else clip_target
         _fill(encoder, sub.replace("_", " "), state, lambda n, p=prefix: to(text_name(n), p), path, label,
-              prefix.removesuffix("text_model."), dtype, _ignored_text_key(te_config["num_hidden_layers"], arch.family))
+              prefix.removesuffix("text_model."), dtype_of(sub),
+              _ignored_text_key(te_config["num_hidden_layers"], arch.family))
         encoders.append(encoder)
         tok = sub.replace("text_encoder", "tokenizer")
         tokenizers.append(_tokenizer(configs.folder / tok, getattr(configs, tok), te_config["max_position_embeddings"]))
@@ -258,8 +282,9 @@ def _weights_file(folder: Path) -> Path:
 
 
 def load_diffusers_folder(folder: str | Path, *, prediction_type: str | None = None,
-                          dtype: torch.dtype = torch.float32, clip_skip: int = 1) -> StableDiffusionModel:
-    """A Stable Diffusion model from a folder saved by diffusers (`save_pretrained`)."""
+                          dtype: torch.dtype = torch.float32, clip_skip: int = 1, runtime=None) -> StableDiffusionModel:
+    """A Stable Diffusion model from a folder saved by diffusers (`save_pretrained`); `runtime`:
+    as for `load_single_file`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     folder = Path(folder)
@@ -270,14 +295,18 @@ def load_diffusers_folder(folder: str | Path, *, prediction_type: str | None = N
     xl = configs.text_encoder_2 is not None
     label = "diffusers " + index["_class_name"]
 
+    unet = _empty(lambda: UNet2DConditionModel.from_config(configs.unet))
+    vae = _empty(lambda: AutoencoderKL.from_config(configs.vae))
+    place = _placements(runtime, unet, vae, dtype)
+
     def fill(module, sub, rename=lambda n: n, ignore=lambda k: False):
         file = _weights_file(folder / sub)
         state = {rename(k): v for k, v in load_state_dict_file(file).items()}
-        _fill(module, sub, state, lambda n: Target(rename(n)), file, label, "", dtype, ignore)
+        part_dtype, layout = place(sub)
+        _fill(module, sub, state, lambda n: Target(rename(n)), file, label, "", part_dtype, ignore, layout)
         return module
 
-    unet = fill(_empty(lambda: UNet2DConditionModel.from_config(configs.unet)), "unet")
-    vae = fill(_empty(lambda: AutoencoderKL.from_config(configs.vae)), "vae")
+    unet, vae = fill(unet, "unet"), fill(vae, "vae")
     encoders, tokenizers = [], []
     for sub in ("text_encoder", "text_encoder_2") if xl else ("text_encoder",):
         te_config = getattr(configs, sub)
@@ -304,7 +333,8 @@ def load_user_model(path: str | Path, runtime, *, config_dir: str | Path | None 
     """A LoadedModel from a single file or a plain diffusers folder, on the runtime's device and
     dtype; name and hash as the web UI shows them (file stem, first 10 hex of the sha256)."""
     path = Path(path)
-    options = {"prediction_type": prediction_type, "dtype": runtime.load_dtype, "clip_skip": clip_skip}
+    # each component read straight into its final dtype and layout (no float32 round trip)
+    options = {"prediction_type": prediction_type, "clip_skip": clip_skip, "runtime": runtime}
     if path.is_file():
         model = load_single_file(path, config_dir=config_dir, **options)
         hashed, name = path, path.stem

@@ -7,6 +7,9 @@
   (LoHa, LoKr, Tucker LoCon, full differences; lycoris.py) are applied the same way.
 - Textual-inversion embeddings (embeddings.py): web-UI `.pt` / `.safetensors`, SDXL and
   diffusers files in `embeddings/`, used by writing their name in a prompt.
+- Hypernetworks in the web UI's format (hypernetwork.py): `<hypernet:name:0.6>` in a prompt applies
+  `name.pt` (from `hypernetworks/`, `models/hypernetworks/` or the LoRA folders) through the UNet's
+  attention processors for one generation.
 - A separate VAE (vae.py, `--vae FILE`).
 
 library.py ties them to a LoadedModel (`loaded.extra_networks`) and to one generation
@@ -17,3 +20,4 @@ can run code.
 # Searched relative to the working directory, as the web UI does (no file is read at import).
 DEFAULT_LORA_DIRS = ("loras", "models/Lora")
 DEFAULT_EMBEDDING_DIRS = ("embeddings", "models/embeddings")
+DEFAULT_HYPERNETWORK_DIRS = ("hypernetworks", "models/hypernetworks")  # the LoRA folders are searched too

@@ -13,25 +13,28 @@ File formats, all read through t2i.checkpoints.safe_load (pickles weights-only):
 An embedding is named after its file's stem, as in the web UI; a diffusers `learned_embeds`
 file, whose stem says nothing, after the token stored in it.
 
-Use in a prompt, as the web UI does it: the name's tokens are found in the prompt's token ids
-(longest name first) and replaced by N placeholder tokens that count toward the 75-token chunk;
-an embedding that does not fit in the current chunk starts the next one. While the text encoder
-runs, a forward hook on its token-embedding layer writes the N vectors at those positions, so
-the rest of the encoder (positions, attention, clip skip) treats them as ordinary tokens.
+Use in a prompt, as the web UI does it (t2i.diffusion.text_states): the name's tokens are found
+in the prompt's token ids (longest name first) and replaced by N placeholder tokens that count
+toward the 75-token chunk; an embedding that does not fit in the current chunk starts the next one.
+While the text encoder runs, a forward hook on its token-embedding layer writes the N vectors at
+those positions, so the rest of the encoder (positions, attention, clip skip) treats them as
+ordinary tokens.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from torch import Tensor
 
-from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.registry import file_hash
+from t2i.checkpoints.safe_load import load_weights_object
+# Finding names in prompts and placing the vectors is the prompt encoder's part (t2i.diffusion);
+# the names stay importable from here.
+from t2i.diffusion.text_states import PLACEHOLDER_ID, EmbeddingMatcher, placing_embeddings  # noqa: F401
+from t2i.errors import ModelLoadError
 
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
-PLACEHOLDER_ID = 0  # the token id written where an embedding's vectors go (the web UI uses 0 too)
 _SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -94,63 +97,5 @@ def embedding_from_data(data, path: Path, name: str | None = None, file_hash: st
 
 def load_embedding(path: str | Path, name: str | None = None) -> Embedding:
     """Read one embedding file safely; ModelLoadError naming the file for anything else."""
-    from t2i.checkpoints.registry import file_hash
-    from t2i.checkpoints.safe_load import load_weights_object
-
     path = Path(path)
     return embedding_from_data(load_weights_object(path), path, name, file_hash(path, 12))
-
-
-class EmbeddingMatcher:
-    """Finds embeddings' names in token ids: an embedding matches where the ids of its name,
-    tokenized alone, appear (longest name first, as the web UI matches)."""
-
-    placeholder = PLACEHOLDER_ID
-
-    def __init__(self, embeddings: list[Embedding], tokenizer):
-        self.by_name = {e.name: e for e in embeddings}
-        ids = tokenizer([e.name for e in embeddings], add_special_tokens=False).input_ids if embeddings else []
-        self._by_first: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
-        for embedding, name_ids in zip(embeddings, ids):
-            if name_ids:
-                self._by_first.setdefault(name_ids[0], []).append((tuple(name_ids), embedding))
-        for candidates in self._by_first.values():
-            candidates.sort(key=lambda c: -len(c[0]))
-
-    def match(self, tokens: list[int], i: int) -> tuple[Embedding, int] | None:
-        """(embedding, number of name tokens) starting at tokens[i], or None."""
-        for name_ids, embedding in self._by_first.get(tokens[i], ()):
-            if tuple(tokens[i:i + len(name_ids)]) == name_ids:
-                return embedding, len(name_ids)
-        return None
-
-
-@contextmanager
-def placing_embeddings(text_encoder, chunks, embeddings: Mapping[str, Embedding]) -> Iterator[None]:
-    """While inside, the text encoder's token-embedding layer outputs each chunk's embedding
-    vectors at the chunk's `fixes` positions (chunks: the TokenChunks of one encoder call, in
-    batch order). A forward hook, removed on exit: no change to the encoder's code or weights."""
-    fixes = [(row, offset, name) for row, chunk in enumerate(chunks) for offset, name in getattr(chunk, "fixes", ())]
-    if not fixes:
-        yield
-        return
-    table = text_encoder.get_input_embeddings()
-    width = table.embedding_dim
-    placed = []
-    for row, offset, name in fixes:
-        vectors = embeddings[name].for_width(width)
-        if vectors is None:
-            raise ValueError(f"embedding {name!r} has no vectors of width {width} for this text encoder")
-        placed.append((row, offset, vectors))
-
-    def hook(module, args, output: Tensor) -> Tensor:
-        out = output.clone()  # (n, L, D)
-        for row, offset, vectors in placed:
-            out[row, offset:offset + vectors.shape[0]] = vectors.to(out.device, out.dtype)
-        return out
-
-    handle = table.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from t2i.checkpoints.convert import text_name, unet_target
 from t2i.checkpoints.detect import UNET_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
 from t2i.extra_networks.lycoris import KINDS_HELP, AlphaScaled, LYCORIS_PARTS, lycoris_layer
 
 log = logging.getLogger("t2i")
@@ -104,8 +105,6 @@ class LoraFile:
 def read_lora(path: str | Path) -> LoraFile:
     """A LoRA file in either format, read safely (t2i.checkpoints.safe_load); ModelLoadError,
     naming the file, for anything that is not a complete LoRA or LyCORIS file t2i can apply."""
-    from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, sniff_format
-
     path = Path(path)
     state = load_state_dict_file(path)
     metadata = read_safetensors_header(path)[1] if sniff_format(path) == "safetensors" else {}
@@ -135,15 +134,26 @@ def read_lora(path: str | Path) -> LoraFile:
     layers = {}
     for (component, name), found in parts.items():
         if not set(found) <= {"down", "up", "alpha"}:  # LyCORIS kinds (lycoris.py)
-            alpha = float(found["alpha"]) if "alpha" in found else None
+            alpha = _alpha(found, path, name) if "alpha" in found else None
             layers[(component, name)] = lycoris_layer(path, name, found, alpha)
             continue
         if "down" not in found or "up" not in found:
             missing = "up" if "down" in found else "down"
             raise ModelLoadError(f"{path} is incomplete: LoRA layer {name!r} has no {missing} weight")
-        alpha = float(found["alpha"]) if "alpha" in found else peft_alpha(component, name, int(found["down"].shape[0]))
+        if found["down"].ndim < 2:
+            raise ModelLoadError(f"{path}: LoRA layer {name!r} has a down weight of shape {tuple(found['down'].shape)}")
+        alpha = _alpha(found, path, name) if "alpha" in found else peft_alpha(component, name, int(found["down"].shape[0]))
         layers[(component, name)] = LoraLayer(found["down"], found["up"], alpha)
     return LoraFile(path, layers, ignored)
+
+
+def _alpha(found: dict[str, Tensor], path: Path, name: str) -> float:
+    """A layer's alpha tensor as a number: one finite value."""
+    value = found["alpha"]
+    if value.numel() != 1 or value.is_complex() or not torch.isfinite(value.float()).all():
+        raise ModelLoadError(f"{path}: LoRA layer {name!r} has an alpha of shape {tuple(value.shape)} "
+                             f"and dtype {value.dtype}; alpha is one finite number")
+    return float(value)
 
 
 def _kohya_key(key: str) -> tuple[str, str, str] | None:
@@ -175,6 +185,9 @@ def _diffusers_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
+_MODULE_NAME = re.compile(r"[\w.]{1,300}")
+
+
 def _peft_alphas(metadata: dict[str, str], path: Path):
     """alpha(component, module name, rank) from diffusers' `lora_adapter_metadata` header entry
     (peft's LoraConfig per component: lora_alpha, alpha_pattern, use_rslora); without it alpha
@@ -184,21 +197,38 @@ def _peft_alphas(metadata: dict[str, str], path: Path):
     if raw:
         try:
             config = json.loads(raw)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
             raise ModelLoadError(f"{path}: its lora_adapter_metadata is not valid JSON ({err})") from err
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{path}: its lora_adapter_metadata is not a JSON object; the file is damaged")
+
+    def number(key: str, value) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ModelLoadError(f"{path}: lora_adapter_metadata's {key} is {value!r}, not a number")
+        return float(value)
 
     def alpha(component: str, name: str, rank: int) -> float | None:
-        base = config.get(f"{component}.lora_alpha")
+        base = number(f"{component}.lora_alpha", config.get(f"{component}.lora_alpha"))
         patterns = config.get(f"{component}.alpha_pattern") or {}
-        for pattern, value in patterns.items():  # peft matches a pattern against the module name's end
-            if re.match(rf"(.*\.)?({pattern})$", name):
-                base = value
+        if not isinstance(patterns, dict):
+            raise ModelLoadError(f"{path}: lora_adapter_metadata's {component}.alpha_pattern is not a JSON object")
+        for pattern, value in patterns.items():
+            # peft treats a pattern as a regular expression matched against the module name's end;
+            # the files diffusers writes hold module names, which are matched here literally (a
+            # regular expression from a file could take exponential time: a hostile file's hang)
+            if not _MODULE_NAME.fullmatch(pattern):
+                raise ModelLoadError(f"{path}: alpha_pattern entry {pattern[:80]!r} is not a module name; t2i "
+                                     f"reads alpha_pattern entries that name modules (letters, digits, _ and .)")
+            if name == pattern or name.endswith("." + pattern):
+                base = number(f"alpha_pattern[{pattern!r}]", value)
                 break
         if base is None:
             return None
         if config.get(f"{component}.use_rslora"):
-            return float(base) * math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank)
-        return float(base)
+            return base * math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(rank)
+        return base
     return alpha
 
 
@@ -386,9 +416,9 @@ def save_kohya_lora(path: str | Path, layers: Mapping[str, tuple], *, alpha: flo
     """Write a kohya-format `.safetensors` LoRA (the web UI, ComfyUI and diffusers read it),
     atomically. `layers` and naming as in `kohya_state_dict`; the UNet's diffusers layout is
     what kohya's own trainer writes for SD 1.x/2.x and what diffusers reads most reliably."""
-    import os
-
     from safetensors.torch import save_file
+
+    from t2i.atomic import atomic_path
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -401,11 +431,6 @@ def save_kohya_lora(path: str | Path, layers: Mapping[str, tuple], *, alpha: flo
             "ss_network_alpha": f"{alphas[-1]:g}" if alphas else "",
             "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(family, family),
             **(metadata or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={str(k): str(v) for k, v in info.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

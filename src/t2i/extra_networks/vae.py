@@ -21,6 +21,7 @@ from torch import Tensor
 from t2i.checkpoints.convert import Target, read_target, vae_target
 from t2i.checkpoints.detect import VAE_PREFIX
 from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.safe_load import load_state_dict_file, same_kind
 from t2i.checkpoints.single_file import mismatch_report
 
 VAE_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
@@ -58,8 +59,6 @@ def _rename_old_attention(key: str) -> str:
 
 def vae_state_dict(vae, path: str | Path) -> dict[str, Tensor]:
     """The file's weights under `vae`'s (an AutoencoderKL) parameter names, checked strictly."""
-    from t2i.checkpoints.safe_load import load_state_dict_file
-
     file = vae_weights_file(path)
     state = load_state_dict_file(file)
     if any(k.startswith(VAE_PREFIX) for k in state):  # a whole checkpoint: its VAE
@@ -89,6 +88,9 @@ def vae_state_dict(vae, path: str | Path) -> dict[str, Tensor]:
         if tuple(value.shape) != tuple(slot.shape):
             wrong.append(f"{shown} {tuple(source[target.key].shape)} (expected {tuple(slot.shape)})")
             continue
+        if not same_kind(value, slot):  # a cast between kinds (F16 relabelled I16) changes values
+            wrong.append(f"{shown} {value.dtype} (expected {slot.dtype})")
+            continue
         new[name] = value
     stray = sorted(k.removeprefix(VAE_PREFIX) for k in source if k not in used)
     problems = mismatch_report(missing, wrong, stray)
@@ -96,18 +98,3 @@ def vae_state_dict(vae, path: str | Path) -> dict[str, Tensor]:
         raise ModelLoadError(f"{file} does not fit this model's VAE: {', '.join(problems)}. It is a VAE for another "
                              f"kind of model, damaged, or not a VAE; the model keeps its own VAE")
     return new
-
-
-def use_vae(loaded, path: str | Path) -> None:
-    """Load the VAE file or folder `path` into `loaded.model.vae` (in place: device and dtype
-    stay) and record its name and hash for infotexts (`VAE hash`, `VAE`)."""
-    from t2i.checkpoints.registry import file_hash
-    from t2i.extra_networks.library import extra_networks_of
-
-    vae = loaded.model.vae
-    state = vae_state_dict(vae, path)
-    vae.load_state_dict(state, strict=True)  # copies into the existing parameters
-    file = vae_weights_file(path)
-    networks = extra_networks_of(loaded)
-    networks.vae_name = file.name if Path(path).is_file() else Path(path).name
-    networks.vae_hash = file_hash(file)

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import torch
 
-from t2i.checkpoints.diffusers_folder import ModelLoadError
+from t2i.checkpoints.family_file import load_family_file
+from t2i.errors import ModelLoadError
+from t2i.models.ar import ARConfig, CodeTransformer, complete_codes, generate_images
 from t2i.models.common import check_seed_count, from_pil_images, to_pil_images
+from t2i.models.vqgan import VQGAN
+from t2i.training.runs import model_from_checkpoint
 
 AR_FILE, FIRST_STAGE_FILE = "ar.safetensors", "vqgan.safetensors"  # what an AR run folder holds
 VQGAN_ONLY = ("is a VQGAN (the first stage: it encodes and decodes images, it does not generate them); "
@@ -40,14 +44,10 @@ def _first_stage_of_run(folder: Path) -> Path:
 def load_ar_pair(path: str | Path, first_stage: str | Path | None = None):
     """(CodeTransformer, VQGAN, the transformer's file or checkpoint) from an AR run folder or an
     ar .safetensors file; the VQGAN comes from `first_stage`, else from beside the transformer."""
-    from t2i.models.ar import ARConfig, CodeTransformer
-    from t2i.models.vqgan import VQGAN
-    from t2i.training.runs import model_from_checkpoint
-
     path = Path(path)
     if path.is_dir():
         if (path / AR_FILE).is_file():
-            model, source = CodeTransformer.load(path / AR_FILE), path / AR_FILE
+            model, source = load_family_file(CodeTransformer, path / AR_FILE), path / AR_FILE
         elif (path / "ar.ckpt").is_file():
             source = path / "ar.ckpt"
             model = model_from_checkpoint(source, "ar", CodeTransformer, ARConfig).requires_grad_(False)
@@ -55,12 +55,12 @@ def load_ar_pair(path: str | Path, first_stage: str | Path | None = None):
             raise ModelLoadError(f"{path} holds neither {AR_FILE} nor an ar.ckpt training checkpoint")
         stage = Path(first_stage) if first_stage else _first_stage_of_run(path)
     else:
-        model, source = CodeTransformer.load(path), path
+        model, source = load_family_file(CodeTransformer, path), path
         stage = Path(first_stage) if first_stage else path.parent / FIRST_STAGE_FILE
         if not stage.is_file():
             raise ModelLoadError(f"{path} is an autoregressive transformer; its VQGAN is not beside it "
                                  f"({stage} does not exist): give it with --first-stage / first_stage=")
-    vqgan = VQGAN.load(stage)
+    vqgan = load_family_file(VQGAN, stage)
     if vqgan.num_codes != model.config.num_codes or tuple(vqgan.code_shape) != model.config.code_shape:
         raise ModelLoadError(f"{stage} ({vqgan.num_codes} codes in {vqgan.code_shape}) is not the first stage the "
                              f"transformer {source} was trained on ({model.config.num_codes} codes in "
@@ -99,8 +99,6 @@ def sample_ar(model, vqgan, n: int, seed: int, class_name: str | int | None = No
               width: int | None = None, height: int | None = None, top_k: int = 0, top_p: float = 1.0,
               temperature: float = 1.0, use_cache: bool = True, batch_size: int = 16) -> list:
     """n images; image i from seed + i. top_k 0 and top_p 1 disable those filters; top_k 1 is greedy."""
-    from t2i.models.ar import generate_images
-
     _check_size(vqgan, width, height)
     seeds = check_seed_count(n, seed)
     conditions = ar_conditions(model, n, class_name, prompt)
@@ -119,8 +117,6 @@ def complete_ar(model, vqgan, image, n: int, seed: int, class_name: str | int | 
     """Image completion (Esser et al. 2021, Fig. 8): encode `image` (a PIL image, centre-cropped and
     resized to the VQGAN's size), keep its first `keep_rows` code rows (default: the top half) and
     sample the rest, n times. Returns (images, codes (n, h, w))."""
-    from t2i.models.ar import complete_codes
-
     seeds = check_seed_count(n, seed)
     h, w = model.config.code_shape
     keep_rows = h // 2 if keep_rows is None else keep_rows

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from t2i.metadata import write_png
+from t2i.pipelines.inpaint import InpaintParams
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import check_params, run_pipeline
@@ -60,8 +62,6 @@ def free_output_path(folder: Path, stem: str, taken: set[Path]) -> Path:
 
 def as_inpaint_params(params):
     """Inpaint params with the same values (mask settings at their defaults for Img2ImgParams)."""
-    from t2i.pipelines.inpaint import InpaintParams
-
     if isinstance(params, InpaintParams):
         return params
     return InpaintParams(**{f.name: getattr(params, f.name) for f in dataclasses.fields(params)})
@@ -82,8 +82,6 @@ class _MaskFinder:
 def img2img_folder(loaded, params, input_dir: str | Path, output_dir: str | Path, *, mask_dir: str | Path | None = None,
                    callback: StepCallback | None = None, log: Callable[[str], None] | None = None) -> BatchReport:
     """Process every image of `input_dir` into `output_dir`; `log` gets a line per skipped file."""
-    from t2i.metadata import write_png
-
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     files = _files(input_dir, "input folder")
     masks = _MaskFinder(Path(mask_dir)) if mask_dir is not None else None

@@ -18,44 +18,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from t2i.checkpoints.diffusers_folder import ModelLoadError
-from t2i.checkpoints.family_file import MODEL_FILE, read_metadata
+from t2i.checkpoints.family_file import MODEL_FILE, load_family_file, read_metadata
+from t2i.errors import ModelLoadError
+from t2i.models import ddpm, gan, vae
+from t2i.pipelines.ar_images import VQGAN_ONLY, complete_ar, load_ar_pair, sample_ar
+from t2i.training.runs import model_from_checkpoint
 
 
 @dataclass(frozen=True)
 class Family:
-    model_cls: type  # with .load(path)
+    model_cls: type  # a FamilyFileModel (t2i.checkpoints.family_file.load_family_file reads it)
     config_cls: type  # its config dataclass, as a training checkpoint embeds it
     sample: Callable
     parts: dict[str, str] | None = None  # training checkpoint module -> model attribute (see model_from_checkpoint)
     ema_part: str = ""
 
     def from_checkpoint(self, path: Path, family: str):
-        from t2i.training.runs import model_from_checkpoint
-
         return model_from_checkpoint(path, family, self.model_cls, self.config_cls, self.parts, self.ema_part)
 
 
 def _gan() -> Family:
-    from t2i.models import gan
-
     return Family(gan.GAN, gan.GANConfig, gan.sample, {"generator": "generator", "discriminator": "discriminator"},
                   ema_part="generator")
 
 
 def _vae() -> Family:
-    from t2i.models import vae
-
     return Family(vae.ConvVAE, vae.ConvVAEConfig, vae.sample)
 
 
 def _ddpm() -> Family:
-    from t2i.models import ddpm
-
     return Family(ddpm.PixelDDPM, ddpm.DDPMConfig, ddpm.sample)
 
 
-# family -> lazily its Family; run folders with a model.safetensors or <family>.ckpt
+# family -> its Family; run folders with a model.safetensors or <family>.ckpt
 FAMILIES: dict[str, Callable[[], Family]] = {"gan": _gan, "vae": _vae, "ddpm": _ddpm}
 AR = "ar"  # the transformer comes with its VQGAN (t2i.pipelines.ar_images)
 OPTIONS = {  # sampling options beyond n, seed, class_name, width and height
@@ -93,8 +88,6 @@ def _from_run_folder(folder: Path, first_stage) -> FamilyModel:
             except (ValueError, KeyError):
                 continue  # e.g. a latent diffusion run's vae.ckpt (stage 1)
     if (folder / "vqgan.safetensors").is_file() or (folder / "vqgan.ckpt").is_file():
-        from t2i.pipelines.ar_images import VQGAN_ONLY
-
         raise ModelLoadError(f"{folder} {VQGAN_ONLY}")
     if (folder / "model_index.json").is_file() or (folder / "unet.ckpt").is_file():
         raise ModelLoadError(f"{folder} is a latent diffusion model or run; use `t2i generate --model`")
@@ -102,8 +95,6 @@ def _from_run_folder(folder: Path, first_stage) -> FamilyModel:
 
 
 def _ar(path: Path, first_stage) -> FamilyModel:
-    from t2i.pipelines.ar_images import load_ar_pair
-
     model, vqgan, source = load_ar_pair(path, first_stage)
     return FamilyModel(AR, model, source, vqgan)
 
@@ -113,15 +104,13 @@ def _from_file(path: Path, first_stage) -> FamilyModel:
     if family == AR:
         return _ar(path, first_stage)
     if family == "vqgan":
-        from t2i.pipelines.ar_images import VQGAN_ONLY
-
         raise ModelLoadError(f"{path} {VQGAN_ONLY}")
     if family == "sr":
         raise ModelLoadError(f"{path} holds a super-resolution model: it upscales an image, use "
                              f"`t2i upscale IMAGE --model {path}`")
     if family not in FAMILIES:
         raise ModelLoadError(f"{path} holds a {family!r} model; this t2i samples {', '.join([*FAMILIES, AR])}")
-    return FamilyModel(family, FAMILIES[family]().model_cls.load(path), path)
+    return FamilyModel(family, load_family_file(FAMILIES[family]().model_cls, path), path)
 
 
 def load_family_model(path: str | Path, device: str | None = None,
@@ -162,8 +151,6 @@ def sample_family(loaded: FamilyModel, n: int = 16, seed: int = 0, class_name: s
     options = _check_options(loaded, options)
     size = {"width": width, "height": height}
     if loaded.family == AR:
-        from t2i.pipelines.ar_images import sample_ar
-
         return sample_ar(loaded.model, loaded.first_stage, n, seed, class_name, **size, **options)
     sample = FAMILIES[loaded.family]().sample
     if loaded.family == "vae":
@@ -179,8 +166,6 @@ def complete_family(loaded: FamilyModel, image, n: int = 4, seed: int = 0, class
     if loaded.family != AR:
         raise ValueError(f"image completion needs an autoregressive transformer; {loaded.path} is a "
                          f"{loaded.family} model (diffusion models complete images with `t2i inpaint`)")
-    from t2i.pipelines.ar_images import complete_ar
-
     return complete_ar(loaded.model, loaded.first_stage, image, n, seed, class_name,
                        **_check_options(loaded, options))[0]
 
@@ -188,6 +173,4 @@ def complete_family(loaded: FamilyModel, image, n: int = 4, seed: int = 0, class
 def interpolate_family(loaded: FamilyModel, image_a, image_b, n: int = 8) -> list:
     if loaded.family != "vae":
         raise ValueError(f"interpolation between images needs a VAE; {loaded.path} is a {loaded.family} model")
-    from t2i.models.vae import interpolate
-
-    return interpolate(loaded.model, image_a, image_b, n)
+    return vae.interpolate(loaded.model, image_a, image_b, n)

@@ -80,6 +80,27 @@ class GenerationParams:
     # LoRAs besides the prompt's <lora:name:weight> tags (t2i.extra_networks): Python API only.
     loras: dict | None = param(None, "LoRA name (in the LoRA folders) or file path -> weight, or -> (text encoder, "
                                      "UNet) weights", group="prompt", cli=False, api="t2i_loras")
+    # Few-step generation with an LCM-LoRA (t2i.pipelines.fast): the bundled model ships one; steps,
+    # sampler and CFG scale still at their defaults become 4, LCM and 1 (other values given win).
+    fast: bool = param(False, "few-step generation: the model's LCM-LoRA (the bundled model ships one; other models "
+                              "need --fast-lora), 4 steps of the LCM sampler at CFG scale 1 (steps, sampler and CFG "
+                              "scale other than their defaults win)", label="Fast (LCM, 4 steps)",
+                       infotext="Fast", api="t2i_fast")
+    fast_lora: str | None = param(None, "the LCM-LoRA file that --fast applies (a kohya or diffusers LoRA file, e.g. "
+                                        "one `t2i train` wrote with family: lcm); implies --fast",
+                                  label="Fast LoRA file", api=None)
+    # CompVis's --fixed_code: every image of the run starts from the run's seed (the same starting
+    # latent); variation seeds still advance per image, so image i is its seed and subseed + i.
+    fixed_code: bool = param(False, "one starting latent for every image of the run: all images use the first "
+                                    "seed (variation seeds still advance, so --subseed-strength gives variations "
+                                    "of one composition)", group="seed", infotext="Fixed code", api="t2i_fixed_code")
+    # After generation, per image: face restoration, the safety checker (LoadSettings), the watermark.
+    restore_faces: bool = param(False, "run the face restorer (--face-restorer) over each image; no face detector "
+                                       "weights exist offline, so it restores the whole image", label="Restore faces",
+                                group="output")
+    watermark: str = param("", "an invisible watermark (invisible-watermark's dwtDctSvd) with this text in each "
+                               "image; images must be at least 256 px a side; read it with `t2i watermark detect`",
+                           group="output", api="t2i_watermark")
 
 
 @dataclass
@@ -89,8 +110,10 @@ class Txt2ImgParams(GenerationParams):
                             label="Hires. fix", group="hires")
     hr_scale: float = param(2.0, "hires fix: upscale factor", label="Upscale by", group="hires", minimum=1.0,
                             maximum=8.0, step=0.05, infotext="Hires upscale", infotext_implies={"enable_hr": True})
-    hr_upscaler: str = param("Latent", "hires fix: upscaler, " + ", ".join(HR_UPSCALERS), label="Upscaler",
-                             group="hires", choices=HR_UPSCALERS, infotext="Hires upscaler",
+    # no static choices: names of upscaler files in --upscaler-dir are valid too (checked at run time)
+    hr_upscaler: str = param("Latent", "hires fix: upscaler, " + ", ".join(HR_UPSCALERS) + ", or the name of an "
+                             "upscaler model file in --upscaler-dir", label="Upscaler", group="hires",
+                             infotext="Hires upscaler",
                              infotext_implies={"enable_hr": True}, axis="Hires upscaler")
     hr_second_pass_steps: int = param(0, "hires fix: steps of the second pass; 0 = same as steps", label="Hires steps",
                                       group="hires", minimum=0, maximum=1000, infotext="Hires steps",

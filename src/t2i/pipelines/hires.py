@@ -21,6 +21,7 @@ from t2i.diffusion.partial import (
     repaint_all_conditioning,
 )
 from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import noise_step_options
 from t2i.pipelines.imageops import decode, encode, images_to_tensor, resize_image
 from t2i.pipelines.params import ParamError
 
@@ -59,10 +60,18 @@ def hires_size(params, factor: int) -> tuple[int, int]:
     return max(factor, width // factor * factor), max(factor, height // factor * factor)
 
 
-def check_hires(params, factor: int) -> None:
-    """ParamError for hires settings that cannot run (the schema checks the ranges)."""
+def check_hires(params, factor: int, loaded=None) -> None:
+    """ParamError for hires settings that cannot run (the schema checks the ranges); an upscaler
+    that is not built in must be a file in the upscaler folders of `loaded` (model_upscalers)."""
     if params.hr_upscaler not in HR_UPSCALERS:
-        raise ParamError(f"hr_upscaler must be one of {', '.join(HR_UPSCALERS)}; got {params.hr_upscaler!r}")
+        from t2i.pipelines.model_upscalers import library_of
+
+        library = library_of(loaded) if loaded is not None else None
+        files = library.names() if library is not None else {}
+        if params.hr_upscaler not in files:
+            folders = ", ".join(library.folders) if library is not None else "none"
+            raise ParamError(f"hr_upscaler must be one of {', '.join(HR_UPSCALERS)} or an upscaler in the upscaler "
+                             f"folders ({folders}: {', '.join(files) or 'none found'}); got {params.hr_upscaler!r}")
     width, height = hires_size(params, factor)
     if max(width, height) > MAX_HIRES_SIDE:
         raise ParamError(f"hires fix would make a {width}x{height} image; the limit is {MAX_HIRES_SIDE} a side: "
@@ -93,11 +102,21 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str)
     return out[..., top:top + size[0], left:left + size[1]]
 
 
+def _upscale_image(loaded, image: Image.Image, upscaler: str, width: int, height: int) -> Image.Image:
+    """A decoded first pass at width x height: a PIL resize, or a model upscaler (by name, from the
+    upscaler folders) to cover the size, then cropped to it."""
+    if upscaler in IMAGE_UPSCALERS:
+        return resize_image(image, "Crop and resize", width, height, IMAGE_UPSCALERS[upscaler])
+    from t2i.pipelines.model_upscalers import library_of
+
+    scale = max(width / image.width, height / image.height)
+    big = library_of(loaded).upscale(image, upscaler, scale)
+    return resize_image(big, "Crop and resize", width, height, Image.Resampling.LANCZOS)
+
+
 def hires_fix(loaded, params, latents: torch.Tensor, seeds: list[int], subseeds: list[int], cond, uncond,
               callback=None) -> list[Image.Image]:
     """Upscale the first pass's latents (B, C, h, w) and refine them: the final images."""
-    from t2i.pipelines.txt2img import step_options  # txt2img imports this module
-
     model = loaded.model
     factor = model.vae_scale_factor
     width, height = hires_size(params, factor)
@@ -107,8 +126,7 @@ def hires_fix(loaded, params, latents: torch.Tensor, seeds: list[int], subseeds:
         if params.denoising_strength == 0:
             return decode(model, init)
     else:
-        resample = IMAGE_UPSCALERS[params.hr_upscaler]
-        upscaled = [resize_image(im, "Crop and resize", width, height, resample) for im in decode(model, latents)]
+        upscaled = [_upscale_image(loaded, im, params.hr_upscaler, width, height) for im in decode(model, latents)]
         if params.denoising_strength == 0:
             return upscaled  # exactly the upscaled first pass
         init = encode(model, images_to_tensor(upscaled))
@@ -121,6 +139,6 @@ def hires_fix(loaded, params, latents: torch.Tensor, seeds: list[int], subseeds:
         model.unet, scheduler, init, noise, cond, uncond, cfg_scale=params.cfg_scale, extra_channels=extra,
         steps=params.hr_second_pass_steps or params.steps, strength=params.denoising_strength,
         generators=generators, eta=params.eta, callback=callback, device=loaded.runtime.device,
-        step_options=step_options(params),
+        step_options=noise_step_options(params),
     )
     return decode(model, refined)

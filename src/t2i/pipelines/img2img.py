@@ -28,6 +28,9 @@ from t2i.diffusion.partial import (
     inpainting_conditioning,
 )
 from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import noise_step_options
+from t2i.errors import version as t2i_version
+from t2i.extra_networks.library import activate_extra_networks
 from t2i.models.tiling import circular_padding
 from t2i.pipelines.generation_params import Img2ImgParams
 from t2i.pipelines.imageops import (
@@ -50,7 +53,6 @@ from t2i.pipelines.txt2img import (
     run_batches,
     seeded_noise,
     seeds_of_batch,
-    step_options,
 )
 
 LATENT_FILLS = ("latent noise", "latent nothing")
@@ -93,9 +95,7 @@ def encode_conditioning(model, params: GenerationParams, embeddings=None):
 
 def make_result(loaded, params: GenerationParams, images: list[Image.Image], seeds: list[int],
                 subseeds: list[int], extra: dict) -> GenerationResult:
-    from t2i.checkpoints.diffusers_folder import _t2i_version
-
-    version = _t2i_version()
+    version = t2i_version()
     infotexts = [infotext_for(params, s, loaded, version, sub, extra) for s, sub in zip(seeds, subseeds)]
     return GenerationResult(images, seeds, infotexts, params, subseeds)
 
@@ -126,8 +126,6 @@ def sample_images(loaded, params: GenerationParams, init_images: list[Image.Imag
                   control: GenerationControl | None = None) -> tuple[list[Image.Image], list[int], list[int]]:
     """`_sample_images` with tiling (circular padding in the UNet and VAE) and the prompt's
     extra networks (LoRAs merged, embeddings found; t2i.extra_networks) while it runs."""
-    from t2i.extra_networks.library import activate_extra_networks
-
     with circular_padding(loaded.model.unet, loaded.model.vae, enabled=params.tiling), \
             activate_extra_networks(loaded, params) as networks:
         return _sample_images(loaded, params, init_images, masks, fill=fill, callback=callback,
@@ -194,7 +192,7 @@ def _sample_images(loaded, params: GenerationParams, init_images: list[Image.Ima
             extra_channels=extra[index] if extra is not None else None, keep=keep, steps=params.steps,
             strength=params.denoising_strength, generators=generators, eta=params.eta,
             callback=tracker.job_callback(batch, "img2img"), device=loaded.runtime.device,
-            step_options=step_options(params),
+            step_options=noise_step_options(params),
         )
         return None if tracker.batch_skipped else decode(model, out)
 

@@ -23,7 +23,7 @@ from t2i.pipelines.params import ParamError, field_specs
 
 # Keys that say what made the image without changing it (or that t2i records for information).
 DESCRIPTIVE_KEYS = frozenset({"Model", "Model hash", "Version", "VAE hash", "Lora hashes", "TI hashes", "Hashes",
-                              "Batch size", "Batch pos"})
+                              "Batch size", "Batch pos", "NSFW", "Upscaler hash"})
 
 
 def _int(value: str) -> int:
@@ -89,6 +89,8 @@ def schema_keys(*classes) -> dict[str, Callable[[str], dict]]:
 KEY_FIELDS: dict[str, Callable[[str], dict]] = {
     **schema_keys(Txt2ImgParams, OutpaintParams),
     "Eta": _one("eta", float),  # t2i before 0.2 wrote DDIM's eta as "Eta"
+    # the web UI writes the restorer's name (CodeFormer, GFPGAN); t2i restores with --face-restorer
+    "Face restoration": lambda value: {"restore_faces": True},
 }
 # "Eta" is read only when "Eta DDIM" is absent (the web UI's "Eta" is the ancestral samplers').
 _LOWER_PRIORITY = {"Eta": "Eta DDIM"}

@@ -55,6 +55,26 @@ class LoadSettings:
                                                     "tiny decoder (a file such as taesd_decoder.safetensors, or a "
                                                     "diffusers AutoencoderTiny folder): faster, approximate",
                                          label="KIND FILE", group="speed", cli_action="nargs+", api=None)
+    # Upscalers and face restorers from the user's weight files (pipelines/model_upscalers.py).
+    upscaler_dirs: tuple[str, ...] = param((), "folder with upscaler weights (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, "
+                                               "... files that spandrel loads); --upscaler NAME and --hr-upscaler "
+                                               "NAME take a file's stem; repeat for several (default: models/ESRGAN, "
+                                               "models/RealESRGAN, models/SwinIR, models/Swin2SR, models/HAT, "
+                                               "models/DAT)", label="Upscaler folders", group="upscale",
+                                           flag="--upscaler-dir", cli_action="append", api=None)
+    face_restorer: str | None = param(None, "face restorer for --restore-faces: a GFPGAN, CodeFormer or RestoreFormer "
+                                            "weights file, or its name in models/GFPGAN or models/Codeformer",
+                                      group="upscale", api=None)
+    upscaler_tile: int = param(192, "model upscalers run in tiles of this many input pixels a side (bounded "
+                                    "memory); 0 = the whole image at once", label="Upscaler tile size",
+                               group="upscale", minimum=0, maximum=4096, api=None)
+    upscaler_tile_overlap: int = param(16, "overlap of the upscaler tiles in input pixels (blended: no seams)",
+                                       label="Upscaler tile overlap", group="upscale", minimum=0, maximum=512,
+                                       api=None)
+    safety_checker: str | None = param(None, "a local folder with the Stable Diffusion safety checker "
+                                             "(StableDiffusionSafetyChecker: config.json and weights); flagged "
+                                             "images are blacked out and marked `NSFW: true`; off by default",
+                                       group="output", api=None)
 
     @property
     def model_path(self) -> str | None:

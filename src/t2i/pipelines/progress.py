@@ -34,6 +34,7 @@ from typing import Callable
 from torch import Tensor
 
 from t2i.diffusion.sampling import StepCallback
+from t2i.pipelines.preview import latent_preview
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,6 @@ class Progress:
     def preview(self, size: tuple[int, int] | None = None) -> list:
         """The current latents as PIL images (latent size, or `size`), without a VAE decode; see
         t2i.pipelines.preview. The model's map is fitted on the first call (a few VAE passes)."""
-        from t2i.pipelines.preview import latent_preview
-
         return latent_preview(self.model, self.latents, size)
 
 

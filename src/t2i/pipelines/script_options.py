@@ -46,3 +46,29 @@ class LoopbackOptions:
                                                    maximum=1.0)
     denoising_curve: str = param("Linear", "with a final strength: Linear, Aggressive (changes early) or Lazy "
                                            "(changes late)", choices=CURVES)
+
+
+@dataclass
+class SDUpscaleOptions:
+    """The web UI's "SD upscale" script: upscale, then img2img tile by tile (tiles of the params'
+    width x height), blended across the overlaps."""
+    upscaler: str = param("Lanczos", "upscaler before the img2img tiles: Lanczos, Nearest, or the name of an upscaler "
+                                     "file in --upscaler-dir", group="script", flag="--sd-upscaler")
+    scale_factor: float = param(2.0, "upscale factor", minimum=1.0, maximum=8.0, step=0.05)
+    overlap: int = param(16, "pixels the img2img tiles overlap (blended)", label="Tile overlap", minimum=0,
+                         maximum=1024, step=8, flag="--tile-overlap")
+
+
+@dataclass
+class Img2ImgAltOptions:
+    """The web UI's "img2img alternative test": invert the image to noise under its original
+    prompt (reverse Euler), then sample that noise with the new prompt."""
+    original_prompt: str = param("", "the prompt the input image was made with (the inversion's prompt)",
+                                 group="script")
+    original_negative_prompt: str = param("", "the negative prompt the input image was made with")
+    decode_cfg_scale: float = param(1.0, "CFG scale of the inversion", label="Decode CFG scale", minimum=0.0,
+                                    maximum=30.0, step=0.1)
+    decode_steps: int = param(0, "steps of the inversion; 0 = the sampling steps", label="Decode steps", minimum=0,
+                              maximum=1000)
+    randomness: float = param(0.0, "fresh seeded noise mixed into the inverted noise (0 = none, 1 = all)",
+                              minimum=0.0, maximum=1.0, step=0.01)

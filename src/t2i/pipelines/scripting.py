@@ -8,24 +8,21 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from t2i.metadata import build_infotext, parse_infotext
-from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, GenerationResult, StepCallback, resolve_params
+from t2i.pipelines.img2img import Img2ImgParams, as_image_list, img2img, resolve_img2img_params
+from t2i.pipelines.inpaint import InpaintParams, inpaint
+from t2i.pipelines.outpaint import OutpaintParams, outpaint
+from t2i.pipelines.txt2img import (MAX_SEED, GenerationParams, GenerationResult, StepCallback, resolve_params,
+                                   txt2img)
 
 
 def is_image_params(params) -> bool:
     """True for img2img-style params (img2img, inpaint, outpaint), which need input images."""
-    from t2i.pipelines.img2img import Img2ImgParams
-
     return isinstance(params, Img2ImgParams)
 
 
 def run_pipeline(loaded, params: GenerationParams, images=None, masks=None,
                  callback: StepCallback | None = None) -> GenerationResult:
     """txt2img, img2img, inpaint or outpaint, picked by the type of `params`."""
-    from t2i.pipelines.img2img import img2img
-    from t2i.pipelines.inpaint import InpaintParams, inpaint
-    from t2i.pipelines.outpaint import OutpaintParams, outpaint
-    from t2i.pipelines.txt2img import txt2img
-
     if not is_image_params(params):
         if images is not None:
             raise ValueError(f"{type(params).__name__} generates from text; pass Img2ImgParams to start from images")
@@ -48,8 +45,6 @@ def check_params(loaded, params: GenerationParams, images=None) -> GenerationPar
     before its first image, not in the middle). Returns them resolved."""
     if not is_image_params(params):
         return resolve_params(params, loaded)
-    from t2i.pipelines.img2img import as_image_list, resolve_img2img_params
-
     return resolve_img2img_params(params, loaded, as_image_list(images)[0].size)
 
 

@@ -19,9 +19,11 @@ from t2i.pipelines.inpaint import InpaintParams, inpaint, resolve_inpaint_params
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.loopback import LoopbackOptions, loopback
 from t2i.pipelines.outpaint import OutpaintParams, extents, outpaint, parse_directions
+from t2i.pipelines.postprocess import check_before_run, configure_image_tools, finish_images
 from t2i.pipelines.prompt_matrix import PromptMatrixOptions, prompt_matrix
 from t2i.pipelines.sample import SampleParams, sample
 from t2i.pipelines.schema import validate_strict
+from t2i.pipelines.script_options import Img2ImgAltOptions, SDUpscaleOptions
 from t2i.pipelines.scripting import fix_seeds
 from t2i.pipelines.session_types import Output, RunResult
 from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles, select_styles
@@ -119,6 +121,7 @@ def model_in_use(session, entry, settings: LoadSettings, width: int, height: int
         plan = plan_memory(MemoryOptions(settings.attention_slicing, settings.vae_tiling, "none"), device,
                            width, height)
         shown = replace(plan, offload=settings.offload if device.type == "cuda" else "none")
+        configure_image_tools(loaded, settings)  # upscaler folders, face restorer, safety checker
         announce(session, entry, shown)
         with memory_applied(loaded.model, plan, device):
             yield shown
@@ -174,21 +177,26 @@ def _generate(session, params, images, mask, settings, progress, control, emit) 
         masks = masks * len(images)
     entry = session.model(settings)
     loaded = entry.loaded
-    width, height = vae_size(params, loaded, images)  # also fails on bad params before any work
+    with entry.lock:  # the run's upscaler folders decide which hr_upscaler names exist
+        configure_image_tools(loaded, settings)
+        width, height = vae_size(params, loaded, images)  # also fails on bad params before any work
     outputs, first = [], None
     passes = 2 if getattr(params, "enable_hr", False) else 1
     start = time.perf_counter()
     with model_in_use(session, entry, settings, width, height):
+        check_before_run(loaded, params, width, height)
         for batch in range(params.n_iter):
             if control is not None and control.interrupted:
                 break
             offset = batch * params.batch_size  # image i of the run has seed + i and input i % len
-            one = replace(params, n_iter=1, seed=(params.seed + offset) % (MAX_SEED + 1),
+            seed_offset = 0 if params.fixed_code else offset  # fixed code: every image has the run's seed
+            one = replace(params, n_iter=1, seed=(params.seed + seed_offset) % (MAX_SEED + 1),
                           subseed=(params.subseed + offset) % (MAX_SEED + 1))
             result = _run_one(loaded, one, _rotate(images, offset), _rotate(masks, offset),
                               _batch_progress(progress, batch, params.n_iter, passes, start), control)
             first = first or result
-            for image, seed, info in zip(result.images, result.seeds, result.infotexts):
+            finished, infotexts = finish_images(loaded, one, result.images, result.infotexts)
+            for image, seed, info in zip(finished, result.seeds, infotexts):
                 out = Output(image, info, seed, params.prompt)
                 outputs.append(out)
                 emit(out)
@@ -218,7 +226,9 @@ def _script(session, params, script, images, mask, settings, emit) -> RunResult:
         raise ParamError(f"{type(params).__name__} needs an input image")
     entry = session.model(settings)
     loaded = entry.loaded
-    width, height = vae_size(params, loaded, images)
+    with entry.lock:  # the run's upscaler folders decide which hr_upscaler names exist
+        configure_image_tools(loaded, settings)
+        width, height = vae_size(params, loaded, images)
     outputs: list[Output] = []
 
     def keep(image, info, seed, prompt, prefix="", kind="image"):
@@ -275,7 +285,39 @@ def _script(session, params, script, images, mask, settings, emit) -> RunResult:
         if len(result.images) > 1:
             keep(result.grid, result.infotexts[0], result.seeds[0], params.prompt, "loopback-", "grid")
         return RunResult(outputs, params, loaded.name, result)
-    raise ParamError(f"unknown script {type(script).__name__}; t2i runs X/Y/Z plot, prompt matrix and loopback")
+    if isinstance(script, (SDUpscaleOptions, Img2ImgAltOptions)):
+        return _image_script(session, entry, params, script, images, settings, keep, outputs)
+    raise ParamError(f"unknown script {type(script).__name__}; t2i runs X/Y/Z plot, prompt matrix, loopback, SD "
+                     f"upscale and img2img alternative test")
+
+
+def _image_script(session, entry, params, script, images, settings, keep, outputs) -> RunResult:
+    """SD upscale and img2img alternative test: one input image, Img2ImgParams."""
+    validate_strict(script)
+    name = "SD upscale" if isinstance(script, SDUpscaleOptions) else "img2img alternative test"
+    if not isinstance(params, Img2ImgParams) or isinstance(params, InpaintParams):
+        raise ParamError(f"{name} runs img2img: pass Img2ImgParams")
+    if not images:
+        raise ParamError(f"{name} needs an input image")
+    params = with_styles(session, params)
+    loaded = entry.loaded
+    if isinstance(script, SDUpscaleOptions):
+        from t2i.pipelines.sd_upscale import sd_upscale
+
+        tile = (params.width or loaded.model.config.resolution, params.height or loaded.model.config.resolution)
+        with model_in_use(session, entry, settings, *tile):
+            result = sd_upscale(loaded, params, images[0], script)
+            finished, infotexts = finish_images(loaded, params, result.images, result.infotexts)
+    else:
+        from t2i.pipelines.img2img_alt import img2img_alt
+
+        width, height = vae_size(params, loaded, images)
+        with model_in_use(session, entry, settings, width, height):
+            result = img2img_alt(loaded, params, images[0], script)
+            finished, infotexts = finish_images(loaded, params, result.images, result.infotexts)
+    for image, info, seed in zip(finished, infotexts, result.seeds):
+        keep(image, info, seed, params.prompt)
+    return RunResult(outputs, result.params, loaded.name, result)
 
 
 # ----------------------------------------------------------------------------- sample, upscale
@@ -297,13 +339,18 @@ def _sample(session, params: SampleParams, images, settings, emit, image_names) 
 
 
 def _upscale(session, params: UpscaleParams, images, settings, emit) -> RunResult:
+    from t2i.pipelines.model_upscalers import UpscalerLibrary
+    from t2i.pipelines.session_models import check_device
+
     validate_strict(params)
     images = _image_list(images)
     if not images:
         raise ParamError("upscaling needs at least one image")
+    library = UpscalerLibrary(tuple(settings.upscaler_dirs), settings.face_restorer, settings.upscaler_tile,
+                              settings.upscaler_tile_overlap, str(check_device(settings.device)))
     entry = session.model(settings, kind="sr") if settings.model_path is not None else None
     if entry is None:
-        result = upscale(images, params, None)
+        result = upscale(images, params, None, library=library)
     else:
         resolve_upscale_params(params, entry.loaded)  # a wrong scale fails before the summary line
         announce(session, entry)

@@ -17,9 +17,12 @@ from t2i.diffusion.samplers import (
     resolve_sampler,
     step_accepts,
 )
-from t2i.diffusion.sampling import denoise
+from t2i.diffusion.sampling import denoise, noise_step_options
+from t2i.errors import version as t2i_version
+from t2i.extra_networks.library import activate_extra_networks, network_infotext, vae_infotext
 from t2i.metadata import build_infotext
 from t2i.models.tiling import circular_padding
+from t2i.pipelines.fast import apply_fast
 from t2i.pipelines.generation_params import MAX_SEED, GenerationParams, Txt2ImgParams
 from t2i.pipelines.hires import check_hires, hires_fix, hires_infotext
 from t2i.pipelines.params import ParamError
@@ -42,6 +45,7 @@ StepCallback = Callable[[int, int, torch.Tensor], object]
 def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
     """Check everything and fill in the defaults that depend on the model; raise ParamError."""
     validate(params)
+    params = apply_fast(params, loaded)  # --fast: the LCM-LoRA and its sampler, steps and CFG scale
     try:
         sampler, schedule = resolve_sampler(params.sampler, params.scheduler)
     except ValueError as err:
@@ -67,14 +71,15 @@ def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
     resolved = replace(params, sampler=sampler, scheduler=schedule, width=width, height=height, seed=seed,
                        subseed=subseed)
     if getattr(resolved, "enable_hr", False):
-        check_hires(resolved, factor)
+        check_hires(resolved, factor, loaded)
     return resolved
 
 
 def seeds_of_batch(params: GenerationParams, batch: int) -> tuple[list[int], list[int]]:
     """Seeds and variation seeds of batch `batch`: image i of the whole run has seed + i, subseed + i."""
     first = batch * params.batch_size
-    seeds = [(params.seed + first + i) % (MAX_SEED + 1) for i in range(params.batch_size)]
+    step = 0 if getattr(params, "fixed_code", False) else 1  # fixed code: one seed (starting latent) for all
+    seeds = [(params.seed + (first + i) * step) % (MAX_SEED + 1) for i in range(params.batch_size)]
     subseeds = [(params.subseed + first + i) % (MAX_SEED + 1) for i in range(params.batch_size)]
     return seeds, subseeds
 
@@ -108,13 +113,6 @@ def run_batches(params: GenerationParams, tracker: ProgressTracker, one_batch) -
     return images, seeds, subseeds
 
 
-def step_options(params: GenerationParams) -> dict:
-    """The noise settings as `scheduler.step` kwargs; the sampling loop passes each only to a
-    scheduler that takes it (diffusers' Euler). s_tmax 0 means no limit, as in the web UI."""
-    return {"s_churn": params.s_churn, "s_tmin": params.s_tmin, "s_tmax": params.s_tmax or float("inf"),
-            "s_noise": params.s_noise}
-
-
 # GenerationParams field -> (the web UI's infotext key, default): written only when the value is
 # not the default and the sampler takes it, as the web UI does (eta is DDIM's here).
 SAMPLER_SETTINGS = {"eta": ("Eta DDIM", 0.0), "s_churn": ("Sigma churn", 0.0), "s_tmin": ("Sigma tmin", 0.0),
@@ -130,8 +128,6 @@ def sampler_infotext(params: GenerationParams) -> dict:
 def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subseed: int | None = None,
                  extra: dict | None = None) -> str:
     """One image's infotext; `extra` adds pipeline keys (Denoising strength, Mask blur, ...)."""
-    from t2i.extra_networks.library import network_infotext, vae_infotext
-
     variation = params.subseed_strength > 0
     resized = params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
     return build_infotext(params.prompt, params.negative_prompt, {
@@ -149,6 +145,8 @@ def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subs
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
         "Clip skip": params.clip_skip,  # written only when > 1
         "Tiling": True if params.tiling else None,
+        "Fixed code": True if getattr(params, "fixed_code", False) else None,
+        "Fast": True if getattr(params, "fast", False) else None,
         **sampler_infotext(params),
         **(extra or {}),
         **network_infotext(loaded, params),  # Lora hashes, TI hashes
@@ -172,8 +170,6 @@ def txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None = None,
 
     progress: gets a `Progress` (step, total, ETA, latents, preview) after every model evaluation;
     control: a `GenerationControl` to interrupt the run or skip a batch (t2i.pipelines.progress)."""
-    from t2i.extra_networks.library import activate_extra_networks
-
     params = resolve_params(params, loaded)
     # Tiling: circular padding in the UNet and VAE for this generation only, restored afterwards;
     # LoRAs (<lora:...> tags, params.loras) merged for it and restored too.
@@ -185,10 +181,8 @@ def txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None = None,
 def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embeddings=None, *,
              progress: ProgressCallback | None = None, control: GenerationControl | None = None) -> GenerationResult:
     """txt2img with resolved params; `embeddings`: the textual inversions its prompts name."""
-    from t2i.checkpoints.diffusers_folder import _t2i_version
-
     model, device = loaded.model, loaded.runtime.device
-    version = _t2i_version()
+    version = t2i_version()
     with torch.no_grad():
         # Prompt syntax (weights, long prompts, BREAK, [a:b:when], [a|b], AND); each text is
         # encoded once for every batch, a plain prompt before sampling.
@@ -211,7 +205,7 @@ def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embed
             latents = denoise(step_unet, scheduler, noise, cond, uncond, steps=params.steps,
                               cfg_scale=params.cfg_scale, generators=generators, eta=params.eta,
                               callback=tracker.job_callback(batch, "txt2img"),
-                              device=device, step_options=step_options(params))
+                              device=device, step_options=noise_step_options(params))
         if tracker.batch_skipped:
             return None
         if hires and not tracker.interrupted:  # interrupted: the first pass's latents as they are

@@ -35,9 +35,12 @@ _RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NE
 
 @dataclass
 class UpscaleParams:
-    upscaler: str = param("model", "model: the super-resolution model (--model); lanczos, nearest, bicubic: a "
-                                   "classic resize, no model", choices=UPSCALERS)
-    scale: int = param(2, "upscale factor; with a model it must be the factor the model was trained for",
+    # no static choices: the names of upscaler files in --upscaler-dir are valid too (checked at run time)
+    upscaler: str = param("model", "model: the super-resolution diffusion model (--model); lanczos, nearest, bicubic: "
+                                   "a classic resize; NAME: an upscaler weights file (ESRGAN, Real-ESRGAN, SwinIR, "
+                                   "HAT, DAT, ...) called NAME in --upscaler-dir")
+    scale: int = param(2, "upscale factor; with a diffusion model it must be the factor the model was trained for; an "
+                          "upscaler file runs as often as needed, then Lanczos gives the exact size",
                        minimum=1, maximum=8)
     steps: int = param(50, "sampling steps (model)", minimum=1, maximum=1000)
     sampler: str = param("DDIM", "sampler name, e.g. DDIM, Euler a, DPM++ 2M (model)")
@@ -100,9 +103,22 @@ def _as_images(images) -> list[Image.Image]:
     return [im.convert("RGB") for im in items]
 
 
-def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None) -> UpscaleParams:
-    """Validate against the schema and the model; fill in the seed and the canonical sampler name."""
+def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None, library=None) -> UpscaleParams:
+    """Validate against the schema and the model; fill in the seed and the canonical sampler name.
+    `library`: the upscaler files (model_upscalers.UpscalerLibrary; default: the default folders)."""
     validate(params)
+    if params.upscaler not in UPSCALERS:
+        from t2i.pipelines.model_upscalers import UpscalerLibrary, unknown_upscaler_message
+
+        library = library or UpscalerLibrary()
+        if sr is not None:
+            raise ParamError(f"upscaler {params.upscaler!r} is an upscaler file and takes no --model; leave out "
+                             f"--model or use --upscaler model")
+        files = library.names()
+        if params.upscaler not in files:
+            raise ParamError(unknown_upscaler_message(params.upscaler, library.folders, files)
+                             + f" (built in: {', '.join(UPSCALERS)})")
+        return params
     if params.upscaler != "model":
         if sr is not None:
             raise ParamError(f"upscaler {params.upscaler!r} is a classic resize and takes no model; "
@@ -124,7 +140,8 @@ def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None) -> Upscale
     return replace(params, sampler=sampler, seed=seed)
 
 
-def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | None, sr: SRModel | None) -> str:
+def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | None, sr: SRModel | None,
+                     upscaler_hash: str | None = None) -> str:
     model = sr is not None
     return build_infotext("", "", {
         "Steps": params.steps if model else None,
@@ -134,6 +151,7 @@ def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | N
         "Model hash": sr.hash if model else None,
         "Model": sr.name if model else None,
         "Upscaler": "SR model" if model else params.upscaler,
+        "Upscaler hash": upscaler_hash,
         "Upscale scale": params.scale,
         "Noise level": params.noise_level if model else None,
         "Eta": params.eta if model and params.eta else None,
@@ -142,14 +160,23 @@ def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | N
 
 
 def upscale(images, params: UpscaleParams | None = None, sr: SRModel | str | Path | None = None,
-            callback=None) -> UpscaleResult:
+            callback=None, library=None) -> UpscaleResult:
     """Upscale one PIL image or a list of them. `sr`: a loaded model (load_sr_model) or its path;
-    None for the classic upscalers. callback(i, total, latents) per model evaluation, as in sampling."""
+    None for the classic upscalers and upscaler files (found by `library`, an UpscalerLibrary;
+    default: the default folders). callback(i, total, latents) per model evaluation, as in sampling."""
     params = params or UpscaleParams()
     if isinstance(sr, (str, Path)):
         sr = load_sr_model(sr)
-    params = resolve_upscale_params(params, sr)
+    if params.upscaler not in UPSCALERS and library is None:
+        from t2i.pipelines.model_upscalers import UpscalerLibrary
+
+        library = UpscalerLibrary()
+    params = resolve_upscale_params(params, sr, library)
     inputs = _as_images(images)
+    if params.upscaler not in UPSCALERS:  # an upscaler file (spandrel), tiled
+        out = [library.upscale(im, params.upscaler, params.scale) for im in inputs]
+        file_hash = library.model(params.upscaler).hash
+        return UpscaleResult(out, [], [upscale_infotext(params, im.size, None, None, file_hash) for im in out], params)
     if params.upscaler != "model":
         out = [im.resize((im.width * params.scale, im.height * params.scale), _RESAMPLE[params.upscaler])
                for im in inputs]

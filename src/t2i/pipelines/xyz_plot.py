@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from t2i.checkpoints.registry import load_model
+from t2i.outputs import make_grid
 from t2i.pipelines.script_options import XYZOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, labels, tile_images
 from t2i.pipelines.params import ParamError
@@ -87,8 +89,6 @@ def _script_keys(axes, fixed_seeds: bool, names: str = "XYZ") -> dict:
 
 
 def _cell_image(result: GenerationResult) -> Image.Image:
-    from t2i.outputs import make_grid
-
     return result.images[0] if len(result.images) == 1 else make_grid(result.images)
 
 
@@ -141,8 +141,6 @@ def xyz_plot(loaded, params: GenerationParams, options: XYZOptions, *, images=No
     nx, ny, nz = (len(a.values) if a else 1 for a in axes)
 
     if load_checkpoint is None:
-        from t2i.checkpoints.registry import load_model
-
         def load_checkpoint(path):
             return load_model(path, loaded.runtime)
 

@@ -59,6 +59,12 @@ def _sr():
     return SRTrainConfig, train_sr
 
 
+def _lcm():
+    from t2i.training.lcm import LCMTrainConfig, train_lcm
+
+    return LCMTrainConfig, train_lcm
+
+
 def _tiny_vae():
     from t2i.training.tiny_vae import TinyVAETrainConfig, train_tiny_vae
 
@@ -74,6 +80,7 @@ RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "ar": _ar,
     "autoencoder": _autoencoder,  # a KL autoencoder alone (VQ ones: vqgan)
     "tiny_vae": _tiny_vae,  # a TAESD-style tiny decoder distilled from a model's VAE
+    "lcm": _lcm,  # an LCM-LoRA distilled from a model: 2-8 step sampling (t2i generate --fast)
     "sr": _sr,  # super-resolution latent diffusion (t2i upscale)
 }
 DEFAULT_FAMILY = "ldm"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from t2i.errors import ParamError
 from t2i.metadata import image_format, write_image
-from t2i.outputs import next_image_path
+from t2i.outputs import image_path, next_image_path
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.params import add_cli_arguments, from_cli
 
@@ -45,12 +45,15 @@ def load_settings(args, **overrides) -> LoadSettings:
 
 def make_session(args, **overrides):
     """The process's Session, with the load settings of the flags; torch loads here."""
+    from t2i.checkpoints.prefetch import prefetch
     from t2i.pipelines.schema import validate_strict
-    from t2i.pipelines.session import Session
 
     settings = load_settings(args, **overrides)
     validate_strict(settings)  # --threads -1, --precision typo, ...: one clear line before torch loads
     settings.tiny_decoder  # noqa: B018  (a bad --vae-decoder fails before loading anything)
+    prefetch(settings.model_path, settings.vae)  # the disk reads the weights while torch imports
+    from t2i.pipelines.session import Session
+
     return Session(settings, styles_file=getattr(args, "styles_file", None), notes=note)
 
 
@@ -63,9 +66,17 @@ class OutputWriter:
             raise ParamError(f"--outdir {self.outdir} is a file, not a folder; give a folder for the images")
         self.ext = image_format(fmt)
         self.written: list[Path] = []
+        # the counters of the next outputs, when the caller numbers them (several processes
+        # share one folder: t2i.interfaces.cli.processes); None: the next free counter
+        self.numbers = None
 
     def __call__(self, output) -> None:
-        path = next_image_path(self.outdir, output.seed if output.seed is not None else 0, output.prompt, self.ext)
+        seed = output.seed if output.seed is not None else 0
+        if self.numbers is not None:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+            path = image_path(self.outdir, next(self.numbers), seed, output.prompt, self.ext)
+        else:
+            path = next_image_path(self.outdir, seed, output.prompt, self.ext)
         path = path.with_name(output.prefix + path.name)
         print(write_image(output.image, path, output.infotext))
         self.written.append(path)
@@ -106,3 +117,17 @@ def imply_enable_hr(args) -> None:
 def add_styles_file_argument(p) -> None:
     p.add_argument("--styles-file", type=Path, help="styles CSV (name,prompt,negative_prompt; default: styles.csv "
                    "in the current directory, if there is one)")
+
+
+def add_compvis_aliases(p) -> None:
+    """The CompVis scripts' spellings where they differ from t2i's (txt2img.py's flags)."""
+    group = p.add_argument_group("CompVis script spellings")
+    group.add_argument("--n_samples", dest="batch_size", type=int, default=None, metavar="N",
+                       help="= --batch-size (images per batch)")
+    group.add_argument("--n_iter", dest="n_iter", type=int, default=None, metavar="N", help="= --n-iter (batches)")
+    group.add_argument("--fixed_code", dest="fixed_code", action="store_const", const=True, default=None,
+                       help="= --fixed-code (one starting latent for every image of the run)")
+    group.add_argument("--skip_grid", dest="grid", action="store_false",
+                       help="no grid (t2i's default; the CompVis script makes one unless told not to)")
+    group.add_argument("--skip_save", dest="skip_save", action="store_true",
+                       help="do not save the individual images (only the grid, with --grid)")

@@ -72,4 +72,6 @@ def _run_train(args) -> None:
     # vqgan.safetensors, KL autoencoder runs autoencoder.safetensors; LDM runs write a folder
     files = [args.outdir / name for name in ("model.safetensors", "ar.safetensors", "vqgan.safetensors",
                                              "autoencoder.safetensors")]
+    if family == "lcm":  # an LCM-LoRA: OUTDIR/NAME.safetensors
+        files.insert(0, args.outdir / f"{cfg.name}.safetensors")
     print(next((f for f in files if f.is_file()), args.outdir / "model"))

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 from t2i.errors import ParamError
-from t2i.interfaces.cli.common import (OutputWriter, add_load_arguments, add_output_arguments,
+from t2i.interfaces.cli.common import (OutputWriter, add_compvis_aliases, add_load_arguments, add_output_arguments,
                                        add_styles_file_argument, imply_enable_hr, make_session, note, seed_summary)
+from t2i.interfaces.cli.processes import ProcessShare, image_numbers, join, wait_for_everyone
+from t2i.outputs import first_free_counter
 from t2i.pipelines.generation_params import Txt2ImgParams
 from t2i.pipelines.params import add_cli_arguments, from_cli
 from t2i.pipelines.session_types import Output
@@ -17,13 +19,15 @@ def add_generate_command(sub) -> None:
                        description="Generate images from a text prompt. Without --model (or with --model default), "
                                    "the bundled model (trained on the built-in `shapes` dataset) is used.")
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (or use --from-file)")
-    p.add_argument("--from-file", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--from-file", type=Path, help="a text file with one prompt per line (under `accelerate launch "
+                   "... -m t2i.interfaces.cli generate`, the processes share the prompts out)")
     p.add_argument("--grid", action="store_true", help="also save a grid of each prompt's images")
     p.add_argument("--infotext", type=Path, metavar="FILE",
                    help="reproduce an image: every parameter (prompt included) from the infotext of FILE (a "
                         "PNG/JPEG/WEBP made by t2i or the web UI, or a text file); flags given override it")
     add_output_arguments(p, "txt2img")
     add_cli_arguments(p, Txt2ImgParams, skip=("prompt",))
+    add_compvis_aliases(p)
     add_styles_file_argument(p)
     add_load_arguments(p)
     p.set_defaults(run=run_generate)
@@ -70,6 +74,16 @@ def run_generate(args) -> None:
     for params in requests:
         validate_strict(params)  # every prompt's params fail before the model loads
     writer = OutputWriter(args.outdir, args.image_format)
+    share = ProcessShare.from_env()  # `accelerate launch`: this process takes every N-th prompt
+    mine = share.mine(len(requests))
+    join(share, args)
+    if share.several:  # numbered as one process would number them (processes/image_numbers)
+        first_counter = first_free_counter(args.outdir)
+        wait_for_everyone(share)  # every process has read the folder before any writes to it
+        images = requests[0].batch_size * requests[0].n_iter
+        per_prompt = (0 if args.skip_save else images) + (1 if args.grid and images > 1 else 0)
+    if not mine:
+        return
     session = make_session(args)
     entry = session.model()
     warning = model_mismatch(settings, entry.loaded) if settings is not None else None
@@ -78,8 +92,11 @@ def run_generate(args) -> None:
     from t2i.interfaces.cli.progress import ProgressBar
 
     with ProgressBar() as bar:  # per-step tqdm bar with the run's ETA, on a terminal
-        for params in requests:
-            result = session.run(params, progress=bar, on_output=writer)
+        for index in mine:
+            params = requests[index]
+            if share.several:
+                writer.numbers = image_numbers(first_counter, index, per_prompt)
+            result = session.run(params, progress=bar, on_output=None if args.skip_save else writer)
             bar.close()
             if args.grid and len(result.images) > 1:
                 first = result.outputs[0]

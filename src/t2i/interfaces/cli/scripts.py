@@ -10,7 +10,11 @@ from t2i.interfaces.cli.common import (OutputWriter, add_load_arguments, add_out
                                        add_styles_file_argument, imply_enable_hr, make_session, open_image)
 from t2i.pipelines.generation_params import Img2ImgParams, Txt2ImgParams
 from t2i.pipelines.params import add_cli_arguments, flag_of, from_cli
-from t2i.pipelines.script_options import LoopbackOptions, PromptMatrixOptions, XYZOptions
+from t2i.pipelines.script_options import (Img2ImgAltOptions, LoopbackOptions, PromptMatrixOptions, SDUpscaleOptions,
+                                          XYZOptions)
+
+# scripts that start from one image and run img2img (their flags: Img2ImgParams)
+IMAGE_SCRIPTS = (LoopbackOptions, SDUpscaleOptions, Img2ImgAltOptions)
 
 
 def _field_names(cls) -> set[str]:
@@ -87,6 +91,31 @@ def add_loopback_command(sub) -> None:
     _add_script_arguments(p, "loopback", LoopbackOptions, run_script, params=Img2ImgParams)
 
 
+def add_sd_upscale_command(sub) -> None:
+    p = sub.add_parser("sd-upscale", help="upscale, then redraw the image with img2img tile by tile",
+                       description="The web UI's SD upscale: IMAGE upscaled by --scale-factor with --sd-upscaler "
+                                   "(Lanczos, Nearest or an upscaler file in --upscaler-dir), then img2img over "
+                                   "tiles of --width x --height (default: the model's resolution) overlapping by "
+                                   "--tile-overlap, blended. Use a low --denoising-strength: every tile is drawn with the "
+                                   "whole prompt, so higher strengths draw the prompt's objects into tiles (on the "
+                                   "bundled model 0.1 keeps every shapes attribute, 0.2 often adds objects).")
+    p.add_argument("image", type=Path)
+    p.add_argument("prompt", nargs="?", default="", help="the prompt")
+    _add_script_arguments(p, "sd-upscale", SDUpscaleOptions, run_script, params=Img2ImgParams)
+
+
+def add_img2img_alt_command(sub) -> None:
+    p = sub.add_parser("img2img-alt", help="img2img alternative test: invert the image to noise, sample a new "
+                                           "prompt from it",
+                       description="The web UI's img2img alternative test: IMAGE inverted to noise with reverse "
+                                   "Euler under --original-prompt, then sampled (Euler) with PROMPT: the layout "
+                                   "stays, what the prompts differ in changes. With the same prompt and --cfg-scale "
+                                   "1 (= --decode-cfg-scale) the image comes back close to the input.")
+    p.add_argument("image", type=Path)
+    p.add_argument("prompt", nargs="?", default="", help="the new prompt")
+    _add_script_arguments(p, "img2img-alt", Img2ImgAltOptions, run_script, params=Img2ImgParams)
+
+
 def run_script(args) -> None:
     from t2i.pipelines.loopback import check_options
     from t2i.pipelines.schema import validate_strict
@@ -94,8 +123,9 @@ def run_script(args) -> None:
 
     options = from_cli(args.options_cls, args)
     validate_strict(options)
-    if args.options_cls is LoopbackOptions:
-        check_options(options)
+    if args.options_cls in IMAGE_SCRIPTS:
+        if args.options_cls is LoopbackOptions:
+            check_options(options)
         params = from_cli(Img2ImgParams, args, prompt=args.prompt)
     else:
         params = _generation_params(args)

@@ -20,13 +20,17 @@ from t2i.pipelines.params import add_cli_arguments, from_cli
 from t2i.pipelines.upscale import UpscaleParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# the LoadSettings fields `t2i upscale` takes (no VAE, LoRAs or memory flags here)
+UPSCALE_LOAD_FLAGS = ("device", "threads", "upscaler_dirs", "upscaler_tile", "upscaler_tile_overlap")
 
 
 def add_upscale_command(sub) -> None:
     p = sub.add_parser("upscale", help="upscale images with a super-resolution model or a classic resize",
                        description="Upscale IMAGE(s) with a super-resolution latent diffusion model (--model, "
-                                   "e.g. a `t2i train configs/shapes-sr.yaml` run) or, with --upscaler "
-                                   "lanczos|nearest|bicubic, a classic resize. PNG output with infotext.")
+                                   "e.g. a `t2i train configs/shapes-sr.yaml` run), with --upscaler NAME an "
+                                   "upscaler weights file NAME.pth/.safetensors in --upscaler-dir (ESRGAN, "
+                                   "Real-ESRGAN, SwinIR, HAT, DAT, ...: spandrel), or with --upscaler "
+                                   "lanczos|nearest|bicubic a classic resize. PNG output with infotext.")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="input image(s)")
     p.add_argument("--model", help="a super-resolution run folder or model .safetensors file")
     p.add_argument("-o", "--output", type=Path, default=Path("outputs/upscale"),
@@ -34,7 +38,7 @@ def add_upscale_command(sub) -> None:
                         "<stem>-x<scale>.png (default: %(default)s)")
     add_cli_arguments(p, UpscaleParams)
     add_cli_arguments(p, LoadSettings, skip=tuple(f.name for f in dataclasses.fields(LoadSettings)
-                                                  if f.name not in ("device", "threads")))
+                                                  if f.name not in UPSCALE_LOAD_FLAGS))
     p.set_defaults(run=_run_upscale)
 
 
@@ -57,9 +61,11 @@ def _run_upscale(args) -> None:
     from t2i.metadata import write_image
     from t2i.pipelines.upscale import resolve_upscale_params
 
+    from t2i.pipelines.model_upscalers import UpscalerLibrary
+
     params = from_cli(UpscaleParams, args)
-    if args.model is None:
-        resolve_upscale_params(params, None)  # fails early without a model, unless a classic upscaler
+    if args.model is None:  # fails early without a model, unless a classic upscaler or an upscaler file
+        resolve_upscale_params(params, None, UpscalerLibrary(tuple(args.upscaler_dirs or ())))
     targets = output_paths(args.images, args.output, params.scale)
     images = [open_image(p) for p in args.images]  # all inputs readable before any work
     result = make_session(args, model=args.model).run(params, images=images)

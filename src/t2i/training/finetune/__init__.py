@@ -19,12 +19,12 @@ from t2i.training.finetune.config import METHODS, FinetuneConfig
 
 __all__ = ["METHODS", "FinetuneConfig", "run_finetune", "config_with"]
 
-_SECTIONS = ("lora", "ti", "dreambooth", "hypernetwork")
+_SECTIONS = ("lora", "ti", "dreambooth", "prior", "hypernetwork")
 
 
 def config_with(base: dict, options: dict, where: str = "options") -> FinetuneConfig:
     """A FinetuneConfig from a mapping updated with `options`; in both, a method section's own
-    keys (rank, init_word, class_prompt, layer_structure, ...) may be given flat. ConfigError for
+    keys (rank, init_word, class_prompts, layer_structure, ...) may be given flat. ConfigError for
     unknown keys."""
     import dataclasses
 

@@ -39,10 +39,24 @@ class TIOptions:
 @dataclass
 class DreamBoothOptions:
     instance_prompt: str = ""  # every training image's caption ("a photo of sks dog"); "": their own captions
-    class_prompt: str = ""  # prior preservation: images of this prompt, made by the base model ("" = off)
+
+
+@dataclass
+class PriorOptions:
+    """Prior preservation (DreamBooth's, Ruiz et al. 2022; kohya's regularisation images): every
+    step also trains on images of what the model already does, so it learns the new concept
+    without forgetting the rest. Any method but textual inversion (which changes nothing else)."""
+
+    class_prompts: tuple[str, ...] = ()  # the base model draws class_images of these (in turn), once
     class_images: Annotated[int, between(1, 100_000)] = 50
     prior_weight: Annotated[float, at_least(0.0)] = 1.0
-    class_dir: str = ""  # where class images are kept and reused ("" = OUTDIR/class_images)
+    # where class images are kept and reused ("" = OUTDIR/class_images); a folder of your own
+    # captioned images here, with no class_prompts, is used as it is
+    class_dir: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.class_prompts or self.class_dir)
 
 
 @dataclass
@@ -109,11 +123,15 @@ class FinetuneConfig:
     lora: LoraOptions = field(default_factory=LoraOptions)
     ti: TIOptions = field(default_factory=TIOptions)
     dreambooth: DreamBoothOptions = field(default_factory=DreamBoothOptions)
+    prior: PriorOptions = field(default_factory=PriorOptions)
     hypernetwork: HypernetworkOptions = field(default_factory=HypernetworkOptions)
 
     def __post_init__(self):
         if self.train_text_encoder and self.method in ("ti", "hypernetwork"):
             raise ValueError(f"train_text_encoder does not apply to {self.method}")
+        if self.prior.enabled and self.method == "ti":
+            raise ValueError("prior preservation (class prompts, class_dir) does not apply to ti: textual inversion "
+                             "changes nothing but the new word's vectors")
 
 
 # Defaults by (method, model size). "small": a UNet under t2i.runtime.SMALL_UNET_PARAMS (the

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -186,7 +185,7 @@ def make_loss_fn(cfg: FinetuneConfig, model, text: TextSource, data: TrainData, 
         preds = net(groups)
         loss = weighted(preds[0], *targets[0])
         if len(preds) > 1:
-            loss = loss + cfg.dreambooth.prior_weight * weighted(preds[1], *targets[1])
+            loss = loss + cfg.prior.prior_weight * weighted(preds[1], *targets[1])
         return loss, per
 
     return loss_fn
@@ -243,7 +242,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
 
             write_text(outdir / "preflight.txt", data.preflight.report() + "\n")
     data = _instance_captions(cfg, data, name)
-    class_data = _class_data(cfg, model, model_id, outdir, acc, read, log) if cfg.method == "dreambooth" else None
+    class_data = _class_data(cfg, model, model_id, outdir, acc, read, log) if cfg.prior.enabled else None
 
     info = {"t2i_version": version(), "t2i_method": cfg.method, "t2i_base_model": loaded.name,
             "t2i_base_hash": loaded.hash, "ss_sd_model_name": loaded.name, "ss_output_name": name}
@@ -261,13 +260,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
                         min_lr_ratio=0.0, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                         ema_decay=cfg.ema_decay, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                         sample_every=cfg.sample_every, grad_accum=cfg.grad_accum, lr_schedule=cfg.lr_schedule)
-    text_ids = {id(p) for p in setup.text_params}
-    main_params = [p for p in net.parameters() if p.requires_grad and id(p) not in text_ids]
-    groups = [{"params": main_params}] + ([{"params": setup.text_params, "lr_scale": cfg.text_encoder_lr / cfg.lr}]
-                                          if setup.text_params else [])
     run_config = {"family": "finetune", **to_dict(cfg)}
     trainer = Trainer(CHECKPOINT, {"net": net}, optim, outdir, cfg.seed, run_config, accelerator=acc,
-                      trained_only=True, param_groups=groups, make_optimizer=_optimizer(cfg))
+                      trained_only=True, param_groups=_param_groups(net, setup, cfg), make_optimizer=_optimizer(cfg))
     if resume and not trainer.load():
         log(f"no checkpoint in {outdir}: starting from the beginning")
     offsets = (0, len(data.captions))
@@ -279,8 +274,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
         if is_main and prompts:
             _grid(model, cfg, setup, prompts, outdir / "samples" / f"step-{step:06d}.png")
 
-    with ExitStack() as stack:
-        stack.enter_context(setup.during_training())
+    with setup.during_training():
         trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after)
         if trainer.step < cfg.steps:
             return None
@@ -295,6 +289,15 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
             log(f"wrote {result}")
     acc.wait_for_everyone()
     return result if result is not None else _main_output(cfg, outdir, name)
+
+
+def _param_groups(net: FinetuneNet, setup: Setup, cfg: FinetuneConfig) -> list[dict]:
+    """The trained parameters; the text encoder's in a group of their own at text_encoder_lr."""
+    text_ids = {id(p) for p in setup.text_params}
+    main = [p for p in net.parameters() if p.requires_grad and id(p) not in text_ids]
+    if not setup.text_params:
+        return [{"params": main}]
+    return [{"params": main}, {"params": setup.text_params, "lr_scale": cfg.text_encoder_lr / cfg.lr}]
 
 
 def _main_output(cfg: FinetuneConfig, outdir: Path, name: str) -> Path:
@@ -326,17 +329,16 @@ def _instance_captions(cfg: FinetuneConfig, data: TrainData, name: str) -> Train
     return data
 
 
-def _class_data(cfg: FinetuneConfig, model, model_id: str, outdir: Path, acc, read: dict, log) -> TrainData | None:
-    """DreamBooth's class images: made by the base model before training (cached in class_dir)."""
-    o = cfg.dreambooth
-    if not o.class_prompt:
-        return None
+def _class_data(cfg: FinetuneConfig, model, model_id: str, outdir: Path, acc, read: dict, log) -> TrainData:
+    """Prior preservation's images: made by the base model before training (kept in class_dir), or
+    the captioned images already in class_dir."""
     from t2i.training.finetune.sampling import make_class_images
 
+    o = cfg.prior
     folder = Path(o.class_dir) if o.class_dir else outdir / "class_images"
     with acc.main_process_first():
-        if acc.is_main_process:
-            make_class_images(model, o.class_prompt, o.class_images, folder, log=log, steps=cfg.sample_steps,
+        if acc.is_main_process and o.class_prompts:
+            make_class_images(model, list(o.class_prompts), o.class_images, folder, log=log, steps=cfg.sample_steps,
                               cfg_scale=cfg.sample_cfg_scale)
         quiet = {**read, "log": lambda message: None}
-        return load_train_data(folder, model, model_id, default_caption=o.class_prompt, **quiet)
+        return load_train_data(folder, model, model_id, default_caption=None, **quiet)

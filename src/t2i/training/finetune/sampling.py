@@ -51,28 +51,35 @@ def sample_grid(model, prompts: list[str], path: Path, *, seeds: int = 4, embedd
     return path
 
 
-def make_class_images(model, prompt: str, count: int, folder: Path, *, batch: int = 8, log=print, **options) -> int:
-    """Fill `folder` up to `count` images of `prompt` (class-00000.png + .txt caption, seed = index),
-    keeping those already there (their prompt must match); returns how many were made."""
+def make_class_images(model, prompts: list[str], count: int, folder: Path, *, batch: int = 8, log=print,
+                      **options) -> int:
+    """Fill `folder` up to `count` images (class-00000.png + .txt caption; image i shows
+    prompts[i % len(prompts)] with seed i), keeping those already there (their caption must match);
+    returns how many were made."""
     from tqdm.auto import tqdm
 
     from t2i.atomic import atomic_file, write_text
 
     folder.mkdir(parents=True, exist_ok=True)
-    missing = [i for i in range(count) if not (folder / f"class-{i:05d}.png").is_file()]
-    stale = [i for i in range(count) if (folder / f"class-{i:05d}.txt").is_file()
-             and (folder / f"class-{i:05d}.txt").read_text(encoding="utf-8").strip() != prompt]
+    prompt_of = lambda i: prompts[i % len(prompts)]  # noqa: E731
+    caption = lambda i: folder / f"class-{i:05d}.txt"  # noqa: E731
+    stale = [i for i in range(count) if caption(i).is_file()
+             and caption(i).read_text(encoding="utf-8").strip() != prompt_of(i)]
     if stale:
-        raise ValueError(f"{folder} holds class images of another prompt (e.g. class-{stale[0]:05d}.txt); "
+        raise ValueError(f"{folder} holds class images of other prompts (e.g. {caption(stale[0]).name}); "
                          f"give another --class-dir or empty it")
+    missing = [i for i in range(count) if not (folder / f"class-{i:05d}.png").is_file()]
     if not missing:
         return 0
-    log(f"making {len(missing)} class images of {prompt!r} with the base model into {folder}")
+    log(f"making {len(missing)} class images of {len(prompts)} prompt(s) with the base model into {folder}")
     model.eval()
-    for start in tqdm(range(0, len(missing), batch), desc="class images", unit="batch"):
-        ids = missing[start:start + batch]
+    by_prompt: dict[str, list[int]] = {}
+    for i in missing:
+        by_prompt.setdefault(prompt_of(i), []).append(i)
+    batches = [(prompt, ids[k:k + batch]) for prompt, ids in by_prompt.items() for k in range(0, len(ids), batch)]
+    for prompt, ids in tqdm(batches, desc="class images", unit="batch"):
         for i, image in zip(ids, generate(model, prompt, ids, **options)):
             with atomic_file(folder / f"class-{i:05d}.png") as f:
                 image.save(f, format="PNG")
-            write_text(folder / f"class-{i:05d}.txt", prompt + "\n")
+            write_text(caption(i), prompt + "\n")
     return len(missing)

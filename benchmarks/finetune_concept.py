@@ -1,0 +1,271 @@
+"""Teach the bundled model a shape it has never seen (a five-pointed star) with each fine-tuning
+method, then measure how often a star appears when asked for, and how much ordinary `shapes`
+prompts suffer.
+
+Why a star and not a new colour: the bundled model's VAE was trained on the eight palette colours
+only and cannot reproduce pink: it decodes a pink square as a white-and-purple one (pink covered
+5-19% of 8 drawn scenes, 0-0.2% of their VAE round trips; BENCHMARKS.md), so no method that keeps
+the VAE could teach pink. Stars survive its encode/decode round trip.
+
+Data: ~20 `shapes` scenes whose (first) object is a star (outer diameter = the object's side, inner
+radius 0.382 of the outer: the regular pentagram outline), drawn as SHAPES.md draws the others
+(4x supersampled, box-filtered) and captioned in the shapes grammar ("a small red star in the top
+left on a black background"). After each method:
+
+- concept: 100 prompts asking for a star (fresh scenes). "Star appears": the checker
+  (t2i.evaluate.shapes_checker.analyse_image) finds an object of the star's colour whose coverage
+  fills at most 0.66 of its bounding box (a pentagram fills 0.33, 0.46-0.59 after the VAE;
+  circles fill >= 0.72 even when generated, squares >= 0.9), that is not elongated and not
+  bottom-heavy like a triangle (skewness of y above -0.28). "All correct": that, and every other
+  attribute the checker scores for the prompt read with "circle" for "star" (count, colours,
+  background, position, relation, the other object's shape) except the star's size;
+- ordinary: 100 `shapes` prompts (evaluation_prompts), fully correct per the checker, compared
+  with the base model on the same prompts and seeds;
+- CPU-minutes of the fine-tuning process (data, class images, training, export), output size.
+
+How each method is used: LoRA merged at weight 1, the embedding named `star` (so it replaces the
+word star in prompts), the hypernetwork at multiplier 1, the DreamBooth/full model folders. The
+hypernetwork and LoRA stay active for the ordinary prompts too.
+
+    nice python benchmarks/finetune_concept.py --out /tmp/ftbench [--methods lora ti] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+CONCEPT = "star"
+INNER = 0.382  # inner / outer radius of a regular pentagram
+METHODS = ("lora", "ti", "dreambooth", "hypernetwork", "full")
+OPTIONS = {  # per method; everything else is t2i's default for the bundled model
+    "lora": {},
+    "ti": {"init_word": "circle", "vectors": 2},
+    "dreambooth": {"class_prompt": "a circle", "class_images": 40},
+    "hypernetwork": {},
+    "full": {},
+}
+STAR_FILL, STAR_SKEWNESS = 0.66, -0.28
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def star_scenes(n: int, seed: int):
+    """`shapes` scenes (SHAPES.md's distribution) whose first object is a star."""
+    from dataclasses import replace
+
+    from t2i.data.shapes import sample_scene
+
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(n):
+        scene = sample_scene(rng)
+        scenes.append(replace(scene, objects=(replace(scene.objects[0], shape=CONCEPT),) + scene.objects[1:]))
+    return scenes
+
+
+def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    return [(cx + r * math.cos(a), cy + r * math.sin(a))
+            for k in range(10) for a, r in [(-math.pi / 2 + k * math.pi / 5, radius if k % 2 == 0 else radius * INNER)]]
+
+
+def draw(scene, resolution: int = 64) -> Image.Image:
+    """SHAPES.md's drawing, with the star added (here only)."""
+    from t2i.data.shapes import PALETTE, SUPERSAMPLE
+
+    canvas = resolution * SUPERSAMPLE
+    image = Image.new("RGB", (canvas, canvas), PALETTE[scene.background])
+    pen = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        half, fill = obj.side / 2 * canvas, PALETTE[obj.color]
+        cx, cy = obj.cx * canvas, obj.cy * canvas
+        if obj.shape == CONCEPT:
+            pen.polygon(_star(cx, cy, half), fill=fill)
+        elif obj.shape == "triangle":
+            pen.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fill)
+        else:
+            box = (cx - half, cy - half, cx + half - 1, cy + half - 1)
+            (pen.ellipse if obj.shape == "circle" else pen.rectangle)(box, fill=fill)
+    return image.resize((resolution, resolution), Image.BOX)
+
+
+def write_dataset(folder: Path, n: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(star_scenes(n, seed)):
+        draw(scene).save(folder / f"star-{i:03d}.png")
+        (folder / f"star-{i:03d}.txt").write_text(scene.caption + "\n")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def is_star(obj) -> bool:
+    return obj.fill <= STAR_FILL and obj.skewness > STAR_SKEWNESS and obj.ratio >= 1 / 6
+
+
+def concept_correct(image: Image.Image, scene) -> tuple[bool, bool]:
+    """(a star of the asked colour appears, the rest of the prompt holds too; see the docstring)."""
+    from t2i.evaluate.shapes_checker import analyse_image, compare, parse_prompt
+
+    found = analyse_image(image)
+    star = scene.objects[0]
+    candidates = [o for o in found.objects if o.color == star.color]
+    appears = bool(candidates) and is_star(candidates[0])
+    if not appears:
+        return False, False
+    spec = parse_prompt(scene.caption.replace(CONCEPT, "circle"))
+    attributes = compare(found, spec).attributes
+    others = all(any(o.color == other.color and o.shape == other.shape for o in found.objects)
+                 for other in scene.objects[1:])
+    rest = all(ok for name, ok in attributes.items() if name not in ("shape", "size"))
+    return True, rest and others
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def generate(model, prompts: list[str], seeds: list[int], embeddings=None, batch: int = 50, steps: int = 20,
+             cfg_scale: float = 7.0) -> list[Image.Image]:
+    """One image per prompt (seed i), many prompts per UNet batch; DPM++ 2M as `t2i generate`."""
+    from t2i.diffusion.conditioning import PromptEncoder
+    from t2i.diffusion.samplers import make_scheduler, resolve_sampler
+    from t2i.diffusion.sampling import denoise, draw_noise, make_generators
+    from t2i.models.common import to_pil_images
+
+    encoder = PromptEncoder.from_model(model, embeddings=embeddings)
+    sampler, schedule = resolve_sampler("DPM++ 2M")
+    side = model.config.resolution // model.vae_scale_factor
+    images = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        cond = torch.cat([encoder.encode(p) for p in chunk])
+        uncond = encoder.encode("")
+        generators = make_generators(seeds[i:i + batch])
+        noise = draw_noise(generators, (model.latent_channels, side, side))
+        latents = denoise(model.unet, make_scheduler(sampler, schedule, model.scheduler_config()), noise, cond,
+                          uncond, steps=steps, cfg_scale=cfg_scale, generators=generators)
+        images += to_pil_images(model.decode_latents(latents))
+    return images
+
+
+def applied(method: str, output: Path, base):
+    """(model, embeddings, context) that generate with the method's result."""
+    from t2i.checkpoints.registry import load_model
+    from t2i.runtime import Runtime
+
+    if method in ("dreambooth", "full"):
+        return load_model(output, Runtime.auto("full", "cpu")).model, None, nullcontext()
+    if method == "ti":
+        from t2i.extra_networks.embeddings import load_embedding
+
+        return base, [load_embedding(output)], nullcontext()
+    if method == "hypernetwork":
+        from t2i.extra_networks.hypernetwork import applying_hypernetworks, load_hypernetwork
+
+        return base, None, applying_hypernetworks(base.unet, [(load_hypernetwork(output), 1.0)])
+    if method == "lora":
+        return base, None, merged_lora(base, output)
+    return base, None, nullcontext()
+
+
+class merged_lora:
+    def __init__(self, model, path: Path):
+        self.model, self.path = model, path
+
+    def __enter__(self):
+        from t2i.extra_networks.lora import LoraTargets, merge_loras, read_lora
+
+        self.backups = merge_loras(LoraTargets(self.model), [(read_lora(self.path), 1.0, 1.0)])
+
+    def __exit__(self, *exc):
+        from t2i.extra_networks.lora import restore_weights
+
+        restore_weights(self.backups)
+
+
+def evaluate(model, embeddings, context, concept_scenes, ordinary: list[str], seed: int) -> dict:
+    from t2i.evaluate.shapes_checker import check
+
+    with context:
+        concept_images = generate(model, [s.caption for s in concept_scenes], list(range(seed, seed + len(concept_scenes))),
+                                  embeddings)
+        ordinary_images = generate(model, ordinary, list(range(seed, seed + len(ordinary))), embeddings)
+    scores = [concept_correct(im, s) for im, s in zip(concept_images, concept_scenes)]
+    return {"star_appears": float(np.mean([a for a, _ in scores])), "concept_correct": float(np.mean([c for _, c in scores])),
+            "ordinary_correct": float(np.mean([check(im, p).correct for im, p in zip(ordinary_images, ordinary)])),
+            "examples": concept_images[:8]}
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    import t2i
+    from t2i.checkpoints.registry import load_model
+    from t2i.evaluate.shapes_checker import evaluation_prompts
+    from t2i.outputs import make_grid
+    from t2i.runtime import Runtime
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--images", type=int, default=20, help="training pictures of the concept")
+    parser.add_argument("--prompts", type=int, default=100, help="concept prompts and ordinary prompts, each")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None, help="override every method's steps")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra options for every method")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = args.out / "pictures"
+    if not data.is_dir():
+        write_dataset(data, args.images, seed=2024)
+    concept_scenes = star_scenes(args.prompts, seed=777)
+    ordinary = evaluation_prompts(args.prompts, seed=4242)
+    base = load_model(None, Runtime.auto("full", "cpu")).model
+    results = {}
+    results_path = args.out / "results.json"
+    if results_path.is_file():
+        results = json.loads(results_path.read_text())
+    if "base" not in results:
+        found = evaluate(base, None, nullcontext(), concept_scenes, ordinary, seed=90_000)
+        results["base"] = {k: v for k, v in found.items() if k != "examples"}
+    extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
+    for method in args.methods:
+        outdir = args.out / method
+        options = {**OPTIONS[method], **extra, **({"steps": args.steps} if args.steps else {})}
+        start = time.process_time()
+        output = t2i.finetune(method, model="default", data=data, outdir=outdir, name=CONCEPT, sample_every=0,
+                              log_every=100, **options)
+        minutes = (time.process_time() - start) / 60
+        model, embeddings, context = applied(method, output, base)
+        found = evaluate(model, embeddings, context, concept_scenes, ordinary, seed=90_000)
+        make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
+        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": options}
+        results_path.write_text(json.dumps(results, indent=2))
+        print(json.dumps({method: results[method]}), flush=True)
+    print(f"\n| method | star appears | concept all correct | ordinary correct (base {results['base']['ordinary_correct']:.0%}) "
+          f"| drop | CPU-minutes | output size |")
+    print("|---|---|---|---|---|---|---|")
+    b = results["base"]
+    print(f"| base model | {b['star_appears']:.0%} | {b['concept_correct']:.0%} | {b['ordinary_correct']:.0%} | - | - | - |")
+    for method in METHODS:
+        if method in results:
+            r = results[method]
+            drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
+            size = r["bytes"] / 2**20
+            print(f"| {method} | {r['star_appears']:.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
+                  f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size:.2f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

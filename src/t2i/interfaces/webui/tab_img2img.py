@@ -1,0 +1,75 @@
+"""The img2img tab: the image modes (img2img, sketch, inpaint, inpaint sketch, inpaint upload,
+batch), resize mode, denoising strength, the inpainting options, and the same generation settings
+as txt2img. An inpaint mode sends a mask: the API runs inpainting; "Poor man's outpainting" in the
+Script dropdown extends the image."""
+from __future__ import annotations
+
+import gradio as gr
+
+from t2i.interfaces.webui import (
+    gentab,
+    img2img_inputs,
+    networks,
+    params_ui,
+    prompts_ui,
+    scripts_ui,
+)
+from t2i.interfaces.webui import results as results_ui
+from t2i.interfaces.webui.builder import Form
+from t2i.interfaces.webui.context import b64_png
+from t2i.interfaces.webui.generate import request_values
+from t2i.pipelines.generation_params import InpaintParams
+
+ADVANCED = ("clip_skip", "tiling", "eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
+def _mode_setter(mode: str):
+    def select():
+        return mode, gr.Group(visible=mode in img2img_inputs.INPAINT_MODES)
+    return select
+
+
+def build(ctx, quick) -> gentab.GenerationTab:
+    settings = ctx.settings.get()
+    form = Form("img2img", ctx.hints, params_ui.server_limits(ctx.limits))
+    cls = InpaintParams
+    state, selected = results_ui.new_state()
+    row = prompts_ui.build(ctx, form, cls, quick.checkpoint)
+    drop = gentab.drop_target("img2img")
+    networks.build(ctx, "img2img", row.networks_toggle)
+    with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
+        with gr.Column(scale=1, min_width=320, elem_id="img2img_settings"):
+            inputs = img2img_inputs.build(ctx)
+            form.control(cls, "resize_mode", kind="radio")
+            inpaint_group = params_ui.inpaint_options(form, cls)
+            params_ui.sampling(form, cls, settings)
+            params_ui.size_and_batch(form, cls, settings)
+            params_ui.cfg(form, cls, settings)
+            form.control(cls, "denoising_strength")
+            params_ui.seed(form, cls, state, selected)
+            params_ui.advanced(form, cls, ADVANCED)
+            scripts = scripts_ui.build(ctx, "img2img", cls, img2img=True)
+        with gr.Column(scale=1, min_width=320, elem_id="img2img_results"):
+            res = results_ui.build("img2img", state, selected)
+    for mode_tab, mode in inputs.mode_tabs:
+        mode_tab.select(_mode_setter(mode), outputs=[inputs.mode, inpaint_group], show_progress="hidden", queue=False)
+    ctx.targets.update({"img2img_mode_tabs": inputs.tabs, "img2img_mode": inputs.mode,
+                        "img2img_inpaint_group": inpaint_group,
+                        "img2img_image": inputs.components["image"], "img2img_inpaint": inputs.components["inpaint"],
+                        "img2img_sketch": inputs.components["sketch"]})
+    tab = gentab.GenerationTab("img2img", cls, form, row, res, scripts, drop)
+    gentab.wire_paste(ctx, tab)
+
+    def make_requests(data: dict) -> list[dict]:
+        values = request_values(cls, form.values(data))
+        pairs, _mode = img2img_inputs.pairs(ctx, inputs, data)
+        out = []
+        for image, mask, _name in pairs:
+            request = {**values, "init_images": [b64_png(image)]}
+            if mask is not None:
+                request["mask"] = b64_png(mask)
+            out.append(request)
+        return out
+
+    gentab.wire_generate(ctx, tab, quick, "img2img", make_requests, extra_inputs=inputs.inputs())
+    return tab

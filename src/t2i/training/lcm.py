@@ -1,0 +1,258 @@
+"""Recipe: latent consistency distillation of a latent diffusion model into an LCM-LoRA (`family: lcm`).
+
+Latent consistency distillation (Luo et al. 2023, "Latent Consistency Models", Algorithm 1) as
+LCM-LoRA trains it (Luo et al. 2023, "LCM-LoRA"): the teacher is the model itself, the student
+the same model with trainable LoRA layers, and the consistency function's formulas
+(t2i.diffusion.lcm) are the LCM sampler's. One step, for a batch of the data's latents z0:
+
+1. a solver grid point t_n (every k = 1000 / 50 timesteps) and t_{n-1} = t_n - k (0 at the end);
+   z_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise;
+2. the teacher's classifier-free guided DDIM step from t_n to t_{n-1}, at a CFG scale drawn from
+   [guidance_min, guidance_max] (web UI convention: 1 = no guidance);
+3. target = f_student(z_{t-1}, t_{n-1}) without gradients (the LoRA variant's target network is
+   the online student, as in diffusers' LCM-LoRA script; `optim.ema_decay` > 0 averages the LoRA
+   weights that are saved);
+4. loss = pseudo-Huber (or L2) between f_student(z_t, t_n) and the target.
+
+The guidance is baked in, with no guidance input to the UNet (a LoRA cannot add one), so the
+result samples with the LCM sampler at CFG scale 1: one UNet call per step.
+
+Works for any model `load_model` reads with one text encoder (the bundled model, t2i folders, SD
+1.x/2.x single files and diffusers folders); data: the `shapes` set or a folder of captioned
+images (`data:` as in the LDM recipe). Outputs in `outdir`: lcm.ckpt (resumable), sample grids
+in samples/ (LCM, 4 steps, CFG 1), and when done NAME.safetensors, a kohya-format LoRA (the
+web UI, ComfyUI, diffusers' load_lora_weights and t2i's `<lora:NAME:1>` / `--fast-lora` read it),
+plus diffusers/pytorch_lora_weights.safetensors (t2i.training.finetune.lora writes both).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+
+from t2i.checkpoints.registry import load_model
+from t2i.config import BatchSize, LearningRate, Seed, Steps, at_least, between, to_dict
+from t2i.data.cache import load_cache, save_cache
+from t2i.data.images import load_image_source
+from t2i.diffusion.lcm import SOLVER_STEPS, consistency_output, ddim_step, predicted_eps, predicted_x0, solver_timesteps
+from t2i.diffusion.samplers import make_scheduler
+from t2i.diffusion.sampling import denoise, draw_noise, make_generators
+from t2i.metadata import write_png
+from t2i.models.common import to_pil_images
+from t2i.outputs import make_grid
+from t2i.runtime import Runtime
+from t2i.training.finetune.config import LoraOptions
+from t2i.training.finetune.lora import add_lora, save_lora
+from t2i.training.ldm import DataConfig
+from t2i.training.runs import save_run_config
+from t2i.training.trainer import OptimConfig, Trainer
+
+LOSSES = ("huber", "l2")
+
+
+def _default_lora() -> LoraOptions:
+    # every linear layer of the transformer blocks and the 3x3 convolutions (LoCon): LCM-LoRA
+    # targets attention, feed-forward, projections and the ResNet convolutions
+    return LoraOptions(rank=16, conv_rank=16, targets="transformer")
+
+
+@dataclass
+class LCMOptimConfig(OptimConfig):
+    steps: Steps = 2000
+    batch_size: BatchSize = 32
+    lr: LearningRate = 1e-3
+    warmup_steps: Steps = 50
+    lr_schedule: str = "constant"
+    # the teacher's CFG scale per sample, drawn uniformly from this range (web UI convention)
+    guidance_min: Annotated[float, between(1.0, 30.0)] = 3.0
+    guidance_max: Annotated[float, between(1.0, 30.0)] = 7.0
+    solver_steps: Annotated[int, between(2, 1000)] = SOLVER_STEPS  # the LCM sampler's original_inference_steps
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: Annotated[float, at_least(0.0)] = 0.001
+    encode_batch_size: BatchSize = 64
+
+
+@dataclass
+class LCMTrainConfig:
+    teacher: str = "default"  # "default" (the bundled model), a t2i model folder, an SD file or diffusers folder
+    resolution: Annotated[int, between(0, 16384)] = 0  # training image size; 0: the teacher's native size
+    data: DataConfig = field(default_factory=lambda: DataConfig(size=20_000))
+    lora: LoraOptions = field(default_factory=_default_lora)
+    optim: LCMOptimConfig = field(default_factory=LCMOptimConfig)
+    seed: Seed = 0
+    name: str = "lcm_lora"  # the LoRA file: OUTDIR/NAME.safetensors
+    sample_prompts: tuple[str, ...] = ()
+    sample_steps: Annotated[int, between(1, 50)] = 4
+
+
+def _teacher_path(spec: str) -> str | None:
+    return None if spec in ("", "default") else spec
+
+
+def check_settings(cfg: LCMTrainConfig) -> None:
+    """Mistakes found before the teacher is loaded."""
+    o = cfg.optim
+    if o.loss not in LOSSES:
+        raise ValueError(f"optim.loss must be one of {', '.join(LOSSES)}, got {o.loss!r}")
+    if o.guidance_min > o.guidance_max:
+        raise ValueError(f"optim.guidance_min ({o.guidance_min}) must not exceed optim.guidance_max ({o.guidance_max})")
+    if not cfg.name or "/" in cfg.name or "\\" in cfg.name:
+        raise ValueError(f"name must be a plain file name (no folders), got {cfg.name!r}")
+
+
+def check_teacher(model, solver_steps: int) -> str:
+    """The teacher's prediction type; ValueError for what this recipe cannot distil."""
+    if getattr(model, "text_encoder_2", None) is not None:
+        raise ValueError("LCM distillation here takes models with one text encoder (SD 1.x/2.x, t2i's own); "
+                         "SDXL's added size conditions are not supported")
+    schedule = model.scheduler_config()
+    prediction = schedule.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"the teacher predicts {prediction!r}; LCM distillation takes epsilon or v_prediction")
+    if schedule["num_train_timesteps"] % solver_steps:
+        raise ValueError(f"optim.solver_steps {solver_steps} must divide the teacher's "
+                         f"{schedule['num_train_timesteps']} training timesteps")
+    return prediction
+
+
+@torch.no_grad()
+def encode_latents(model, images_uint8: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Scaled latents (posterior means x scaling factor) of (N, H, W, 3) uint8 images, float32 on the CPU."""
+    device = next(model.vae.parameters()).device
+    out = []
+    for i in range(0, len(images_uint8), batch_size):
+        x = images_uint8[i:i + batch_size].permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+        out.append(model.encode_images(x, sample=False).float().cpu())
+    return torch.cat(out)
+
+
+def cached_latents(model, cfg: LCMTrainConfig, cache_dir: Path) -> tuple[torch.Tensor, list[str]]:
+    """(scaled latents, captions) of the training data, encoded once per (teacher, data, size)."""
+    teacher = _teacher_path(cfg.teacher)
+    stamp = Path(teacher).stat().st_mtime_ns if teacher and Path(teacher).exists() else 0
+    resolution = cfg.resolution or model.config.resolution
+    key = f"{Path(teacher).resolve() if teacher else 'default'}@{stamp}|{to_dict(cfg.data)}|r{resolution}"
+    path = cache_dir / "lcm_latents.pt"
+    state = load_cache(path, lambda s: isinstance(s, dict) and s.get("key") == key)
+    if state is not None:
+        return state["latents"], list(state["captions"])
+    if resolution % model.vae_scale_factor:
+        raise ValueError(f"resolution {resolution} must be a multiple of the teacher's VAE factor {model.vae_scale_factor}")
+    source = load_image_source(cfg.data, resolution, cache_dir=cache_dir)
+    latents = encode_latents(model, source.images, cfg.optim.encode_batch_size)
+    save_cache({"key": key, "latents": latents, "captions": list(source.captions)}, path)
+    return latents, list(source.captions)
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor, cfg: LCMOptimConfig) -> torch.Tensor:
+    if cfg.loss == "l2":
+        return F.mse_loss(a.float(), b.float())
+    # pseudo-Huber (Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models")
+    return (torch.sqrt((a.float() - b.float()) ** 2 + cfg.huber_c**2) - cfg.huber_c).mean()
+
+
+def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str], cfg: LCMOptimConfig,
+                prediction_type: str):
+    """The Trainer's loss: one consistency distillation step (see the module docstring)."""
+    alphas = torch.tensor(_alphas_cumprod(model), dtype=torch.float32)
+    grid = solver_timesteps(len(alphas), cfg.solver_steps)
+    k = len(alphas) // cfg.solver_steps
+    with torch.no_grad():
+        empty = model.encode_prompts([""])  # (1, T, D): the teacher's unconditional context
+
+    def loss_fn(modules, step, generator):
+        unet = modules["unet"]
+        device = next(unet.parameters()).device
+        n = cfg.batch_size
+        idx = torch.randint(0, len(latents), (n,), generator=generator)
+        z0 = latents[idx].to(device)
+        t = grid[torch.randint(0, len(grid), (n,), generator=generator)]
+        t_prev = (t - k).clamp(min=0)
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(n, generator=generator)
+        shape = (n, 1, 1, 1)
+        a, a_prev = alphas[t].view(shape).to(device), alphas[t_prev].view(shape).to(device)
+        w = scale.view(shape).to(device)
+        t, t_prev = t.to(device), t_prev.to(device)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        with torch.no_grad():
+            cond = model.encode_prompts([captions[i] for i in idx.tolist()]).to(device)
+            uncond = empty.to(device).expand_as(cond)
+            out = teacher_unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([uncond, cond])).sample.float()
+            out_u, out_c = out.chunk(2)
+            x0_u, x0_c = (predicted_x0(o, z_t, a, prediction_type) for o in (out_u, out_c))
+            eps_u, eps_c = (predicted_eps(o, z_t, a, prediction_type) for o in (out_u, out_c))
+            z_prev = ddim_step(x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u), a_prev)
+            target = consistency_output(unet(z_prev, t_prev, cond).sample.float(), z_prev, t_prev, a_prev,
+                                        prediction_type)
+        prediction = consistency_output(unet(z_t, t, cond).sample.float(), z_t, t, a, prediction_type)
+        return _distance(prediction, target, cfg), n
+
+    return loss_fn
+
+
+def _alphas_cumprod(model) -> list[float]:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(model.scheduler_config()).alphas_cumprod.float().tolist()
+
+
+@torch.no_grad()
+def save_lcm_samples(model, cfg: LCMTrainConfig, step: int, outdir: Path) -> Path:
+    """A grid: one row per sample prompt, 4 seeds, LCM sampler at CFG 1 (how the LoRA is used)."""
+    model.unet.eval()
+    prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
+    latent = (cfg.resolution or model.config.resolution) // model.vae_scale_factor
+    seeds = list(range(4))
+    images = []
+    for prompt in prompts:
+        generators = make_generators(seeds)
+        latents = denoise(model.unet, make_scheduler("LCM", "Automatic", model.scheduler_config()),
+                          draw_noise(generators, (model.latent_channels, latent, latent)),
+                          model.encode_prompts([prompt]), None, steps=cfg.sample_steps, cfg_scale=1.0,
+                          generators=generators)
+        param = next(model.vae.parameters())
+        images += to_pil_images(model.decode_latents(latents.to(param.device, param.dtype)))
+    model.unet.train()
+    return write_png(make_grid(images, cols=len(seeds)), outdir / "samples" / f"step-{step:06d}.png", "")
+
+
+def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, stop_after: int | None = None,
+              budget=None):
+    """Distil; a finished (or budget-stopped) run writes OUTDIR/NAME.safetensors. Returns the teacher
+    model with the LoRA-carrying UNet (eval mode)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    check_settings(cfg)
+    save_run_config({"family": "lcm", **to_dict(cfg)}, outdir)  # `t2i train outdir/config.yaml` reruns it
+    model = load_model(_teacher_path(cfg.teacher), Runtime.auto("full")).model
+    prediction = check_teacher(model, cfg.optim.solver_steps)
+    model.requires_grad_(False).eval()
+    latents, captions = cached_latents(model, cfg, outdir / "cache")
+    teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    add_lora(model, cfg.lora, train_text_encoder=False)
+    run_config = {"family": "lcm", **to_dict(cfg)}
+    trainer = Trainer("lcm", {"unet": model.unet}, cfg.optim, outdir, cfg.seed, run_config, trained_only=True)
+    if resume:
+        trainer.load()
+    loss_fn = lcm_loss_fn(model, teacher_unet, latents, captions, cfg.optim, prediction)
+    on_sample = lambda step: save_lcm_samples(model, cfg, step, outdir)  # noqa: E731
+    trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after, budget=budget)
+    model.unet.eval()
+    if trainer.step < cfg.optim.steps and not trainer.stopped_on_budget:
+        return model
+    trainer.apply_ema()
+    metadata = {"ss_training_comment": "LCM-LoRA (latent consistency distillation) by t2i; sample with the LCM "
+                                       "sampler, 2-8 steps, CFG scale 1",
+                "t2i_lcm": json.dumps({"steps": trainer.step, "guidance": [cfg.optim.guidance_min,
+                                                                           cfg.optim.guidance_max],
+                                       "solver_steps": cfg.optim.solver_steps, "teacher": cfg.teacher})}
+    save_lora(model, ["unet"], outdir, cfg.name, metadata)
+    save_lcm_samples(model, cfg, trainer.step, outdir)
+    return model

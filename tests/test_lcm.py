@@ -1,0 +1,218 @@
+"""Few-step generation (issue 16, item 1): the LCM math against diffusers' LCM and DDIM
+schedulers and an analytic denoiser, the distillation recipe on a tiny model, and `fast`
+through the pipeline, the infotext and the CLI."""
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from t2i.diffusion.lcm import (boundary_scalings, consistency_output, ddim_step, predicted_eps, predicted_x0,
+                               solver_timesteps)
+from t2i.errors import ParamError
+from t2i.pipelines.generation_params import Img2ImgParams, Txt2ImgParams
+
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                prediction_type="epsilon")
+
+
+def test_scalings_and_grid_are_the_lcm_samplers():
+    from diffusers import LCMScheduler
+
+    scheduler = LCMScheduler(**SCHEDULE)
+    for t in (0, 1, 19, 259, 999):
+        c_skip, c_out = boundary_scalings(torch.tensor([t]))
+        ref_skip, ref_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
+        assert c_skip.item() == pytest.approx(ref_skip, rel=1e-6, abs=1e-12)
+        assert c_out.item() == pytest.approx(ref_out, rel=1e-6, abs=1e-12)
+    assert boundary_scalings(torch.tensor([0])) == (torch.tensor([1.0]), torch.tensor([0.0]))  # f(x, 0) = x
+    grid = solver_timesteps(1000, 50)
+    assert grid[0] == 19 and grid[-1] == 999 and len(grid) == 50
+    for steps in (1, 2, 4, 8):  # every timestep the sampler visits was distilled
+        scheduler.set_timesteps(steps)
+        assert set(scheduler.timesteps.tolist()) <= set(grid.tolist())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddim_step_equals_diffusers_ddim(prediction):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**{**SCHEDULE, "prediction_type": prediction}, timestep_spacing="trailing",
+                              clip_sample=False, set_alpha_to_one=False)
+    scheduler.set_timesteps(50)
+    alphas = scheduler.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = 499
+    expected = scheduler.step(out, t, x, eta=0.0).prev_sample
+    a, a_prev = alphas[t], alphas[t - 20]
+    got = ddim_step(predicted_x0(out, x, a, prediction), predicted_eps(out, x, a, prediction), a_prev)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class PointDenoiser(torch.nn.Module):
+    """The exact epsilon-predictor when all data is one latent z*: eps = (x - sqrt(a) z*) / sqrt(1 - a).
+    `wrong` adds a constant error (a student that has not learnt)."""
+
+    def __init__(self, alphas, target, wrong=0.0):
+        super().__init__()
+        self.alphas, self.target, self.wrong = alphas, target, wrong
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # something to differentiate
+
+    def forward(self, x, t, context):
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * self.target) / (1 - a).sqrt() + self.wrong + self.weight
+        return SimpleNamespace(sample=eps)
+
+
+def _point_setup(wrong):
+    from diffusers import DDPMScheduler
+
+    from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
+
+    alphas = DDPMScheduler(**SCHEDULE).alphas_cumprod.float()
+    target = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    model = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
+                            scheduler_config=lambda: dict(SCHEDULE))
+    latents = target.expand(8, -1, -1, -1).clone()
+    cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=4.0)
+    fn = lcm_loss_fn(model, PointDenoiser(alphas, target), latents, ["x"] * 8, cfg, "epsilon")
+    student = PointDenoiser(alphas, target, wrong)
+    return fn, student
+
+
+def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise():
+    fn, exact = _point_setup(0.0)
+    loss, n = fn({"unet": exact}, 0, torch.Generator().manual_seed(0))
+    assert n == 8 and loss.item() < 1e-8  # every trajectory leads to z*: f is consistent
+    fn, off = _point_setup(0.3)
+    loss, _ = fn({"unet": off}, 0, torch.Generator().manual_seed(0))
+    assert loss.item() > 1e-4
+    loss.backward()
+    assert off.weight.grad is not None and off.weight.grad.abs() > 0  # gradients reach the student only
+
+
+def test_consistency_output_at_zero_is_the_input():
+    x = torch.randn(2, 4, 4, 4)
+    out = consistency_output(torch.randn_like(x), x, torch.tensor([0, 0]), torch.tensor(0.9999), "epsilon")
+    torch.testing.assert_close(out, x)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@pytest.fixture(scope="module")
+def tiny_lcm(tiny_model_dir, tmp_path_factory):
+    """A 3-step LCM-LoRA of the tiny model (stopped after 2, resumed), and its run folder."""
+    from t2i.training.finetune.config import LoraOptions
+    from t2i.training.lcm import LCMOptimConfig, LCMTrainConfig, train_lcm
+    from t2i.training.ldm import DataConfig
+
+    out = tmp_path_factory.mktemp("lcm")
+    cfg = LCMTrainConfig(teacher=str(tiny_model_dir), data=DataConfig(size=16),
+                         lora=LoraOptions(rank=4, conv_rank=2, targets="transformer"),
+                         optim=LCMOptimConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, log_every=0,
+                                              checkpoint_every=1, sample_every=0, encode_batch_size=8),
+                         name="tiny_lcm", sample_prompts=("a red circle",), sample_steps=2)
+    train_lcm(cfg, out, stop_after=2)
+    assert not (out / "tiny_lcm.safetensors").exists()  # not finished yet
+    train_lcm(cfg, out, resume=True)
+    return out / "tiny_lcm.safetensors", out
+
+
+def test_recipe_writes_a_kohya_lcm_lora(tiny_lcm):
+    from safetensors import safe_open
+
+    from t2i.extra_networks.lora import read_lora
+
+    path, out = tiny_lcm
+    lora = read_lora(path)
+    assert len(lora) > 0
+    with safe_open(str(path), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert all(k.startswith("lora_unet_") for k in keys)  # UNet only, kohya names
+    assert any("resnets" in k for k in keys) and any("attentions" in k for k in keys)  # LoCon + transformer
+    assert "LCM-LoRA" in meta["ss_training_comment"]
+    assert (out / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    assert list((out / "samples").glob("*.png"))
+
+
+def test_recipe_refuses_what_it_cannot_distil(tmp_path):
+    from t2i.training.lcm import LCMOptimConfig, LCMTrainConfig, check_settings, check_teacher
+
+    with pytest.raises(ValueError, match="guidance_min"):
+        check_settings(LCMTrainConfig(optim=LCMOptimConfig(guidance_min=8.0, guidance_max=4.0)))
+    with pytest.raises(ValueError, match="plain file name"):
+        check_settings(LCMTrainConfig(name="a/b"))
+    xl = SimpleNamespace(text_encoder_2=object(), scheduler_config=lambda: dict(SCHEDULE))
+    with pytest.raises(ValueError, match="SDXL"):
+        check_teacher(xl, 50)
+    odd = SimpleNamespace(scheduler_config=lambda: dict(SCHEDULE))
+    with pytest.raises(ValueError, match="must divide"):
+        check_teacher(odd, 30)
+
+
+# ----------------------------------------------------------------------------- fast
+
+
+def test_fast_fills_only_what_was_left_at_its_default(tiny_loaded, tiny_lcm):
+    from t2i.pipelines.fast import apply_fast
+
+    lora, _ = tiny_lcm
+    fast = apply_fast(Txt2ImgParams(prompt="x", fast_lora=str(lora)), tiny_loaded)
+    assert (fast.steps, fast.sampler, fast.cfg_scale, fast.fast) == (4, "LCM", 1.0, True)
+    assert fast.loras == {str(lora): 1.0}
+    assert apply_fast(fast, tiny_loaded) == fast  # idempotent
+    mine = apply_fast(Txt2ImgParams(prompt="x", fast=True, fast_lora=str(lora), steps=6, cfg_scale=1.5),
+                      tiny_loaded)
+    assert (mine.steps, mine.sampler, mine.cfg_scale) == (6, "LCM", 1.5)
+    assert apply_fast(Txt2ImgParams(prompt="x"), tiny_loaded) == Txt2ImgParams(prompt="x")  # off: untouched
+    img = apply_fast(Img2ImgParams(prompt="x", fast=True, fast_lora=str(lora)), tiny_loaded)
+    assert (img.steps, img.sampler) == (4, "LCM")
+
+
+def test_fast_on_another_model_needs_a_lora(tiny_loaded, tmp_path):
+    from t2i.pipelines.fast import apply_fast
+
+    with pytest.raises(ParamError, match="--fast-lora FILE"):
+        apply_fast(Txt2ImgParams(prompt="x", fast=True), tiny_loaded)
+    with pytest.raises(ParamError, match="no such file"):
+        apply_fast(Txt2ImgParams(prompt="x", fast_lora=str(tmp_path / "none.safetensors")), tiny_loaded)
+
+
+def test_fast_generation_applies_the_lora_and_reads_back(tiny_loaded, tiny_lcm):
+    from t2i.pipelines.infotext import params_from_infotext
+    from t2i.pipelines.txt2img import txt2img
+
+    lora, _ = tiny_lcm
+    fast = txt2img(tiny_loaded, Txt2ImgParams(prompt="a red circle", seed=5, fast_lora=str(lora)))
+    plain = txt2img(tiny_loaded, Txt2ImgParams(prompt="a red circle", seed=5, steps=4, sampler="LCM", cfg_scale=1.0))
+    info = fast.infotexts[0]
+    assert "Steps: 4" in info and "Sampler: LCM" in info and "Fast: True" in info and "tiny_lcm:" in info
+    assert fast.images[0].tobytes() != plain.images[0].tobytes()  # the LoRA changed the weights
+    again = params_from_infotext(info, Txt2ImgParams)
+    assert again.fast and again.steps == 4 and again.sampler == "LCM"
+    # the LoRA is merged for the generation only
+    after = txt2img(tiny_loaded, Txt2ImgParams(prompt="a red circle", seed=5, steps=4, sampler="LCM", cfg_scale=1.0))
+    assert after.images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_cli_fast_with_another_model_is_one_clear_line(tiny_model_dir, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "t2i.interfaces.cli", "generate", "x", "--fast", "--model",
+                          str(tiny_model_dir), "--outdir", str(tmp_path), "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("t2i generate: error: --fast needs an LCM-LoRA")
+    assert "Traceback" not in out.stderr
+
+
+def test_bundled_model_ships_its_fast_lora():
+    from t2i.pipelines.fast import bundled_fast_lora
+
+    path = bundled_fast_lora()
+    if not path.is_file():
+        pytest.skip("the distilled LCM-LoRA is not in this checkout yet")
+    from t2i.extra_networks.lora import read_lora
+
+    assert path.stat().st_size < 4 * 2**20 and len(read_lora(path)) > 0

@@ -1,0 +1,338 @@
+"""The web UI in a real browser: `t2i serve` started on 127.0.0.1 (with credentials, as a shared
+server runs), its page driven in headless Chromium as a user drives it. Screenshots of every tab,
+desktop and phone width, go to $T2I_WEBUI_SHOTS (default /tmp/webui-shots)."""
+import io
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, PngImagePlugin
+from safetensors.torch import load_file, save_file
+from webui_helpers import (
+    fetch_image,
+    gallery_urls,
+    generate,
+    launch,
+    need_browser,
+    open_page,
+    open_tab,
+    set_number,
+    shot,
+    start_server,
+    wait_for,
+    wait_idle,
+)
+
+AUTH = ("alice", "secret-pw")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_browser()
+    work = tmp_path_factory.mktemp("webui")
+    (work / "configs").mkdir()
+    shutil.copy(REPO / "configs" / "tiny-gan.yaml", work / "configs")
+    (work / "loras").mkdir()
+    (work / "loras" / "inkwash.safetensors").write_bytes(b"")  # a card only: never applied here
+    (work / "styles.csv").write_text("name,prompt,negative_prompt\nsharp,\"{prompt}, sharp\",blurry\n")
+    (work / "models").mkdir()
+    for name, value in (("alpha", 1.0), ("beta", 3.0)):  # two "checkpoints" of one architecture, to merge
+        save_file({"w": torch.full((4, 4), value), "b": torch.full((4,), value)}, work / "models" / f"{name}.safetensors")
+    srv = start_server(work, "--max-upload-mb", "1", "--ckpt-dir", str(work / "models"), auth=AUTH)
+    if "t2iHints" not in httpx.get(srv.url + "/", auth=AUTH, timeout=30).text:  # the UI's page script
+        srv.stop()
+        pytest.fail("`t2i serve` does not serve the web UI at /: interfaces/api/server.py must call "
+                    "t2i.interfaces.webui.mount_webui(app, config) after create_app")
+    yield srv
+    assert srv.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in srv.log_text()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = open_page(browser, server.url, credentials={"username": AUTH[0], "password": AUTH[1]})
+    yield page
+    page.context.close()
+
+
+def http(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, auth=AUTH, timeout=120)
+
+
+def png_with_infotext(text: str, size=(64, 64), color=(30, 90, 200)) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- txt2img
+
+
+def test_txt2img_in_the_page_gives_the_api_image_with_its_infotext(page, server):
+    from t2i.pipelines.generation_params import Txt2ImgParams
+    from t2i.pipelines.params import field_specs
+
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a small red circle in the top left on a black background")
+    # the bundled model reads 32 tokens: chunks of 30, as the web UI shows 12/75 for SD
+    wait_for(lambda: page.inner_text("#txt2img_token_counter").strip() == "12/30", what="the token counter")
+    help_text = {f.name: f.metadata["help"] for f, _ in field_specs(Txt2ImgParams)}
+    wait_for(lambda: page.get_attribute("#txt2img_steps", "title") == help_text["steps"], what="the hover hint")
+    assert page.get_attribute("#txt2img_cfg_scale", "title") == help_text["cfg_scale"]
+    assert page.locator("#txt2img_steps input[type=number]").first.input_value() == "20"  # the schema's default
+    set_number(page, "txt2img_steps", 6)
+    page.locator("#txt2img_seed input").fill("7")
+    generate(page, "txt2img", press="Control+Enter")  # the web UI's shortcut
+    ui_image = fetch_image(page, gallery_urls(page, "txt2img")[0])
+    text = ui_image.info["parameters"]
+    assert ui_image.size == (64, 64)
+    assert text.startswith("a small red circle in the top left on a black background\n")
+    assert "Steps: 6," in text and "Seed: 7," in text and "Size: 64x64" in text
+    assert "Seed: 7," in page.inner_text("#txt2img_info")
+    with http(server) as client:
+        answer = client.post("/sdapi/v1/txt2img", json={
+            "prompt": "a small red circle in the top left on a black background", "seed": 7, "steps": 6,
+            "width": 64, "height": 64, "sampler_name": "DPM++ 2M", "cfg_scale": 7}).json()
+    api_image = Image.open(io.BytesIO(__import__("base64").b64decode(answer["images"][0])))
+    assert np.array_equal(np.asarray(ui_image.convert("RGB")), np.asarray(api_image.convert("RGB")))
+    assert api_image.info["parameters"] == text
+    assert np.asarray(ui_image).std() > 5  # a picture, not a blank
+
+
+def test_interrupt_stops_only_the_users_own_job(browser, server):
+    credentials = {"username": AUTH[0], "password": AUTH[1]}
+    first, second = (open_page(browser, server.url, credentials=credentials) for _ in range(2))
+    try:
+        first.locator("#txt2img_prompt textarea").fill("a red circle")
+        set_number(first, "txt2img_steps", 100)
+        set_number(first, "txt2img_n_iter", 8)
+        second.locator("#txt2img_prompt textarea").fill("a blue square")
+        set_number(second, "txt2img_steps", 5)
+        first.click("#txt2img_generate")
+        first.locator("#txt2img_progress .t2i-progress-bar").wait_for()
+        second.click("#txt2img_generate")  # queued behind the first user's job
+        second.locator("#txt2img_progress [data-state=queued]").wait_for()
+        assert "Waiting in the queue" in second.inner_text("#txt2img_progress")
+        second.click("#txt2img_interrupt")
+        wait_idle(second, "txt2img")
+        assert "interrupted before it started" in second.inner_text("#txt2img_info")
+
+        def step():
+            text = first.locator("#txt2img_progress .t2i-progress").get_attribute("data-fraction") or "0"
+            return float(text)
+
+        before = step()
+        wait_for(lambda: step() > before, what="the first user's job to go on")  # untouched by the second
+        first.locator("#txt2img_preview img").wait_for()  # a live preview every few steps
+        first.click("#txt2img_interrupt")
+        wait_idle(first, "txt2img", timeout=60)
+        assert 1 <= len(gallery_urls(first, "txt2img")) < 8  # stopped early, what was done came back
+    finally:
+        first.context.close()
+        second.context.close()
+
+
+def test_generate_forever_repeats_until_cancelled(page):
+    page.locator("#txt2img_prompt textarea").fill("a green triangle")
+    set_number(page, "txt2img_steps", 2)
+    page.click("#txt2img_generate", button="right")
+    page.click("#txt2img_menu_forever_on")
+    seen = set()
+
+    def new_images():
+        seen.update(gallery_urls(page, "txt2img"))
+        return len(seen) >= 3
+
+    wait_for(new_images, timeout=120, what="three generations")
+    page.click("#txt2img_interrupt", button="right")  # the menu is on Interrupt while a job runs
+    page.click("#txt2img_menu_forever_off")
+    wait_idle(page, "txt2img", timeout=60)  # the generation under way finishes, no new one starts
+    final = gallery_urls(page, "txt2img")
+    time.sleep(3)
+    assert page.locator("#txt2img_generate").is_visible() and gallery_urls(page, "txt2img") == final
+
+
+def test_prompt_tools_attention_cards_styles(page):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a red circle")
+    prompt.evaluate("el => el.setSelectionRange(2, 5)")  # "red"
+    prompt.press("Control+ArrowUp")
+    assert prompt.input_value() == "a (red:1.1) circle"
+    prompt.press("Control+ArrowUp")
+    assert prompt.input_value() == "a (red:1.2) circle"
+    page.click("#txt2img_networks_toggle")
+    page.locator("#txt2img_networks_cards .t2i-card[data-kind=lora]").first.click()
+    wait_for(lambda: prompt.input_value() == "a (red:1.2) circle <lora:inkwash:1>", what="the LoRA tag")
+    page.locator("#txt2img_styles input").first.click()
+    page.get_by_role("option", name="sharp").click()
+    page.click("#txt2img_apply_styles")
+    wait_for(lambda: prompt.input_value().endswith(", sharp"), what="the style in the prompt")
+    assert page.locator("#txt2img_negative_prompt textarea").input_value() == "blurry"
+
+
+# ----------------------------------------------------------------------------- img2img, PNG Info
+
+
+def test_inpaint_repaints_the_painted_area_only(page, tmp_path):
+    source = Image.new("RGB", (64, 64), (30, 160, 40))
+    ImageDraw.Draw(source).ellipse((6, 6, 26, 26), fill=(220, 30, 30))
+    source.save(tmp_path / "in.png")
+    open_tab(page, "img2img")
+    open_tab(page, "Inpaint")
+    canvas = page.locator("#img2img_inpaint canvas").first
+    canvas.wait_for()
+    time.sleep(1)  # the editor's canvas app starts a moment after its element
+    page.locator("#img2img_inpaint input[type=file]").first.set_input_files(str(tmp_path / "in.png"))
+    page.locator("#img2img_inpaint_controls").first.wait_for()  # the inpaint options show in the inpaint modes
+    time.sleep(1.5)
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx + box["height"] * 0.15, cy - box["height"] * 0.25)  # a stroke over the right half
+    page.mouse.down()
+    for i in range(1, 16):
+        page.mouse.move(cx + box["height"] * 0.15 + i * 2, cy - box["height"] * 0.25 + i * 5, steps=2)
+    page.mouse.up()
+    page.locator("#img2img_prompt textarea").fill("a blue square")
+    page.locator("#img2img_seed input").fill("3")
+    set_number(page, "img2img_steps", 8)
+    set_number(page, "img2img_mask_blur", 0)
+    time.sleep(1.5)  # the editor sends its strokes to the server a moment after they are made
+    generate(page, "img2img")
+    assert "Error" not in page.inner_text("#img2img_info")
+    result = fetch_image(page, gallery_urls(page, "img2img")[0])
+    assert "Mask blur: 0" in result.info["parameters"] and "Denoising strength" in result.info["parameters"]
+    diff = np.abs(np.asarray(result.convert("RGB"), dtype=int) - np.asarray(source, dtype=int)).max(axis=2)
+    assert (diff > 40).mean() > 0.03  # the painted area was repainted
+    assert (diff[:, :20] <= 2).mean() > 0.95  # the left side, never painted, is the source's
+    shot(page, "img2img-inpaint-desktop")
+
+
+def test_png_info_reads_an_image_and_sends_its_parameters_to_txt2img(page, tmp_path):
+    text = ("a blue square above a yellow triangle\nNegative prompt: red\nSteps: 9, Sampler: Euler a, "
+            "CFG scale: 5, Seed: 1234, Size: 64x64, Model: t2i-shapes-ldm")
+    (tmp_path / "made.png").write_bytes(png_with_infotext(text))
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").first.set_input_files(str(tmp_path / "made.png"))
+    wait_for(lambda: "Seed: 1234" in page.inner_text("#pnginfo_html"), what="the parameters")
+    page.click("#pnginfo_send_txt2img")
+    prompt = page.locator("#txt2img_prompt textarea")
+    wait_for(lambda: prompt.is_visible() and prompt.input_value() == "a blue square above a yellow triangle",
+             what="the prompt in txt2img")
+    assert page.locator("#txt2img_negative_prompt textarea").input_value() == "red"
+    assert page.locator("#txt2img_seed input").input_value() == "1234"
+    assert page.locator("#txt2img_steps input[type=number]").first.input_value() == "9"
+    assert page.locator("#txt2img_cfg_scale input[type=number]").first.input_value() == "5"
+    assert page.locator("#txt2img_sampler input").first.input_value() == "Euler a"
+
+
+# ----------------------------------------------------------------------------- training, settings
+
+
+def test_training_run_shows_a_growing_loss_curve(page):
+    open_tab(page, "Train")
+    page.locator("#train_name textarea").fill("ui-gan")
+    page.locator("#train_steps input").fill("40")
+    page.locator("#train_log_every input").fill("2")
+    page.click("#train_start")
+    status = page.locator("#train_status .t2i-info")
+
+    def points() -> int:
+        return int(status.get_attribute("data-points") or 0) if status.count() else 0
+
+    wait_for(lambda: points() >= 2, timeout=180, what="the first loss points")
+    first = points()
+    wait_for(lambda: points() > first, timeout=180, what="the loss curve to grow")
+    page.locator("#train_loss_plot canvas, #train_loss_plot svg").first.wait_for()
+    wait_for(lambda: "finished" in status.inner_text(), timeout=240, what="the run to finish")
+    assert points() == 40  # d_loss and g_loss at each of the 20 logged steps of the 40
+    shot(page, "train-run-desktop")
+
+
+def test_settings_are_saved_and_used_without_a_restart(page, server):
+    import json
+
+    open_tab(page, "Settings")
+    set_number(page, "settings_default_steps", 7)
+    page.click("#settings_submit")
+    wait_for(lambda: "saved" in page.inner_text("#settings_result"), what="the saved message")
+    saved = json.loads((server.outdir / "webui-settings.json").read_text())
+    assert saved["default_steps"] == 7
+    page.reload()
+    page.wait_for_selector("#txt2img_generate")
+    wait_for(lambda: page.locator("#txt2img_steps input[type=number]").first.input_value() == "7",
+             what="the new default after a reload")
+
+
+def test_checkpoint_merger_writes_a_weighted_sum_and_lists_it(page, server):
+    open_tab(page, "Checkpoint Merger")
+    for name, title in (("primary", "alpha.safetensors"), ("secondary", "beta.safetensors")):
+        page.locator(f"#merger_{name} input").first.click()
+        page.locator(f"#merger_{name} [role=option]", has_text=title).first.click()
+    set_number(page, "merger_alpha", 0.25)
+    page.locator("#merger_name textarea").fill("mixed")
+    page.click("#merger_merge")
+    wait_for(lambda: "Saved" in page.inner_text("#merger_result"), timeout=60, what="the merge")
+    merged = load_file(server.workdir / "models" / "mixed.safetensors")
+    assert torch.allclose(merged["w"], torch.full((4, 4), 0.75 * 1.0 + 0.25 * 3.0))
+    page.locator("#t2i_checkpoint input").first.click()  # the new file is a checkpoint now
+    assert page.locator("#t2i_checkpoint [role=option]", has_text="mixed.safetensors").count() == 1
+
+
+# ----------------------------------------------------------------------------- safety, layout
+
+
+def test_only_outputs_and_gradio_files_are_served(server, tmp_path):
+    outdir = server.outdir.resolve()
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        assert anonymous.get("/").status_code == 401
+        assert anonymous.get("/gradio_api/file=/etc/hostname").status_code == 401
+    with http(server) as client:
+        client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 64, "height": 64})
+        saved = sorted((outdir / "txt2img").glob("*.png"))
+        assert client.get(f"/gradio_api/file={saved[0]}").status_code == 200
+        (outdir / "txt2img" / "link.png").symlink_to("/etc/hostname")
+        refused = ["/etc/hostname", str(outdir / "queue.sqlite3"), str(outdir / "webui-settings.json"),
+                   f"{outdir}/txt2img/../queue.sqlite3", f"{outdir}/txt2img/link.png", "../../../../etc/hostname",
+                   "%2e%2e/%2e%2e/%2e%2e/etc/hostname", str(REPO / "pyproject.toml"),
+                   "http://example.com/x.png", "%68ttp://example.com/x.png", "https:%2f%2fexample.com/a"]
+        for path in refused:
+            response = client.get(f"/gradio_api/file={path}")
+            assert response.status_code in (403, 404), (path, response.status_code)
+        assert client.get("/gradio_api/proxy=http://example.com/x").status_code in (403, 404)
+        big = client.post("/gradio_api/upload", files={"files": ("big.png", b"\0" * (2 * 2**20), "image/png")})
+        assert big.status_code == 413  # --max-upload-mb 1
+
+
+def test_every_tab_at_desktop_and_phone_width(browser, server):
+    credentials = {"username": AUTH[0], "password": AUTH[1]}
+    for width, height, label in ((1400, 1000, "desktop"), (390, 844, "phone")):
+        page = open_page(browser, server.url, credentials=credentials, width=width, height=height)
+        try:
+            for tab in ("txt2img", "img2img", "Extras", "PNG Info", "Checkpoint Merger", "Train", "Settings"):
+                open_tab(page, tab)
+                time.sleep(0.5)
+                overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+                assert overflow <= 1, f"{tab} scrolls sideways at {width} px"
+                shot(page, f"{tab.replace(' ', '_').lower()}-{label}")
+            open_tab(page, "txt2img")
+            assert page.locator("#txt2img_generate").is_visible()
+        finally:
+            page.context.close()

@@ -1,0 +1,121 @@
+"""The web UI's pieces that need no browser: controls built from the schema, the token counter,
+the settings file, the file-route guard, the training log reader, infotext keys to fields."""
+import json
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from t2i.errors import ParamError
+from t2i.interfaces.webui.builder import Form, coerce, shown
+from t2i.pipelines.generation_params import InpaintParams, Txt2ImgParams
+from t2i.pipelines.params import field_specs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_controls_take_label_default_range_step_and_help_from_the_schema():
+    hints = {}
+    with gr.Blocks():
+        form = Form("t", hints, {"steps": {"maximum": 150}})
+        steps = form.control(Txt2ImgParams, "steps")
+        seed = form.control(Txt2ImgParams, "seed")
+        cfg = form.control(Txt2ImgParams, "cfg_scale")
+        sampler = form.control(Txt2ImgParams, "sampler", choices=["Euler", "DPM++ 2M"])
+        mode = form.control(InpaintParams, "inpainting_mask_invert")
+        hires = form.controls(Txt2ImgParams, group="hires")
+    meta = {f.name: f.metadata for f, _ in field_specs(Txt2ImgParams)}
+    assert isinstance(steps, gr.Slider) and steps.label == "Sampling steps"
+    assert (steps.minimum, steps.maximum, steps.step, steps.value) == (1, 150, 1, 20)  # the server's 150, not 1000
+    assert isinstance(seed, gr.Number) and seed.value == -1  # 2**32 positions: a number box, not a slider
+    assert (cfg.minimum, cfg.maximum, cfg.step, cfg.value) == (0.0, 100.0, 0.5, 7.0)
+    assert isinstance(sampler, gr.Dropdown) and sampler.value == "DPM++ 2M" and sampler.label == "Sampling method"
+    assert isinstance(mode, gr.Radio) and [c[0] for c in mode.choices] == ["Inpaint masked", "Inpaint not masked"]
+    assert list(hires) == ["enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+                           "hr_resize_y", "denoising_strength"]
+    assert hints["t_steps"] == meta["steps"]["help"] and hints["t_cfg_scale"] == meta["cfg_scale"]["help"]
+
+
+def test_control_values_are_coerced_to_the_field_types():
+    values = coerce(InpaintParams, {"steps": 12.0, "cfg_scale": 5, "styles": ["a", "b"], "seed": None,
+                                    "inpainting_mask_invert": "Inpaint not masked"})
+    assert values == {"steps": 12, "cfg_scale": 5.0, "styles": ("a", "b"), "seed": -1, "inpainting_mask_invert": True}
+    assert isinstance(values["steps"], int) and isinstance(values["cfg_scale"], float)
+    assert shown(InpaintParams, "inpainting_mask_invert", False) == "Inpaint masked"
+    with pytest.raises(ParamError, match="inpainting_mask_invert"):
+        coerce(InpaintParams, {"inpainting_mask_invert": "sometimes"})
+
+
+def test_token_counter_counts_as_the_web_ui_does():
+    from t2i.interfaces.webui.tokens import count_tokens
+
+    tokens, capacity = count_tokens("a red circle", 75)
+    assert (tokens, capacity) == (3, 75)
+    assert count_tokens("a red circle <lora:ink:0.8>", 75) == (3, 75)  # extra-network tags are not tokens
+    assert count_tokens("(a red:1.3) circle", 75) == (3, 75)  # attention syntax is not tokens either
+    assert count_tokens("a red circle AND a blue square on grass", 75) == (5, 75)  # the longest AND part
+    assert count_tokens("a BREAK b", 75) == (2, 150)  # BREAK starts a chunk
+    assert count_tokens("red " * 31, 30) == (31, 60)  # the bundled model's 30-token chunks
+
+
+def test_settings_are_validated_saved_and_read_back(tmp_path):
+    from t2i.interfaces.webui.settings import SettingsStore, UISettings
+
+    path = tmp_path / "webui-settings.json"
+    store = SettingsStore(path, UISettings(default_width=64, default_height=64))
+    assert store.get().default_steps == 20 and not path.exists()
+    store.update({"default_steps": 7, "live_preview_every": 2})
+    assert json.loads(path.read_text())["default_steps"] == 7
+    assert SettingsStore(path, UISettings()).get().live_preview_every == 2  # a restart reads them back
+    with pytest.raises(ParamError, match="default_steps"):
+        store.update({"default_steps": 0})
+    assert json.loads(path.read_text())["default_steps"] == 7  # a refused value is not written
+    path.write_text("{not json")
+    broken = SettingsStore(path, UISettings())
+    assert broken.get() == UISettings() and "was not used" in broken.problem
+
+
+@pytest.mark.parametrize("path,refused", [
+    ("/gradio_api/file=/tmp/gradio/abc/image.png", False),
+    ("/gradio_api/file=http://example.com/a.png", True),
+    ("/gradio_api/file=HTTPS://example.com/a.png", True),
+    ("/gradio_api/file=%68ttp://example.com/a.png", True),
+    ("/gradio_api/file=%2568ttp://example.com/a.png", True),
+    ("/gradio_api/file=//http://x", True),
+    ("/gradio_api/proxy=https://x.hf.space/file=a", True),
+    ("/sdapi/v1/txt2img", False),
+])
+def test_file_route_guard_refuses_urls(path, refused):
+    from t2i.interfaces.webui.guard import refused as is_refused
+
+    assert is_refused(path) is refused
+
+
+def test_training_log_and_config_overrides(tmp_path):
+    from t2i.interfaces.webui.training import parse_losses, prepare_config
+
+    log = ("ldm:  10%|█| 20/200 [00:01<00:09]\r[vae] step 20/200 loss 0.12500 lr 1.00e-03 31.0 img/s\n"
+           "[gan] step 6/40 d_loss 1.7605 g_loss 0.7048\nnoise [unet] step 7/9 loss nan lr 1e-4\n")
+    losses = parse_losses(log)
+    assert losses[:3] == [("vae", 20, 0.125), ("gan d_loss", 6, 1.7605), ("gan g_loss", 6, 0.7048)]
+    assert losses[3][:2] == ("unet", 7) and losses[3][2] != losses[3][2]  # nan: a diverged run shows it
+    assert len(losses) == 4
+    config = prepare_config(REPO / "configs" / "shapes-ldm.yaml", tmp_path / "run",
+                            {"steps": 30, "log_every": 5, "batch_size": 0}, data_folder=str(tmp_path))
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    for stage in ("vae", "unet"):
+        assert data[stage]["steps"] == 30 and data[stage]["log_every"] == 5
+    assert data["unet"]["batch_size"] == 64  # 0 keeps the config's
+    assert data["data"]["name"] == "folder" and data["data"]["folder"] == str(tmp_path.resolve())
+
+
+def test_infotext_keys_name_the_fields_they_set():
+    from t2i.interfaces.webui.paste import fields_in
+
+    text = "a cat\nSteps: 9, Size: 64x96, Seed: 3, Hires upscaler: Latent, Mask blur: 2"
+    assert fields_in(text) >= {"prompt", "negative_prompt", "steps", "width", "height", "seed", "hr_upscaler",
+                               "enable_hr", "mask_blur"}
+    assert "cfg_scale" not in fields_in(text)
