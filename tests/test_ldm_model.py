@@ -67,7 +67,7 @@ def test_corrupt_weights_file_gives_clear_error(tmp_path):
     save_ldm_folder(LatentDiffusion(tiny_ldm_config()), tmp_path / "m")
     weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ModelLoadError, match="cannot read"):
+    with pytest.raises(ModelLoadError, match="is corrupt or truncated"):
         load_ldm_folder(tmp_path / "m")
 
 
