@@ -23,7 +23,8 @@ left on a black background"). After each method:
   with the base model on the same prompts and seeds;
 - CPU-minutes of the fine-tuning process (data, class images, training, export), output size.
 
-How each method is used: LoRA merged at weight 1, the embedding named `star` (so it replaces the
+Every method but TI trains with prior preservation (80 class images the base model draws from 40
+ordinary prompts, shared, made once); `--no-prior` leaves it out. How each method is used: LoRA merged at weight 1, the embedding named `star` (so it replaces the
 word star in prompts), the hypernetwork at multiplier 1, the DreamBooth/full model folders. The
 hypernetwork and LoRA stay active for the ordinary prompts too.
 
@@ -46,12 +47,16 @@ CONCEPT = "star"
 INNER = 0.382  # inner / outer radius of a regular pentagram
 METHODS = ("lora", "ti", "dreambooth", "hypernetwork", "full")
 OPTIONS = {  # per method; everything else is t2i's default for the bundled model
-    "lora": {},
+    "lora": {"targets": "transformer", "conv_rank": 8},  # LoCon: new geometry needs the convolutions
     "ti": {"init_word": "circle", "vectors": 2},
-    "dreambooth": {"class_prompt": "a circle", "class_images": 40},
+    "dreambooth": {},
     "hypernetwork": {},
     "full": {},
 }
+# Prior preservation for every method but TI: CLASS_IMAGES images the base model draws from
+# CLASS_PROMPTS ordinary `shapes` prompts (a prompt seed neither the evaluation nor the data uses),
+# made once before the methods run and shared by them (their CPU time is reported on its own).
+CLASS_PROMPTS, CLASS_IMAGES = 40, 80
 STAR_FILL, STAR_SKEWNESS = 0.66, -0.28
 
 
@@ -224,6 +229,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="override every method's steps")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra options for every method")
+    parser.add_argument("--no-prior", action="store_true", help="train without prior preservation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = args.out / "pictures"
@@ -240,9 +246,20 @@ def main() -> None:
         found = evaluate(base, None, nullcontext(), concept_scenes, ordinary, seed=90_000)
         results["base"] = {k: v for k, v in found.items() if k != "examples"}
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
+    prior = {}
+    if not args.no_prior:
+        from t2i.training.finetune.sampling import make_class_images
+
+        prompts = evaluation_prompts(CLASS_PROMPTS, seed=99)
+        start = time.process_time()
+        made = make_class_images(base, prompts, CLASS_IMAGES, args.out / "class_images")
+        if made:
+            results["class_images"] = {"count": made, "cpu_minutes": (time.process_time() - start) / 60}
+        prior = {"class_prompts": prompts, "class_images": CLASS_IMAGES, "class_dir": str(args.out / "class_images")}
     for method in args.methods:
         outdir = args.out / method
-        options = {**OPTIONS[method], **extra, **({"steps": args.steps} if args.steps else {})}
+        options = {**OPTIONS[method], **(prior if method != "ti" else {}), **extra,
+                   **({"steps": args.steps} if args.steps else {})}
         start = time.process_time()
         output = t2i.finetune(method, model="default", data=data, outdir=outdir, name=CONCEPT, sample_every=0,
                               log_every=100, **options)
@@ -250,7 +267,8 @@ def main() -> None:
         model, embeddings, context = applied(method, output, base)
         found = evaluate(model, embeddings, context, concept_scenes, ordinary, seed=90_000)
         make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
-        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": options}
+        shown = {k: v for k, v in options.items() if k != "class_prompts"}
+        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown}
         results_path.write_text(json.dumps(results, indent=2))
         print(json.dumps({method: results[method]}), flush=True)
     print(f"\n| method | star appears | concept all correct | ordinary correct (base {results['base']['ordinary_correct']:.0%}) "
@@ -258,6 +276,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     b = results["base"]
     print(f"| base model | {b['star_appears']:.0%} | {b['concept_correct']:.0%} | {b['ordinary_correct']:.0%} | - | - | - |")
+    if "class_images" in results:
+        print(f"class images: {results['class_images']['count']} in {results['class_images']['cpu_minutes']:.1f} "
+              f"CPU-minutes (shared by the methods with prior preservation)")
     for method in METHODS:
         if method in results:
             r = results[method]

@@ -5,9 +5,11 @@ corpus (tests/fuzz_corpus.py) at 10^4: `--safetensors` mutated safetensors files
 safetensors entry points, the malicious-pickle corpus (tests/fuzz_pickles.py) through the
 eleven pickle-taking entry points, and `--checkpoints` damaged training checkpoints through
 resume and export. One subprocess per seed, under an address-space limit (RLIMIT_AS), one thread.
-Prints a table per entry point and the totals (the figures of RELIABILITY.md):
+First the hostile files the issue named, one by one; then a table per entry point and the
+totals (the figures of RELIABILITY.md):
 
     nice python benchmarks/fuzz_loaders.py --safetensors 10000 --checkpoints 1000 --seeds 1 --limit-gb 4
+    python benchmarks/fuzz_loaders.py --named-only
 """
 from __future__ import annotations
 
@@ -33,6 +35,58 @@ def run_seed(seed: int, safetensors: int, checkpoints: int, limit_gb: float) -> 
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def named_cases() -> None:
+    """The hostile files the issue named, one by one: outcome and cost."""
+    import struct
+    import time
+
+    import torch
+    from safetensors.torch import save_file
+
+    from t2i.checkpoints.safe_load import load_state_dict_file
+    from t2i.errors import T2IError
+
+    def header_file(path: Path, header: bytes, body: bytes = b"") -> Path:
+        header += b" " * (-len(header) % 8)
+        path.write_bytes(struct.pack("<Q", len(header)) + header + body)
+        return path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        many = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(1_000_000))
+        cases = {
+            "5-byte file": lambda: (tmp / "short.safetensors").write_bytes(b"abcde") and tmp / "short.safetensors",
+            "header nested 100,000 deep": lambda: header_file(tmp / "deep.safetensors",
+                                                              b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+            "99 MB header nested 50M deep": lambda: header_file(tmp / "deeper.safetensors",
+                                                                b"{" + b"[" * 49_000_000 + b"]" * 49_000_000 + b"}"),
+            "1,000,000-entry header": lambda: header_file(tmp / "many.safetensors", ("{" + many + "}").encode()),
+            "header claims 2**63 bytes": lambda: (tmp / "huge.safetensors").write_bytes(
+                struct.pack("<Q", 2**63) + b"{}" + bytes(64)) and tmp / "huge.safetensors",
+        }
+
+        def new_dtypes() -> Path:
+            save_file({"a": torch.ones(4).to(torch.float8_e8m0fnu), "b": torch.ones(2, dtype=torch.complex64)},
+                      str(tmp / "f8e8m0-c64.safetensors"))
+            return tmp / "f8e8m0-c64.safetensors"
+
+        cases["valid F8_E8M0 + C64 file"] = new_dtypes
+        print(f"{'case':32s} {'outcome':>9s} {'CPU s':>7s}  message")
+        for name, make in cases.items():
+            path = make()
+            start = time.process_time()
+            try:
+                load_state_dict_file(path)
+                outcome, message = "loaded", ""
+            except T2IError as err:
+                outcome, message = "t2i error", str(err).replace(str(tmp) + "/", "")[:90]
+            except Exception as err:  # noqa: BLE001
+                outcome, message = "TRACEBACK", f"{type(err).__name__}: {err}"[:90]
+            print(f"{name:32s} {outcome:>9s} {time.process_time() - start:7.2f}  {message}")
+            path.unlink()
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--safetensors", type=int, default=10_000)
@@ -40,7 +94,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="runs with seeds 1..N (the CI test uses seed 0)")
     parser.add_argument("--limit-gb", type=float, default=4.0)
     parser.add_argument("--json", type=Path, help="also write the summaries here")
+    parser.add_argument("--named-only", action="store_true", help="only the issue's named cases")
     args = parser.parse_args()
+    named_cases()
+    if args.named_only:
+        return
     runs = [run_seed(seed, args.safetensors, args.checkpoints, args.limit_gb) for seed in range(1, args.seeds + 1)]
     targets: dict[str, dict] = {}
     for run in runs:

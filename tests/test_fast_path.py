@@ -11,15 +11,23 @@ from t2i.runtime import Runtime
 
 @pytest.fixture
 def bf16_cpu(monkeypatch):
-    """Pretend this CPU has native bf16 (the numerics are the same where it is emulated)."""
-    monkeypatch.setattr(runtime_module, "cpu_native_bf16", lambda: "avx512_bf16")
+    """Pretend this CPU has AMX (the numerics are the same where bf16 is emulated)."""
+    monkeypatch.setattr(runtime_module, "cpu_native_bf16", lambda: "amx_bf16")
 
 
 def test_auto_picks_bf16_channels_last_on_a_bf16_cpu(bf16_cpu):
     rt = Runtime.auto("auto", "cpu")
     assert (rt.dtype, rt.channels_last, rt.text_dtype) == (torch.bfloat16, True, torch.float32)
     assert rt.load_dtype == torch.float32  # weights read in fp32, the UNet and VAE cast by place()
-    assert "avx512_bf16" in rt.describe() and "channels_last" in rt.describe()
+    assert "amx_bf16" in rt.describe() and "channels_last" in rt.describe()
+
+
+def test_avx512_bf16_without_amx_stays_float32(monkeypatch):
+    """Measured: without AMX, torch's bf16 matmuls are slower than float32 (BENCHMARKS.md)."""
+    monkeypatch.setattr(runtime_module, "cpu_native_bf16", lambda: "avx512_bf16")
+    rt = Runtime.auto("auto", "cpu")
+    assert (rt.dtype, rt.channels_last) == (torch.float32, False)
+    assert "no AMX" in rt.describe()
 
 
 def test_full_precision_and_cpus_without_bf16_stay_float32(bf16_cpu, monkeypatch):

@@ -66,7 +66,7 @@ class PointDenoiser(torch.nn.Module):
         return SimpleNamespace(sample=eps)
 
 
-def _point_setup(wrong):
+def _point_setup(wrong, weighting="none"):
     from diffusers import DDPMScheduler
 
     from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
@@ -76,19 +76,20 @@ def _point_setup(wrong):
     model = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
                             scheduler_config=lambda: dict(SCHEDULE))
     latents = target.expand(8, -1, -1, -1).clone()
-    cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=4.0)
+    cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=4.0, weighting=weighting)
     fn = lcm_loss_fn(model, PointDenoiser(alphas, target), latents, ["x"] * 8, cfg, "epsilon")
     student = PointDenoiser(alphas, target, wrong)
     return fn, student
 
 
-def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise():
-    fn, exact = _point_setup(0.0)
+@pytest.mark.parametrize("weighting", ["none", "signal"])
+def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise(weighting):
+    fn, exact = _point_setup(0.0, weighting)
     loss, n = fn({"unet": exact}, 0, torch.Generator().manual_seed(0))
     assert n == 8 and loss.item() < 1e-8  # every trajectory leads to z*: f is consistent
-    fn, off = _point_setup(0.3)
+    fn, off = _point_setup(0.3, weighting)
     loss, _ = fn({"unet": off}, 0, torch.Generator().manual_seed(0))
-    assert loss.item() > 1e-4
+    assert loss.item() > 1e-6
     loss.backward()
     assert off.weight.grad is not None and off.weight.grad.abs() > 0  # gradients reach the student only
 

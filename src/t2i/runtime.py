@@ -8,11 +8,14 @@ The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast
   for it (`force_upcast`: SD VAEs overflow float16 while decoding), as diffusers' fp16 pipelines
   do. Measured on an H100 (BENCHMARKS.md, "SD 1.5 on a GPU"): eager float16 ran 1.11x float32 and
   bfloat16 0.99x, and float16 is the closer to float32 (82 dB against 69 dB PSNR).
-- A CPU with native bf16 matmuls (AVX512-BF16 or AMX): bfloat16 UNet and VAE in channels_last.
-  On such a CPU bf16 doubles the matmul peak, and oneDNN's bf16 convolutions are fast only in
-  NHWC (bf16 in NCHW gains nothing; fp32 in NHWC is slower). The text encoder stays float32: it
-  runs once per prompt, so bf16 would only cost accuracy. The scheduler math stays float32
-  (t2i.diffusion.sampling casts to the model dtype for each UNet call only).
+- A CPU with AMX: bfloat16 UNet and VAE in channels_last. There bf16 doubles the matmul peak, and
+  oneDNN's bf16 convolutions are fast only in NHWC (bf16 in NCHW gains nothing; fp32 in NHWC is
+  slower). The text encoder stays float32: it runs once per prompt, so bf16 would only cost
+  accuracy. The scheduler math stays float32 (t2i.diffusion.sampling casts to the model dtype for
+  each UNet call only).
+- A CPU with AVX512-BF16 but no AMX: float32. Measured on a 2-core Xeon of that kind (BENCHMARKS.md,
+  "bf16 without AMX"): torch's bf16 matmuls reach 82 GFLOP/s against 152 for float32 on one
+  thread (150 against 263 on two), so bf16 would only cost accuracy there.
 - Any other CPU: float32 (bf16 without native support is emulated, ~100x slower than fp32).
 - A small UNet (t2i's own bundled model) stays float32 on every CPU: its small convolutions
   are bound by per-op overhead, not by the matmul peak that bf16 raises (see `for_model`).
@@ -83,9 +86,11 @@ class Runtime:
             return cls(dev, torch.float16, threads, reason="CUDA: float16, the fastest eager dtype measured")
         if dev.type == "cpu":
             feature = cpu_native_bf16()
-            if feature is not None:
+            if feature == "amx_bf16":
                 return cls(dev, torch.bfloat16, threads, channels_last=True, text_dtype=torch.float32,
                            small_unet_dtype=torch.float32, reason=f"CPU has {feature}")
+            if feature is not None:  # AVX512-BF16 alone: measured slower than float32 (module docstring)
+                return cls(dev, torch.float32, threads, reason=f"CPU has {feature} but no AMX: float32 is faster")
             return cls(dev, torch.float32, threads, reason="CPU without native bf16")
         return cls(dev, torch.float32, threads, reason=f"{dev.type}: float32")
 

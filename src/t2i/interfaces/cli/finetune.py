@@ -52,7 +52,8 @@ FLAGS: dict[str, tuple[str, dict, str]] = {
     "--gradient-checkpointing": ("gradient_checkpointing", {"action": "store_true"}, "less memory, ~30%% slower"),
     "--min-snr-gamma": ("min_snr_gamma", {}, "min-SNR loss weighting (0 = plain MSE; default 5)"),
     "--noise-offset": ("noise_offset", {}, "noise offset (e.g. 0.05: darker darks, brighter brights)"),
-    "--ema-decay": ("ema_decay", {}, "EMA of the trained weights (default: 0.999 for full, off otherwise)"),
+    "--ema-decay": ("ema_decay", {}, "EMA of the trained weights (default: full 0.99 on small models, else 0.999; "
+                                     "other methods off)"),
     "--train-text-encoder": ("train_text_encoder", {"action": "store_true"},
                              "lora: LoRA on the text encoder(s) too; dreambooth/full: train the text encoder(s)"),
     "--checkpoint-every": ("checkpoint_every", {}, "steps between checkpoints (default: 4 per run)"),
@@ -91,7 +92,8 @@ def add_finetune_commands(sub) -> None:
                        description="Fine-tune a model on a folder of captioned pictures. METHOD is one of "
                                    f"{METHOD_HELP}; or give a YAML config (a FinetuneConfig) whose keys the flags "
                                    "override. Every image is read first; what cannot train is listed and skipped.")
-    p.add_argument("target", metavar="METHOD|CONFIG.yaml", help="lora, dreambooth, ti, hypernetwork, full, or a YAML file")
+    p.add_argument("target", metavar="METHOD|CONFIG.yaml",
+                   help="lora, dreambooth, ti, hypernetwork, full, or a YAML file")
     p.add_argument("--resume", action="store_true", help="continue the run in --outdir from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     for flag, (key, kwargs, help_text) in FLAGS.items():

@@ -109,7 +109,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     min_snr_gamma: Annotated[float, at_least(0.0)] = 5.0  # 0 = plain MSE
     noise_offset: Annotated[float, between(0.0, 1.0)] = 0.0
-    ema_decay: Optional[Decay] = None  # None: 0.999 for full, off otherwise
+    ema_decay: Optional[Decay] = None  # None: for full 0.99 (small models) or 0.999, off otherwise
     train_text_encoder: bool = False  # lora: LoRA on the text encoder(s) too; dreambooth/full: train them
 
     # progress and outputs
@@ -135,19 +135,21 @@ class FinetuneConfig:
 
 
 # Defaults by (method, model size). "small": a UNet under t2i.runtime.SMALL_UNET_PARAMS (the
-# bundled 4 M-parameter model), "large": Stable Diffusion sizes. The small ones were tuned with
-# benchmarks/finetune_concept.py; the large ones are what kohya's and diffusers' scripts use.
+# bundled 4 M-parameter model), "large": Stable Diffusion sizes. The small ones come from a few
+# runs of benchmarks/finetune_concept.py (BENCHMARKS.md: they are a starting point, not tuned
+# optima); the large ones are the usual values of kohya's and diffusers' scripts.
 DEFAULTS = {
-    ("lora", "small"): dict(steps=600, batch_size=16, lr=2e-3, warmup_steps=20),
+    ("lora", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("lora", "large"): dict(steps=1500, batch_size=1, lr=1e-4, warmup_steps=50),
-    ("dreambooth", "small"): dict(steps=400, batch_size=8, lr=1e-4, warmup_steps=20),
+    ("dreambooth", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20),
     ("dreambooth", "large"): dict(steps=800, batch_size=1, lr=5e-6, warmup_steps=0),
-    ("ti", "small"): dict(steps=600, batch_size=16, lr=5e-2, warmup_steps=20),
+    ("ti", "small"): dict(steps=1000, batch_size=16, lr=1e-2, warmup_steps=20),
     ("ti", "large"): dict(steps=3000, batch_size=1, lr=5e-3, warmup_steps=0),
-    ("hypernetwork", "small"): dict(steps=600, batch_size=16, lr=1e-3, warmup_steps=20),
+    ("hypernetwork", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("hypernetwork", "large"): dict(steps=3000, batch_size=1, lr=1e-5, warmup_steps=0),
-    ("full", "small"): dict(steps=400, batch_size=16, lr=1e-4, warmup_steps=20),
-    ("full", "large"): dict(steps=2000, batch_size=1, lr=1e-6, warmup_steps=50),
+    # a short run's EMA must forget its start sooner than SD's 0.999 does
+    ("full", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99),
+    ("full", "large"): dict(steps=2000, batch_size=1, lr=1e-6, warmup_steps=50, ema_decay=0.999),
 }
 
 
@@ -163,7 +165,7 @@ def resolve_defaults(cfg: FinetuneConfig, size: str) -> FinetuneConfig:
         # TI and hypernetworks learn what the caption's words mean: dropping captions teaches them nothing
         chosen["caption_dropout"] = 0.0 if cfg.method in ("ti", "hypernetwork") else 0.05
     if cfg.ema_decay is None:
-        chosen["ema_decay"] = 0.999 if cfg.method == "full" else 0.0
+        chosen.setdefault("ema_decay", 0.0)
     if cfg.text_encoder_lr is None:
         chosen["text_encoder_lr"] = chosen.get("lr", cfg.lr)
     return dataclasses.replace(cfg, **chosen)

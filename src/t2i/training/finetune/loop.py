@@ -42,7 +42,14 @@ def _accelerator(cfg: FinetuneConfig):
     from accelerate import Accelerator
 
     cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        raise ValueError(f"this Python process already trained with other accelerate settings; accelerate keeps one "
+                         f"device and mixed-precision setting per process: run this fine-tune (mixed_precision="
+                         f"{cfg.mixed_precision!r}, device {'cpu' if cpu else 'GPU'}) in a new process") from None
 
 
 def _optimizer(cfg: FinetuneConfig):
@@ -121,7 +128,8 @@ def _draw(data: TrainData, n: int, g: torch.Generator, timesteps: int) -> dict:
     shape = (n, *bucket.mean.shape[1:])
     return {"bucket": bucket, "idx": torch.multinomial(bucket.weights, n, replacement=True, generator=g),
             "eps": torch.randn(shape, generator=g), "noise": torch.randn(shape, generator=g),
-            "offset": torch.randn((n, shape[1], 1, 1), generator=g), "t": torch.randint(0, timesteps, (n,), generator=g),
+            "offset": torch.randn((n, shape[1], 1, 1), generator=g),
+            "t": torch.randint(0, timesteps, (n,), generator=g),
             "drop": torch.rand(n, generator=g), "flip": torch.rand(n, generator=g) < 0.5}
 
 
@@ -246,7 +254,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
 
     info = {"t2i_version": version(), "t2i_method": cfg.method, "t2i_base_model": loaded.name,
             "t2i_base_hash": loaded.hash, "ss_sd_model_name": loaded.name, "ss_output_name": name}
-    torch.manual_seed(cfg.seed)  # the initial weights of new layers (LoRA's A, a hypernetwork): the same in every process
+    torch.manual_seed(cfg.seed)  # new layers' initial weights (LoRA's A, a hypernetwork): alike in every process
     setup = prepare(cfg, model, name, info)
     net = FinetuneNet(model, setup.extras)
     if cfg.gradient_checkpointing:

@@ -49,7 +49,8 @@ def _inject(module: nn.Module, names: list[str], rank: int, alpha: float,
     conv_names, conv_rank, conv_alpha = conv or ([], 0, 0.0)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=names + conv_names, lora_dropout=0.0,
                         init_lora_weights=True,
-                        rank_pattern={n: conv_rank for n in conv_names}, alpha_pattern={n: conv_alpha for n in conv_names})
+                        rank_pattern={n: conv_rank for n in conv_names},
+                        alpha_pattern={n: conv_alpha for n in conv_names})
     inject_adapter_in_model(config, module, adapter_name=ADAPTER)
 
 
@@ -119,5 +120,6 @@ def save_lora(model, components: list[str], outdir: Path, name: str, metadata: d
     flat = {f"{component}.{k}": v for component, entry in adapter.items() for k, v in entry.items()}
     diffusers_path = outdir / "diffusers" / "pytorch_lora_weights.safetensors"
     diffusers_path.parent.mkdir(parents=True, exist_ok=True)
-    write_state_dict(diffusers_path, peft_state, {"format": "pt", "lora_adapter_metadata": json.dumps(flat, sort_keys=True)})
+    header = {"format": "pt", "lora_adapter_metadata": json.dumps(flat, sort_keys=True)}
+    write_state_dict(diffusers_path, peft_state, header)
     return path
