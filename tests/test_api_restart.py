@@ -58,7 +58,7 @@ def test_kill_9_with_ten_jobs_queued_then_restart_answers_all_then_a_graceful_st
     queued.join(60)
     assert answers["queued"].status_code == 503 and answers["queued"].json()["error"] == "ShuttingDown"
     assert answers["long"].status_code == 503  # interrupted after the grace period, queued again
-    with sqlite3.connect(tmp_path / "out" / "queue.sqlite3") as db:
+    with sqlite3.connect(tmp_path / "out" / ".t2i" / "queue.sqlite3") as db:
         states = dict(db.execute("SELECT id, state FROM jobs WHERE id LIKE '%-job-1'"))
     assert states == {"long-job-1": "queued", "queued-job-1": "queued"}
     assert "Traceback" not in second.log_text()

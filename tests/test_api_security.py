@@ -43,6 +43,7 @@ def server(tmp_path_factory):
     ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/redoc"), ("GET", "/health"), ("GET", "/sdapi/v1/sd-models"),
     ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/progress"),
     ("POST", "/t2i/v1/jobs/txt2img"), ("GET", "/t2i/v1/outputs/x.png"), ("GET", "/no/such/path"),
+    ("GET", "/docs-assets/swagger-ui-bundle.js"),
 ])
 def test_every_path_answers_401_without_credentials(server, method, path):
     for auth in (None, ("alice", "wrong"), ("mallory", "s3cret"), ("alice", "")):

@@ -95,12 +95,20 @@ def test_uploads_are_checked_before_decoding():
 def test_output_files_stay_inside_the_output_folder(tmp_path):
     root = tmp_path / "out"
     (root / "txt2img").mkdir(parents=True)
-    (root / "txt2img" / "00000-1-a.png").write_bytes(b"png")
+    (root / "txt2img" / "00000-1-a.png").write_bytes(b"\x89PNG\r\n\x1a\n png")
     (root / "queue.sqlite3").write_bytes(b"db")
+    (root / "txt2img" / "db.png").write_bytes(b"SQLite format 3\x00")  # an image's name, not an image
+    (root / "private.png").write_bytes(b"\x89PNG\r\n\x1a\n not in an image folder")
+    os.link(root / "queue.sqlite3", root / "txt2img" / "linked.png")
     outside = tmp_path / "secret.png"
     outside.write_bytes(b"secret")
     (root / "txt2img" / "link.png").symlink_to(outside)
     assert output_file(root, "txt2img/00000-1-a.png") == (root / "txt2img" / "00000-1-a.png").resolve()
+    folders, blocked = ("txt2img",), (root / "queue.sqlite3",)
+    assert output_file(root, "txt2img/00000-1-a.png", folders, blocked).name == "00000-1-a.png"
+    for name in ("txt2img/db.png", "private.png", "txt2img/linked.png", "txt2img"):
+        with pytest.raises(ApiError):
+            output_file(root, name, folders, blocked)
     for name in ("../secret.png", "/etc/passwd", str(outside), "txt2img/../../secret.png", "queue.sqlite3",
                  "txt2img\\..\\..\\secret.png", "C:/x.png", "txt2img/link.png", ".x.png", "a\x00.png", "",
                  "x" * 300 + ".png", "txt2img/./00000-1-a.png"):
@@ -128,3 +136,15 @@ def test_bind_auth_and_host_rules():
     assert credentials_ok(f"Basic {token}", pairs) and not credentials_ok(f"Basic {token}x", pairs)
     with pytest.raises(ConfigError):
         parse_auth("alice")
+
+
+def test_the_queue_database_defaults_to_a_hidden_folder_and_keeps_an_old_one(tmp_path):
+    out = tmp_path / "out"
+    assert ServeConfig(outdir=out).queue_path == out / ".t2i" / "queue.sqlite3"
+    assert ServeConfig(outdir=out, queue_db=tmp_path / "q.db").queue_path == tmp_path / "q.db"
+    out.mkdir()
+    (out / "queue.sqlite3").write_bytes(b"")  # an earlier version's database: its jobs are kept
+    assert ServeConfig(outdir=out).queue_path == out / "queue.sqlite3"
+    (out / ".t2i").mkdir()
+    (out / ".t2i" / "queue.sqlite3").write_bytes(b"")
+    assert ServeConfig(outdir=out).queue_path == out / ".t2i" / "queue.sqlite3"

@@ -179,14 +179,16 @@ SD15_LIKE = LDMConfig(resolution=512, vae=VAEConfig((128, 256, 512, 512), 2, 4, 
 def _built_params(config) -> int:
     from t2i.models.ar import CodeTransformer
     from t2i.models.autoencoder import KLAutoencoder
-    from t2i.models.ldm import build_unet, build_vae
+    from t2i.models.ldm import build_conditioner, build_unet, build_vae
     from t2i.models.sr import SuperResolution
     from t2i.models.text import build_text_encoder
     from t2i.models.vae import ConvVAE
     from t2i.models.vqgan import VQGAN
 
     if isinstance(config, LDMConfig):
-        modules = [build_unet(config), build_vae(config), build_text_encoder(config.text)]
+        modules = [build_unet(config), build_vae(config)]
+        modules += [build_text_encoder(config.text)] if config.has_text_encoder else []
+        modules += [build_conditioner(config)] if config.conditioning != "text" else []  # class/none/layout tokens
     else:
         cls = {DDPMConfig: PixelDDPM, GANConfig: GAN, ConvVAEConfig: ConvVAE, KLAutoencoderConfig: KLAutoencoder,
                VQGANConfig: VQGAN, ARConfig: CodeTransformer, SRConfig: SuperResolution}[type(config)]
@@ -201,6 +203,8 @@ def _shipped_model_configs():
         if isinstance(model, ARConfig):  # the recipe fills these from the first stage and the data
             model = dataclasses.replace(model, num_codes=512, code_shape=(16, 16),
                                         class_names=("a", "b") if model.conditioning == "class" else ())
+        if isinstance(model, LDMConfig) and model.conditioning in ("class", "layout"):  # the recipe fills the classes
+            model = dataclasses.replace(model, class_names=tuple(f"c{k}" for k in range(24)))
         if model is not None:
             yield path, model
 

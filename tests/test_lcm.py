@@ -209,11 +209,64 @@ def test_cli_fast_with_another_model_is_one_clear_line(tiny_model_dir, tmp_path)
 
 
 def test_bundled_model_ships_its_fast_lora():
+    from safetensors import safe_open
+
+    from t2i.extra_networks.lora import read_lora
     from t2i.pipelines.fast import bundled_fast_lora
 
     path = bundled_fast_lora()
-    if not path.is_file():
-        pytest.skip("the distilled LCM-LoRA is not in this checkout yet")
-    from t2i.extra_networks.lora import read_lora
+    assert path.is_file(), "the bundled model's LCM-LoRA (assets/default_model/lcm_lora.safetensors) is missing"
+    assert path.stat().st_size < 2**20 and len(read_lora(path)) > 0  # small: rank-limited, half precision
+    with safe_open(str(path), "pt") as f:
+        assert "LCM-LoRA" in f.metadata()["ss_training_comment"]
 
-    assert path.stat().st_size < 4 * 2**20 and len(read_lora(path)) > 0
+
+def test_cli_fast_with_the_bundled_model_makes_checked_images_that_read_back(tmp_path):
+    """`t2i generate PROMPT --fast` with the bundled model: 4 LCM steps at CFG 1 with the shipped
+    LoRA, images the shapes checker passes, an infotext that says so and reproduces the image."""
+    from PIL import Image
+
+    from t2i.evaluate.shapes_checker import check
+    from t2i.metadata import parse_infotext, read_infotext
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "t2i.interfaces.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=300)
+
+    prompt = "a red circle"
+    out = cli("generate", prompt, "--fast", "--seed", 11, "--batch-size", 2, "--outdir", tmp_path / "a",
+              "--threads", 1)
+    assert out.returncode == 0, out.stderr
+    paths = sorted((tmp_path / "a").glob("*.png"))
+    assert len(paths) == 2
+    for path in paths:
+        assert check(Image.open(path).convert("RGB"), prompt).correct, path
+    info = parse_infotext(read_infotext(paths[0]))
+    assert (info["Steps"], info["Sampler"], info["CFG scale"], info["Fast"]) == ("4", "LCM", "1.0", "True")
+    assert "lcm_lora:" in info["Lora hashes"]
+    again = cli("generate", "--infotext", paths[0], "--outdir", tmp_path / "b", "--threads", 1)
+    assert again.returncode == 0, again.stderr
+    (copy,) = (tmp_path / "b").glob("*.png")
+    assert parse_infotext(read_infotext(copy))["Fast"] == "True"
+    assert Image.open(copy).tobytes() == Image.open(paths[0]).tobytes()
+
+
+def test_api_t2i_fast_with_the_bundled_model(tmp_path):
+    """The REST API's `t2i_fast` key: the same settings as `--fast` (the schema field's API name)."""
+    import json
+
+    import httpx
+
+    from api_helpers import Server
+
+    server = Server(tmp_path)
+    try:
+        answer = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=300,
+                            json={"prompt": "a red circle", "seed": 11, "t2i_fast": True})
+        assert answer.status_code == 200, answer.text
+        info = json.loads(answer.json()["info"])
+        assert info["steps"] == 4 and info["sampler_name"] == "LCM" and info["cfg_scale"] == 1.0
+        assert "Fast: True" in info["infotexts"][0] and "lcm_lora:" in info["infotexts"][0]
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_text()

@@ -225,6 +225,131 @@ def test_inpaint_repaints_the_painted_area_only(page, tmp_path):
     shot(page, "img2img-inpaint-desktop")
 
 
+def choose(page, elem_id: str, option: str) -> None:
+    """An option of a dropdown, picked as a user picks it."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+
+
+def results(page, tab: str) -> list:
+    """The gallery's images, fetched as a download gets them (infotext inside)."""
+    assert "Error" not in page.inner_text(f"#{tab}_info")
+    return [fetch_image(page, url) for url in gallery_urls(page, tab)]
+
+
+def test_inpaint_upload_repaints_where_the_mask_file_is_white(page, tmp_path):
+    source = Image.new("RGB", (64, 64), (30, 160, 40))
+    ImageDraw.Draw(source).ellipse((6, 6, 26, 26), fill=(220, 30, 30))
+    source.save(tmp_path / "image.png")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((32, 0, 63, 63), fill=255)  # the right half
+    mask.save(tmp_path / "mask.png")
+    open_tab(page, "img2img")
+    open_tab(page, "Inpaint upload")
+    page.locator("#img2img_upload_image input[type=file]").first.set_input_files(str(tmp_path / "image.png"))
+    page.locator("#img2img_upload_mask input[type=file]").first.set_input_files(str(tmp_path / "mask.png"))
+    page.locator("#img2img_upload_mask img").first.wait_for()
+    page.locator("#img2img_prompt textarea").fill("a blue square")
+    page.locator("#img2img_seed input").fill("4")
+    set_number(page, "img2img_steps", 4)
+    set_number(page, "img2img_mask_blur", 0)
+    generate(page, "img2img")
+    (result,) = results(page, "img2img")
+    text = result.info["parameters"]
+    assert result.size == (64, 64) and "Mask blur: 0" in text and "Seed: 4," in text and "Steps: 4," in text
+    diff = np.abs(np.asarray(result.convert("RGB"), dtype=int) - np.asarray(source, dtype=int)).max(axis=2)
+    assert (diff[:, 36:] > 40).mean() > 0.2  # the white half was repainted
+    assert (diff[:, :28] <= 2).mean() > 0.95  # the black half is the source's
+
+
+def test_loopback_script_feeds_each_output_back(page, tmp_path):
+    Image.new("RGB", (64, 64), (200, 60, 30)).save(tmp_path / "in.png")
+    open_tab(page, "img2img")
+    open_tab(page, "img2img")  # the img2img mode of the img2img tab
+    page.locator("#img2img_image input[type=file]").first.set_input_files(str(tmp_path / "in.png"))
+    page.locator("#img2img_image img").first.wait_for()
+    page.locator("#img2img_prompt textarea").fill("a green circle")
+    set_number(page, "img2img_steps", 2)
+    set_number(page, "img2img_denoising_strength", 0.6)
+    page.locator("#img2img_seed input").fill("8")
+    choose(page, "img2img_script", "Loopback")
+    set_number(page, "img2img_script_loopback_loops", 2)
+    set_number(page, "img2img_script_loopback_denoising_strength_change_factor", 0.5)
+    generate(page, "img2img")
+    grid, first, second = results(page, "img2img")  # the grid of the loops first, as the web UI answers
+    assert grid.size == (128, 64) and first.size == second.size == (64, 64)
+    assert "Denoising strength: 0.6," in first.info["parameters"] and "Seed: 8," in first.info["parameters"]
+    assert "Denoising strength: 0.3," in second.info["parameters"] and "Seed: 9," in second.info["parameters"]
+    assert "Denoising strength change factor: 0.5" in first.info["parameters"]
+    choose(page, "img2img_script", "None")
+
+
+def test_prompt_matrix_script_makes_every_combination_and_a_grid(page):
+    page.locator("#txt2img_prompt textarea").fill("a circle|red|small")
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_seed input").fill("5")
+    choose(page, "txt2img_script", "Prompt matrix")
+    generate(page, "txt2img")
+    grid, *images = results(page, "txt2img")
+    assert grid.width > 128 and grid.height > 128 and len(images) == 4  # 2 x 2 cells and the legend
+    prompts = [image.info["parameters"].split("\n")[0] for image in images]
+    assert prompts == ["a circle", "a circle, red", "a circle, small", "a circle, red, small"]
+    assert all("Seed: 5," in image.info["parameters"] for image in images)  # one seed for all, as by default
+    choose(page, "txt2img_script", "None")
+
+
+def test_xyz_plot_script_draws_a_grid_of_its_axes(page):
+    page.locator("#txt2img_prompt textarea").fill("a blue square")
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_seed input").fill("6")
+    choose(page, "txt2img_script", "X/Y/Z plot")
+    choose(page, "txt2img_script_xyz_x_type", "Steps")
+    page.locator("#txt2img_script_xyz_x textarea").fill("2, 6")
+    choose(page, "txt2img_script_xyz_y_type", "CFG Scale")
+    page.locator("#txt2img_script_xyz_y textarea").fill("3, 7")
+    page.locator("#txt2img_script_xyz_draw_legend input").uncheck()
+    generate(page, "txt2img")
+    (grid,) = results(page, "txt2img")  # sub-images not asked for
+    assert grid.size == (128, 128)  # 2 x 2 cells of 64, no legend
+    text = grid.info["parameters"]
+    assert "Script: X/Y/Z plot" in text and "X Type: Steps" in text and "X Values: \"2, 6\"" in text
+    cells = np.asarray(grid.convert("RGB"), dtype=int)
+    assert np.abs(cells[:64, :64] - cells[:64, 64:]).max() > 10  # 2 steps and 6 steps differ
+    assert np.abs(cells[:64, :64] - cells[64:, :64]).max() > 10  # CFG 3 and 7 differ
+    choose(page, "txt2img_script", "None")
+
+
+def test_hires_fix_upscales_and_refines(page):
+    page.locator("#txt2img_prompt textarea").fill("a red circle")
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_seed input").fill("9")
+    page.click("#txt2img_hires_accordion")
+    page.locator("#txt2img_enable_hr input").check()
+    set_number(page, "txt2img_hr_scale", 1.5)
+    set_number(page, "txt2img_hr_second_pass_steps", 2)
+    generate(page, "txt2img")
+    (image,) = results(page, "txt2img")
+    text = image.info["parameters"]
+    assert image.size == (96, 96)
+    assert "Size: 64x64," in text and "Hires upscale: 1.5," in text and "Hires steps: 2," in text
+    assert "Hires upscaler: Latent" in text and np.asarray(image).std() > 5
+
+
+def test_an_upload_over_the_pixel_limit_is_refused_before_it_is_decoded(page, server, tmp_path):
+    from webui_helpers import bomb_png
+
+    (tmp_path / "bomb.png").write_bytes(bomb_png())  # 100 M pixels in a small file
+    open_tab(page, "img2img")
+    open_tab(page, "img2img")
+    page.locator("#img2img_image input[type=file]").first.set_input_files(str(tmp_path / "bomb.png"))
+    page.locator("#img2img_prompt textarea").fill("a red circle")
+    time.sleep(1)
+    generate(page, "img2img")
+    wait_for(lambda: "10000x10000 pixels is over the limit" in page.inner_text("#img2img_info"),
+             what="the refusal")
+    assert "Traceback" not in server.log_text()
+
+
 def test_png_info_reads_an_image_and_sends_its_parameters_to_txt2img(page, tmp_path):
     text = ("a blue square above a yellow triangle\nNegative prompt: red\nSteps: 9, Sampler: Euler a, "
             "CFG scale: 5, Seed: 1234, Size: 64x64, Model: t2i-shapes-ldm")
@@ -266,6 +391,40 @@ def test_training_run_shows_a_growing_loss_curve(page):
     shot(page, "train-run-desktop")
 
 
+def test_lora_finetune_runs_as_a_training_job_and_shows_its_loss(page, server, tiny_model_dir, tmp_path):
+    from t2i.data.shapes import ShapesDataset
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    dataset = ShapesDataset(4, seed=5, resolution=32)
+    for i in range(4):
+        dataset[i]["image"].save(pictures / f"p{i}.png")
+        (pictures / f"p{i}.txt").write_text(dataset[i]["caption"])
+    open_tab(page, "Train")
+    page.get_by_role("tab", name="Fine-tune", exact=True).click()
+    # the controls are `t2i finetune`'s options: label, default and help from its schema
+    assert page.locator("#finetune_lora_rank input").first.input_value() == "8"
+    assert "LoRA rank" in (page.get_attribute("#finetune_lora_rank", "title") or "")
+    page.locator("#finetune_model textarea").fill(str(tiny_model_dir))
+    page.locator("#finetune_data textarea").fill(str(pictures))
+    page.locator("#finetune_name textarea").fill("ui-lora")
+    for elem, value in (("steps", 3), ("batch_size", 2), ("log_every", 1), ("sample_every", 0), ("lora_rank", 2)):
+        page.locator(f"#finetune_{elem} input, #finetune_{elem} textarea").first.fill(str(value))
+    page.click("#finetune_start")
+    status = page.locator("#train_status .t2i-info")
+    wait_for(lambda: status.count() and "finished" in status.inner_text(), timeout=300, what="the fine-tune to end")
+    assert status.get_attribute("data-points") == "3"  # a loss point per step
+    assert "step 3, loss" in status.inner_text()
+    page.locator("#train_loss_plot canvas, #train_loss_plot svg").first.wait_for()
+    run = server.outdir / "train" / "ui-lora"
+    lora = load_file(run / "ui-lora.safetensors")
+    assert lora and all("lora" in key or key.endswith(".alpha") for key in lora)
+    assert {float(v) for k, v in lora.items() if k.endswith(".alpha")} == {2.0}
+    shot(page, "train-finetune-desktop")
+    page.click("#finetune_start")  # the same name again: refused with a message, nothing started
+    wait_for(lambda: "Not started: run 'ui-lora' exists" in page.inner_text("#train_status"), what="the refusal")
+
+
 def test_settings_are_saved_and_used_without_a_restart(page, server):
     import json
 
@@ -279,6 +438,37 @@ def test_settings_are_saved_and_used_without_a_restart(page, server):
     page.wait_for_selector("#txt2img_generate")
     wait_for(lambda: page.locator("#txt2img_steps input[type=number]").first.input_value() == "7",
              what="the new default after a reload")
+
+
+def test_output_folders_apply_without_a_restart_and_stay_inside_the_output_folder(page, server):
+    import json
+
+    def apply(value: str, expect: str) -> str:
+        open_tab(page, "Settings")
+        page.locator("#settings_outdir_txt2img_samples textarea").fill(value)
+        page.click("#settings_submit")
+        wait_for(lambda: expect in page.inner_text("#settings_result"), what=f"{expect!r} for {value!r}")
+        return page.inner_text("#settings_result")
+
+    def saved_value() -> str:
+        return json.loads((server.outdir / "webui-settings.json").read_text())["outdir_txt2img_samples"]
+
+    assert "Settings not saved" in apply("/etc", "'/etc' is outside the server's output folder")
+    assert "Settings not saved" in apply("../../elsewhere", "'../../elsewhere' is outside")
+    apply("mine", "Settings saved to")
+    assert saved_value() == "mine"
+    before = set((server.outdir / "txt2img").glob("*.png"))
+    open_tab(page, "txt2img")
+    page.locator("#txt2img_prompt textarea").fill("a yellow triangle")
+    set_number(page, "txt2img_steps", 2)
+    page.locator("#txt2img_seed input").fill("11")
+    generate(page, "txt2img")
+    saved = sorted((server.outdir / "mine").glob("*.png"))
+    assert [p.name for p in saved] == ["00000-11-a_yellow_triangle.png"]
+    assert "Seed: 11," in Image.open(saved[0]).info["parameters"]  # the infotext kept
+    assert set((server.outdir / "txt2img").glob("*.png")) == before  # not also in the API's folder
+    apply("txt2img", "Settings saved to")  # back to the API's folder for the other tests
+    wait_for(lambda: saved_value() == "txt2img", what="the folder back in the settings file")
 
 
 def test_checkpoint_merger_writes_a_weighted_sum_and_lists_it(page, server):
@@ -309,7 +499,8 @@ def test_only_outputs_and_gradio_files_are_served(server, tmp_path):
         saved = sorted((outdir / "txt2img").glob("*.png"))
         assert client.get(f"/gradio_api/file={saved[0]}").status_code == 200
         (outdir / "txt2img" / "link.png").symlink_to("/etc/hostname")
-        refused = ["/etc/hostname", str(outdir / "queue.sqlite3"), str(outdir / "webui-settings.json"),
+        refused = ["/etc/hostname", str(outdir / "queue.sqlite3"), str(outdir / ".t2i" / "queue.sqlite3"),
+                   f"{outdir}/txt2img/../.t2i/queue.sqlite3", str(outdir / "webui-settings.json"),
                    f"{outdir}/txt2img/../queue.sqlite3", f"{outdir}/txt2img/link.png", "../../../../etc/hostname",
                    "%2e%2e/%2e%2e/%2e%2e/etc/hostname", str(REPO / "pyproject.toml"),
                    "http://example.com/x.png", "%68ttp://example.com/x.png", "https:%2f%2fexample.com/a"]

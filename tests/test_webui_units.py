@@ -119,3 +119,108 @@ def test_infotext_keys_name_the_fields_they_set():
     assert fields_in(text) >= {"prompt", "negative_prompt", "steps", "width", "height", "seed", "hr_upscaler",
                                "enable_hr", "mask_blur"}
     assert "cfg_scale" not in fields_in(text)
+
+
+def test_finetune_form_is_the_cli_s_options_and_validates_as_the_cli_does():
+    from t2i.interfaces.cli.finetune import FLAGS
+    from t2i.interfaces.webui.finetune_form import config_data, finetune_fields
+    from t2i.training.finetune.config import config_from
+
+    fields = finetune_fields()
+    by_key = {f.key: f for f in fields}
+    assert set(by_key) == {key for key, _, _ in FLAGS.values()} - {"outdir", "device"}  # none lost, none made up
+    rank, schedule, steps = by_key["lora.rank"], by_key["lr_schedule"], by_key["steps"]
+    assert (rank.kind, rank.default, rank.minimum, rank.maximum) == (int, 8, 1, 1024)
+    assert schedule.choices == ("constant", "cosine", "linear") and steps.default is None
+    assert rank.help == FLAGS["--rank"][2] and rank.label == "Rank"
+    form = {"data": "pics", "steps": "3", "lr": "", "lora.rank": 2.0, "ti.vectors": 4, "buckets": True,
+            "sample_prompts": "a red circle\n\na blue square", "hypernetwork.layer_structure": "1, 2, 1"}
+    data = config_data("lora", form, fields)
+    assert data == {"method": "lora", "data": "pics", "steps": 3, "lora": {"rank": 2},
+                    "sample_prompts": ["a red circle", "a blue square"]}  # other methods' sections dropped
+    cfg = config_from(data)
+    assert cfg.steps == 3 and cfg.lr is None and cfg.lora.rank == 2
+    hyper = config_data("hypernetwork", {"hypernetwork.layer_structure": "1, 4, 1"}, fields)
+    assert config_from(hyper).hypernetwork.layer_structure == (1.0, 4.0, 1.0)
+    with pytest.raises(ValueError, match="Steps: 'many' is not a whole number"):
+        config_data("lora", {"steps": "many"}, fields)
+    with pytest.raises(ValueError, match="rank"):
+        config_from(config_data("lora", {"lora.rank": 0}, fields))
+
+
+def test_output_folders_stay_inside_the_output_folder_and_decide_who_saves(tmp_path):
+    from t2i.interfaces.webui import output_dirs
+    from t2i.interfaces.webui.bridge import Finished
+    from t2i.interfaces.webui.settings import SettingsStore, UISettings
+
+    root = tmp_path / "out"
+    (root / "txt2img").mkdir(parents=True)
+    (root / "escape").symlink_to(tmp_path)
+    store = SettingsStore(tmp_path / "s.json", UISettings(), output_root=root)
+    default = store.get()
+    assert output_dirs.job_flags(default, root, "txt2img") == {
+        "save_images": True, "do_not_save_samples": False, "do_not_save_grid": False}  # the API's own folders
+    for bad, why in (("/etc", "outside"), ("../x", "outside"), ("escape/x", "outside"), (".", "itself"), (" ", "give")):
+        with pytest.raises(ParamError, match=f"Output directory for txt2img grids: .*{why}"):
+            store.update({"outdir_txt2img_grids": bad})
+    assert store.get() == default and not (tmp_path / "s.json").exists()  # nothing saved
+    new = store.update({"outdir_txt2img_samples": "mine/pics", "save_grids": False})
+    assert json.loads((tmp_path / "s.json").read_text())["outdir_txt2img_samples"] == "mine/pics"
+    assert output_dirs.job_flags(new, root, "txt2img") == {
+        "save_images": False, "do_not_save_samples": True, "do_not_save_grid": True}
+    folders = output_dirs.ui_saves(new, root, "txt2img")
+    assert folders == {"images": (root / "mine" / "pics").resolve(), "grids": None}
+    assert output_dirs.ui_saves(new, root, "img2img") == {"images": None, "grids": None}
+    import base64
+    answer = {"images": [base64.b64encode(b"grid").decode(), base64.b64encode(b"png1").decode()],
+              "info": json.dumps({"index_of_first_image": 1, "all_seeds": [42], "all_prompts": ["a red circle"]})}
+    written = output_dirs.save_answer(folders, Finished("j", 200, answer))
+    assert [p.name for p in written] == ["00000-42-a_red_circle.png"] and written[0].read_bytes() == b"png1"
+
+
+def test_uploads_over_the_limits_are_refused_from_their_header_before_gradio_decodes_them(tmp_path, monkeypatch):
+    from PIL import Image
+    from webui_helpers import bomb_png
+
+    from t2i.interfaces.api.config import Limits
+    from t2i.interfaces.api.errors import ApiError
+    from t2i.interfaces.webui.context import open_upload
+    from t2i.interfaces.webui.uploads import CheckedImage, CheckedImageEditor, Refused, checked
+
+    limits = Limits()
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    assert bomb.stat().st_size < 100_000  # small on disk, 100 M pixels in its header
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self, *a: decoded.append(self.size))  # would decode: recorded
+    with gr.Blocks():
+        editor = checked(CheckedImageEditor, limits, type="filepath", image_mode="RGBA", elem_id="e")
+        image = checked(CheckedImage, limits, type="filepath", elem_id="i")
+    assert editor.get_block_name() == "imageeditor" and image.get_block_name() == "image"  # Gradio's own widgets
+    assert editor.get_config()["elem_id"] == "e" and image.get_config()["image_mode"] is not None  # props kept
+    file = gr.FileData(path=str(bomb), orig_name="bomb.png")
+    refused = editor.convert_and_format_image(file)
+    assert isinstance(refused, Refused) and "10000x10000 pixels is over the limit" in refused
+    assert editor.convert_and_format_image(bomb.read_bytes()).startswith("image of 10000x10000")  # the canvas' bytes
+    assert isinstance(image.preprocess(gr.FileData(path=str(bomb), orig_name="bomb.png")), Refused)
+    assert not decoded
+    with pytest.raises(ApiError, match="mask layer 0: image of 10000x10000 pixels is over the limit"):
+        open_upload(refused, "mask layer 0", limits)
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    assert "not a readable image" in image.preprocess(gr.FileData(path=str(tmp_path / "text.png")))
+    monkeypatch.undo()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "fine.png")
+    assert not isinstance(image.preprocess(gr.FileData(path=str(tmp_path / "fine.png"), orig_name="fine.png")),
+                          Refused)
+
+
+def test_a_number_field_without_a_default_is_an_empty_box_meaning_not_given():
+    from t2i.pipelines.script_options import LoopbackOptions
+
+    with gr.Blocks():
+        box = Form("l", {}).control(LoopbackOptions, "final_denoising_strength")
+    assert isinstance(box, gr.Textbox) and box.value == ""  # a slider would always send a number
+    assert coerce(LoopbackOptions, {"final_denoising_strength": " "}) == {"final_denoising_strength": None}
+    assert coerce(LoopbackOptions, {"final_denoising_strength": "0.2"}) == {"final_denoising_strength": 0.2}
+    with pytest.raises(ParamError, match="final_denoising_strength must be a number or empty"):
+        coerce(LoopbackOptions, {"final_denoising_strength": "high"})

@@ -154,3 +154,17 @@ def _ScriptServer(script, workdir, *args, env=None, wait_ready=False):
             self.url = f"http://127.0.0.1:{self.port}"
 
     return ScriptServer()
+
+
+def bomb_png(width: int = 10000, height: int = 10000) -> bytes:
+    """A small PNG whose header claims width x height pixels (a decompression bomb: its few rows of
+    data never decode to that, but a decoder would allocate for all of them)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    rows = zlib.compress(b"\0" * (width + 1) * 64, 9)  # 64 rows of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

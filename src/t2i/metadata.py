@@ -202,6 +202,14 @@ def parse_infotext(text: str) -> dict[str, str]:
     return result
 
 
+def add_infotext_params(infotext: str, extra: Mapping[str, object]) -> str:
+    """`infotext` with `extra` keys added after its own (before Version), as the web UI adds a
+    script's keys to the first image's parameters."""
+    parsed = parse_infotext(infotext)
+    prompt, negative = parsed.pop("Prompt"), parsed.pop("Negative prompt")
+    return build_infotext(prompt, negative, {**parsed, **extra})
+
+
 # ---------------------------------------------------------------------------- EXIF
 
 

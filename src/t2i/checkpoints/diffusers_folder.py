@@ -17,20 +17,27 @@ from t2i.atomic import atomic_folder
 from t2i.checkpoints.safe_load import check_tensor_kinds, load_state_dict_file, read_safetensors_header
 from t2i.config import ConfigError
 from t2i.errors import ModelConfigError, version
-from t2i.models.ldm import LatentDiffusion, LDMConfig, build_unet, build_vae
+from t2i.models.ldm import LatentDiffusion, LDMConfig, build_conditioner, build_unet, build_vae
 from t2i.models.sizes import implausible_for_file
 from t2i.models.text import build_text_encoder, bundled_tokenizer_dir, load_tokenizer
 
 T2I_CONFIG = "t2i_config.json"
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-           "text_encoder": "model.safetensors"}
+           "text_encoder": "model.safetensors", "conditioner": "model.safetensors"}
+
+
+def weight_parts(config: LDMConfig) -> tuple[str, ...]:
+    """The sub-folders with weights: text models are a plain SD folder; class and unconditional
+    models have `conditioner/` (their tokens) instead of a text encoder, layout models both."""
+    return ("unet", "vae") + (("text_encoder",) if config.has_text_encoder else ()) + \
+        (("conditioner",) if config.conditioning != "text" else ())
 
 
 def _t2i_version() -> str:
     return version()
 
 
-def _model_index() -> dict:
+def _model_index(text: bool = True) -> dict:
     import diffusers
 
     return {
@@ -41,8 +48,9 @@ def _model_index() -> dict:
         "requires_safety_checker": False,
         "safety_checker": [None, None],
         "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
+        # class and unconditional models have none: their tokens are t2i's (conditioner/)
+        "text_encoder": ["transformers", "CLIPTextModel"] if text else [None, None],
+        "tokenizer": ["transformers", "CLIPTokenizer"] if text else [None, None],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
@@ -71,7 +79,7 @@ def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) ->
     from diffusers import DDIMScheduler
 
     with atomic_folder(directory, replace=True) as staging:
-        for name in ("unet", "vae", "text_encoder"):
+        for name in weight_parts(model.config):
             module = getattr(model, name)
             sub = staging / name
             sub.mkdir()
@@ -82,16 +90,17 @@ def save_ldm_folder(model, directory: Path, dtype: torch.dtype | None = None) ->
             save_file(state, str(sub / WEIGHTS[name]), metadata={"format": "pt"})
             if name == "text_encoder":
                 module.config.save_pretrained(str(sub))
-            else:
+            elif name != "conditioner":  # its shape is in t2i_config.json
                 module.save_config(str(sub))
-        tok = staging / "tokenizer"
-        tok.mkdir()
-        for fname in ("vocab.json", "merges.txt"):
-            shutil.copyfile(bundled_tokenizer_dir() / fname, tok / fname)
-        _write_json(tok / "tokenizer_config.json", _tokenizer_config(model.config.text.max_length))
-        _write_json(tok / "special_tokens_map.json", {k: v for k, v in _tokenizer_config(0).items() if k.endswith("_token")})
+        if model.config.has_text_encoder:
+            tok = staging / "tokenizer"
+            tok.mkdir()
+            for fname in ("vocab.json", "merges.txt"):
+                shutil.copyfile(bundled_tokenizer_dir() / fname, tok / fname)
+            _write_json(tok / "tokenizer_config.json", _tokenizer_config(model.config.text.max_length))
+            _write_json(tok / "special_tokens_map.json", {k: v for k, v in _tokenizer_config(0).items() if k.endswith("_token")})
         DDIMScheduler(**model.scheduler_config()).save_config(str(staging / "scheduler"))
-        _write_json(staging / "model_index.json", _model_index())
+        _write_json(staging / "model_index.json", _model_index(model.config.has_text_encoder))
         _write_json(staging / T2I_CONFIG, {"t2i_version": _t2i_version(), "config": model.config.to_dict()})
 
 
@@ -114,13 +123,18 @@ def load_ldm_folder(directory: str | Path, dtype: torch.dtype = torch.float32) -
         raise ModelLoadError(f"{meta_path} is not a valid t2i config: {err}") from err
     config = _checked_config(raw, directory, meta_path)
     states = {}  # every file read (and so checked) before any module is built
-    for name in ("unet", "vae", "text_encoder"):
+    for name in weight_parts(config):
         path = directory / name / WEIGHTS[name]
         if not path.is_file():
             raise ModelLoadError(f"missing weights file {path}")
         states[name] = load_state_dict_file(path)
-    tokenizer = load_tokenizer(directory / "tokenizer", max_length=config.text.max_length)
-    parts = {"unet": build_unet(config), "vae": build_vae(config), "text_encoder": build_text_encoder(config.text)}
+    tokenizer = (load_tokenizer(directory / "tokenizer", max_length=config.text.max_length)
+                 if config.has_text_encoder else None)
+    parts = {"unet": build_unet(config), "vae": build_vae(config)}
+    if config.has_text_encoder:
+        parts["text_encoder"] = build_text_encoder(config.text)
+    if config.conditioning != "text":
+        parts["conditioner"] = build_conditioner(config)
     for name, module in parts.items():
         path, state = directory / name / WEIGHTS[name], states.pop(name)
         if name == "text_encoder":  # written with `text_model.` (older t2i: without); the module has none
@@ -143,7 +157,7 @@ def _checked_config(raw, directory: Path, meta_path: Path) -> LDMConfig:
         config = LDMConfig.from_dict(raw, where=str(meta_path))
     except ConfigError as err:
         raise ModelConfigError(str(err)) from err
-    files = [directory / name / WEIGHTS[name] for name in ("unet", "vae", "text_encoder")]
+    files = [directory / name / WEIGHTS[name] for name in weight_parts(config)]
     if all(path.is_file() for path in files):  # a missing one is reported by the loader
         stored = sum(math.prod(entry["shape"]) for path in files for entry in read_safetensors_header(path)[0].values())
         if implausible_for_file(config.approx_params(), stored):

@@ -194,6 +194,10 @@ def _import_with_stand_in():
     sys.meta_path.insert(0, finder)
     try:
         import spandrel
+    except (ImportError, AttributeError) as err:  # a spandrel that needs more of torchvision than is supplied
+        raise ModelLoadError(f"spandrel failed to import without torchvision ({type(err).__name__}: {err}); "
+                             f"install the torchvision build that matches your torch, or spandrel 0.4.x, whose "
+                             f"needs t2i supplies") from None
     finally:
         sys.meta_path.remove(finder)
         for name in _TorchvisionStandIn.NAMES:  # nobody else sees a torchvision that is not there

@@ -39,6 +39,10 @@ def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -
         # a Stable Diffusion single file (.safetensors, .ckpt) or a plain diffusers folder
         return load_user_model(folder, runtime)
     model = load_ldm_folder(folder, dtype=runtime.load_dtype)
+    if model.config.conditioning in ("class", "none"):  # no prompt to generate from
+        what = "class-conditional" if model.config.conditioning == "class" else "unconditional"
+        raise ModelLoadError(f"{folder} is a {what} latent diffusion model: it has no text encoder; sample it "
+                             f"with `t2i sample {folder}`" + (" --class NAME" if what == "class-conditional" else ""))
     runtime = runtime.for_model(model)  # the final precision and layout depend on the model's size
     runtime.place(model)
     name = DEFAULT_MODEL_NAME if path is None else folder.name

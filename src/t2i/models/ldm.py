@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 import torch
 from torch import nn
 
-from t2i.config import (BlockDepth, Beta, Groups, Heads, Levels, LevelFlags, Resolution, Timesteps, Width, above,
-                        check_model_size, from_dict)
+from t2i.config import (BlockDepth, Beta, ClassNames, Groups, Heads, Levels, LevelFlags, Resolution, Timesteps, Width,
+                        above, between, check_model_size, from_dict)
+from t2i.models.ldm_conditioning import ClassTokens, LayoutTokens
 from t2i.models.sizes import autoencoder_params, cross_transformer, unet_params
 from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
 
@@ -98,16 +99,33 @@ class LDMConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     scaling_factor: Annotated[float, above(0)] = 1.0  # latents * scaling_factor have unit variance; set after stage 1
+    # What the UNet cross-attends to (t2i.models.ldm_conditioning): text (the prompt), class (one
+    # learned token per class, + a null class for guidance), none (unconditional: one learned
+    # token), layout (the prompt, then one token per (class, box) object). The tokens of class,
+    # none and layout are text.hidden_size wide; only text and layout models have a text encoder.
+    conditioning: Literal["text", "class", "none", "layout"] = "text"
+    class_names: ClassNames = ()  # class and layout models: index = class id (set by the recipe from the data)
+    max_objects: Annotated[int, between(1, 64)] = 2  # layout models: object tokens per image
 
     def __post_init__(self):
+        self.class_names = tuple(self.class_names)
+        if self.class_names and self.conditioning in ("text", "none"):
+            raise ValueError(f"class_names are for class and layout models; this one is conditioned on "
+                             f"{self.conditioning!r}")
         check_model_size("latent diffusion", self.approx_params())
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return self.conditioning in ("text", "layout")
 
     def approx_params(self) -> int:
         u, v, t = self.unet, self.vae, self.text
         unet = unet_params(u.block_out_channels, u.layers_per_block, u.cross_attention, v.latent_channels,
                            cross_transformer(t.hidden_size))
         vae = autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels)
-        return unet + vae + t.approx_params()
+        tokens = {"text": 0, "class": (len(self.class_names) + 1) * t.hidden_size, "none": t.hidden_size,
+                  "layout": LayoutTokens.approx_params(len(self.class_names), t.hidden_size)}[self.conditioning]
+        return unet + vae + tokens + (t.approx_params() if self.has_text_encoder else 0)
 
     @property
     def latent_size(self) -> int:
@@ -139,6 +157,23 @@ def build_vae(config: LDMConfig):
         sample_size=config.resolution,
         scaling_factor=config.scaling_factor,
     )
+
+
+def build_conditioner(config: LDMConfig) -> nn.Module | None:
+    """The learned tokens of a class, unconditional or layout model; None for text models."""
+    dim = config.text.hidden_size
+    if config.conditioning == "class":
+        if not config.class_names:
+            raise ValueError("a class-conditional latent diffusion model needs class_names (the recipe sets them "
+                             "from the data)")
+        return ClassTokens(len(config.class_names), dim)
+    if config.conditioning == "none":
+        return ClassTokens(0, dim)
+    if config.conditioning == "layout":
+        if not config.class_names:
+            raise ValueError("a layout model needs class_names (the recipe sets them from the data)")
+        return LayoutTokens(len(config.class_names), dim, config.max_objects)
+    return None
 
 
 def build_unet(config: LDMConfig):
@@ -185,13 +220,16 @@ class VAELatents:
 class LatentDiffusion(VAELatents, nn.Module):
     """The four parts of a Stable Diffusion model plus the config they were built from."""
 
-    def __init__(self, config: LDMConfig, tokenizer=None, text_encoder=None, unet=None, vae=None):
+    def __init__(self, config: LDMConfig, tokenizer=None, text_encoder=None, unet=None, vae=None, conditioner=None):
         super().__init__()
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(max_length=config.text.max_length)
-        self.text_encoder = text_encoder or build_text_encoder(config.text)
+        text = config.has_text_encoder
+        self.tokenizer = (tokenizer or load_tokenizer(max_length=config.text.max_length)) if text else None
+        self.text_encoder = (text_encoder or build_text_encoder(config.text)) if text else None
         self.unet = unet or build_unet(config)
         self.vae = vae or build_vae(config)
+        # class / none / layout tokens (t2i.models.ldm_conditioning); None for text models
+        self.conditioner = conditioner or build_conditioner(config)
         self.tiny_decoder: nn.Module | None = None  # an optional fast approximate decoder (t2i.speedups)
 
     @property
@@ -208,8 +246,26 @@ class LatentDiffusion(VAELatents, nn.Module):
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """(B, T, D) last hidden states of the text encoder, as SD's UNet consumes them."""
+        if self.text_encoder is None:
+            raise ValueError(f"this latent diffusion model is conditioned on {self.config.conditioning!r}, not text")
         ids = tokenize(self.tokenizer, prompts).to(self.device)
         return self.text_encoder(ids).last_hidden_state
+
+    def class_context(self, labels: torch.Tensor | None, n: int = 1) -> torch.Tensor:
+        """(B, 1, D) tokens of class labels (B,) for class models; None (or a `none` model): the
+        null class, n of them."""
+        if self.config.conditioning not in ("class", "none"):
+            raise ValueError(f"class tokens need a class or unconditional model, this one is "
+                             f"{self.config.conditioning!r}")
+        if labels is None:
+            labels = torch.full((n,), self.conditioner.null_class)
+        return self.conditioner(labels)
+
+    def layout_context(self, prompts: list[str], objects: torch.Tensor) -> torch.Tensor:
+        """(B, T + M, D): the prompts' text states, then the object tokens of `objects` (B, M, 5)."""
+        if self.config.conditioning != "layout":
+            raise ValueError(f"a layout needs a layout model, this one is conditioned on {self.config.conditioning!r}")
+        return torch.cat([self.encode_prompts(prompts), self.conditioner(objects)], dim=1)
 
     def scheduler_config(self) -> dict:
         return self.config.schedule.to_diffusers()

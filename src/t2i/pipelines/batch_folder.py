@@ -112,6 +112,8 @@ def img2img_folder(loaded, params, input_dir: str | Path, output_dir: str | Path
             check_params(loaded, params, [image])
             checked = True
         try:
+            check_params(loaded, params, [image])  # this input's size (a watermark needs 256 px, ...)
+            # run_pipeline finishes the images: safety checker, face restoration, watermark
             result = run_pipeline(loaded, params, [image], None if mask is None else [mask], callback)
         except ParamError as err:  # an input this image's run cannot take (an empty mask, ...)
             skip(path, str(err))

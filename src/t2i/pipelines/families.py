@@ -1,5 +1,6 @@
 """Sampling from the classic families by what a file or run folder holds: GAN, VAE, pixel DDPM
-(unconditional, class- or text-conditional) and the autoregressive transformer over VQGAN codes.
+(unconditional, class- or text-conditional), the autoregressive transformer over VQGAN codes and
+class-conditional or unconditional latent diffusion (t2i.pipelines.ldm_classes).
 
     loaded = load_family_model("runs/gan")          # run folder, or a model .safetensors file
     images = sample_family(loaded, n=16, seed=0, class_name="red circle")
@@ -22,6 +23,7 @@ from t2i.checkpoints.family_file import MODEL_FILE, load_family_file, read_metad
 from t2i.errors import ModelLoadError
 from t2i.models import ddpm, gan, vae
 from t2i.pipelines.ar_images import VQGAN_ONLY, complete_ar, load_ar_pair, sample_ar
+from t2i.pipelines.ldm_classes import ldm_folder_of, load_class_ldm, sample_ldm
 from t2i.training.runs import model_from_checkpoint
 
 
@@ -53,11 +55,13 @@ def _ddpm() -> Family:
 # family -> its Family; run folders with a model.safetensors or <family>.ckpt
 FAMILIES: dict[str, Callable[[], Family]] = {"gan": _gan, "vae": _vae, "ddpm": _ddpm}
 AR = "ar"  # the transformer comes with its VQGAN (t2i.pipelines.ar_images)
+LDM = "ldm"  # class-conditional and unconditional latent diffusion folders (t2i.pipelines.ldm_classes)
 OPTIONS = {  # sampling options beyond n, seed, class_name, width and height
     "gan": (),
     "vae": (),
     "ddpm": ("prompt", "negative_prompt", "sampler", "steps", "eta", "guidance_scale"),
     AR: ("prompt", "top_k", "top_p", "temperature", "use_cache"),
+    LDM: ("sampler", "steps", "eta", "guidance_scale"),
 }
 
 
@@ -71,11 +75,14 @@ class FamilyModel:
     @property
     def name(self) -> str:
         """The run folder's name for `model.safetensors` and checkpoints, else the file's stem."""
-        inside_run = self.path.name in (MODEL_FILE, "ar.safetensors") or self.path.suffix == ".ckpt"
+        inside_run = self.path.name in (MODEL_FILE, "ar.safetensors", "model") or self.path.suffix == ".ckpt"
         return self.path.parent.name if inside_run else self.path.stem
 
 
 def _from_run_folder(folder: Path, first_stage) -> FamilyModel:
+    ldm = ldm_folder_of(folder)
+    if ldm is not None:
+        return FamilyModel(LDM, load_class_ldm(ldm), ldm)
     if (folder / MODEL_FILE).is_file():
         return _from_file(folder / MODEL_FILE, first_stage)
     if (folder / "ar.safetensors").is_file() or (folder / "ar.ckpt").is_file():
@@ -152,6 +159,8 @@ def sample_family(loaded: FamilyModel, n: int = 16, seed: int = 0, class_name: s
     size = {"width": width, "height": height}
     if loaded.family == AR:
         return sample_ar(loaded.model, loaded.first_stage, n, seed, class_name, **size, **options)
+    if loaded.family == LDM:
+        return sample_ldm(loaded.model, n, seed, class_name, **size, **options)
     sample = FAMILIES[loaded.family]().sample
     if loaded.family == "vae":
         if class_name is not None:

@@ -131,6 +131,10 @@ class Txt2ImgParams(GenerationParams):
     deepcache_interval: int = param(1, "DeepCache: run the whole UNet every N model evaluations and only its shallow "
                                        "layers in between (faster, approximate); 1 = off", group="advanced",
                                     minimum=1, maximum=100, infotext="DeepCache interval", api="t2i_deepcache_interval")
+    # Layout-to-image (t2i.pipelines.layout): layout models only; the prompt gives the background.
+    layout: str = param("", "layout models: objects as 'CLASS@x0,y0,x1,y1; ...' (e.g. 'red circle@0.1,0.1,0.4,0.4; "
+                            "blue square@0.6,0.5,0.9,0.8'), boxes as fractions of the canvas", group="prompt",
+                        infotext="Layout", api="t2i_layout")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from PIL import Image
 from t2i.pipelines.script_options import CURVES, LoopbackOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import tile_images
 from t2i.pipelines.params import ParamError
+from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, is_image_params, run_pipeline
 from t2i.pipelines.txt2img import MAX_SEED, StepCallback
@@ -99,4 +100,6 @@ def loopback(loaded, params, image: Image.Image, options: LoopbackOptions, *, ma
             images.append(current)
             infotexts.append(add_infotext_params(result.infotexts[0], extra))
             seeds.append(result.seeds[0])
-    return LoopbackResult(images, infotexts, seeds, tile_images(images, cols=len(images)))
+    # each loop's run_pipeline finished its image (as the web UI's per-loop processing does); the grid
+    # of finished frames gets the watermark
+    return LoopbackResult(images, infotexts, seeds, finish_grid(params, tile_images(images, cols=len(images))))

@@ -108,11 +108,17 @@ class UpscalerLibrary:
                                  f"CodeFormer, RestoreFormer)")
         return model
 
-    def restore_faces(self, image: Image.Image, visibility: float = 1.0) -> Image.Image:
-        """The whole image through the face restorer (no face detector offline), blended in."""
+    def restore_faces(self, image: Image.Image, visibility: float = 1.0,
+                      codeformer_weight: float | None = None) -> Image.Image:
+        """The whole image through the face restorer (no face detector offline), blended in.
+        `codeformer_weight`: CodeFormer's fidelity weight (0 = strongest; None = the model's default)."""
         model = self.face_model()
         rgb = image.convert("RGB")
-        restored = run_model(model, rgb.resize((FACE_SIZE, FACE_SIZE), Image.Resampling.LANCZOS), tile=0)
+        face = rgb.resize((FACE_SIZE, FACE_SIZE), Image.Resampling.LANCZOS)
+        if codeformer_weight is not None and model.arch == "CodeFormer":
+            restored = _run_codeformer(model, face, codeformer_weight)
+        else:
+            restored = run_model(model, face, tile=0)
         restored = restored.resize(rgb.size, Image.Resampling.LANCZOS)
         return restored if visibility >= 1 else Image.blend(rgb, restored, visibility)
 
@@ -143,6 +149,15 @@ def run_model(model: ImageModel, image: Image.Image, tile: int = 192, overlap: i
     use_tiles = tile > 0 and model.tiling_supported and max(x.shape[-2:]) > tile
     out = run_tiled(descriptor, x, model.scale, tile, overlap) if use_tiles else descriptor(x)
     return _to_image(out)
+
+
+@torch.no_grad()
+def _run_codeformer(model: ImageModel, image: Image.Image, weight: float) -> Image.Image:
+    """CodeFormer with its fidelity weight: spandrel's descriptor call always uses the default, so the
+    network is called directly (its forward takes `weight` and returns (image, logits, features))."""
+    net = model.descriptor.model
+    param = next(net.parameters())
+    return _to_image(net(_to_tensor(image).to(param.device, param.dtype), weight=weight)[0])
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:

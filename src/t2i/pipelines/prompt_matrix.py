@@ -20,6 +20,7 @@ from PIL import Image
 from t2i.pipelines.script_options import DELIMITERS, PromptMatrixOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, tile_images
 from t2i.pipelines.params import ParamError
+from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import check_params, fix_seeds, run_pipeline
 from t2i.pipelines.styles import apply_styles
@@ -84,6 +85,6 @@ def prompt_matrix(loaded, params: GenerationParams, options: PromptMatrixOptions
     col_labels, row_labels = _grid_labels(optional)
     grid = tile_images(outputs, cols=len(col_labels), rows=len(row_labels))
     width, height = grid.width // len(col_labels), grid.height // len(row_labels)
-    grid = annotate_grid(grid, width, height, col_labels, row_labels, options.margin_size)
+    grid = finish_grid(params, annotate_grid(grid, width, height, col_labels, row_labels, options.margin_size))
     infotexts = [r.infotexts[0] for r in results]
     return PromptMatrixResult(grid, infotexts[0], prompts, results, [grid, *outputs], [infotexts[0], *infotexts])

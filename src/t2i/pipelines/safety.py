@@ -85,6 +85,10 @@ def load_safety_checker(folder: str | Path, device: str = "cpu") -> SafetyChecke
     from t2i.checkpoints.safe_load import load_state_dict_file, misfit_is_load_error
 
     folder = Path(folder)
+    from t2i.pipelines.clip_safety import is_concept_folder, load_concept_checker
+
+    if is_concept_folder(folder):  # concept embeddings over t2i's CLIP (the CompVis rule)
+        return load_concept_checker(folder, device)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"--safety-checker {folder}: no config.json there; give the safety_checker folder of a "

@@ -1,4 +1,5 @@
-"""`t2i sample`'s parameters (GAN, VAE, pixel DDPM, VQGAN + AR), torch-free like the other params."""
+"""`t2i sample`'s parameters (GAN, VAE, pixel DDPM, VQGAN + AR, class/unconditional LDM), torch-free
+like the other params."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ class SampleParams:
                                infotext_part=1)
     negative_prompt: str | None = param(None, "pixel DDPM text models: what guidance steers away from",
                                         group="family", infotext="Negative prompt")
-    sampler: str | None = param(None, "pixel DDPM: DDPM (ancestral), DDIM (default) or another sampler name",
+    sampler: str | None = param(None, "pixel DDPM and LDM: DDPM (ancestral), DDIM (default) or another sampler name",
                                 group="family", infotext="Sampler")
-    steps: int | None = param(None, "pixel DDPM: sampling steps (default: all for DDPM, 50 otherwise)",
+    steps: int | None = param(None, "pixel DDPM: sampling steps (default: all for DDPM, 50 otherwise; LDM: 20)",
                               group="family", minimum=1, maximum=10_000, infotext="Steps")
-    eta: float | None = param(None, "pixel DDPM: DDIM's eta (0: deterministic)", group="family", minimum=0.0,
+    eta: float | None = param(None, "pixel DDPM and LDM: DDIM's eta (0: deterministic)", group="family", minimum=0.0,
                               maximum=1.0, infotext="Eta")
-    guidance_scale: float | None = param(None, "pixel DDPM: classifier-free guidance towards the class or prompt",
+    guidance_scale: float | None = param(None, "pixel DDPM and class LDM: classifier-free guidance towards the "
+                                                "class or prompt (LDM default 3)",
                                          group="family", minimum=0.0, maximum=100.0, infotext="CFG scale")
     top_k: int | None = param(None, "AR: sample among the k most likely codes (0: all, 1: greedy)", group="family",
                               minimum=0, maximum=1_000_000, infotext="Top-k")

@@ -32,7 +32,11 @@ class Session:
     """Owns models and runs pipelines; thread-safe (one lock per model, one for the cache)."""
 
     def __init__(self, settings: LoadSettings | None = None, *, max_models: int = 1, max_bytes: int | None = None,
-                 styles_file=None, notes: NoteCallback | None = None):
+                 styles_file=None, notes: NoteCallback | None = None,
+                 checkpoints: Callable[[str], str | None] | None = None):
+        """checkpoints: resolves a value of the X/Y/Z plot's Checkpoint name axis to the model to
+        load (a path; None: the bundled model) and raises for a value it does not allow; a server
+        passes one that knows only its model folders. Default: the values are model paths."""
         if max_models < 1:
             raise ParamError(f"max_models must be at least 1, got {max_models}")
         self.settings = settings or LoadSettings()
@@ -40,6 +44,7 @@ class Session:
         self.max_bytes = max_bytes
         self.styles_file = styles_file
         self._notes = notes or (lambda line: None)
+        self._checkpoints = checkpoints
         self._entries: OrderedDict[tuple, ModelEntry] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._loading: dict[tuple, threading.Lock] = {}
@@ -90,6 +95,10 @@ class Session:
             self._entries[("diffusion", settings.model_key())] = entry
             self._evict(keep=("diffusion", settings.model_key()))
         return entry
+
+    def checkpoint_path(self, value: str) -> str | None:
+        """The model an X/Y/Z Checkpoint name value stands for (see `checkpoints`)."""
+        return str(value) if self._checkpoints is None else self._checkpoints(value)
 
     def note(self, line: str) -> None:
         """A line for the user (the CLI prints it on stderr, the server logs it)."""

@@ -2,6 +2,7 @@
 load-time options applied once (VAE, LoRA/embedding folders, offload, tiny decoder, compile)."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -39,8 +40,44 @@ def apply_threads(settings: LoadSettings) -> None:
         torch.set_num_threads(settings.threads)
 
 
+# diffusers and transformers resolve their classes lazily, on first attribute access; two threads
+# doing that at once on a fresh process (two workers' first loads of different models) can see a
+# half-initialised module. The classes t2i's loaders and samplers use are resolved once, here,
+# under a lock, before any load.
+_LIBRARIES_LOCK = threading.Lock()
+_libraries_ready = False
+DIFFUSERS_CLASSES = ("AutoencoderKL", "UNet2DConditionModel", "UNet2DModel", "VQModel", "DDPMScheduler",
+                     "DDIMScheduler")
+TRANSFORMERS_CLASSES = ("CLIPTextConfig", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer",
+                        "CLIPConfig", "CLIPModel")
+
+
+def prepare_model_libraries() -> None:
+    """Resolve the lazy library classes every load and sampler needs, once per process (thread-safe)."""
+    global _libraries_ready
+    if _libraries_ready:
+        return
+    with _LIBRARIES_LOCK:
+        if _libraries_ready:
+            return
+        import diffusers
+        import transformers
+
+        from t2i.diffusion.samplers import SAMPLERS
+
+        names = [(diffusers, n) for n in DIFFUSERS_CLASSES] + [(transformers, n) for n in TRANSFORMERS_CLASSES]
+        names += [(diffusers, spec.scheduler) for spec in SAMPLERS.values()]
+        for module, name in names:
+            try:
+                getattr(module, name)
+            except (AttributeError, ImportError, RuntimeError):  # a class this version lacks, or one needing an
+                pass  # extra package: the code that needs it says so when it runs
+        _libraries_ready = True
+
+
 def load_entry(settings: LoadSettings, kind: str, notes: NoteCallback) -> ModelEntry:
     validate_strict(settings)
+    prepare_model_libraries()
     start = time.perf_counter()
     device = check_device(settings.device)
     apply_threads(settings)

@@ -24,6 +24,7 @@ from t2i.pipelines.prompt_matrix import PromptMatrixOptions, prompt_matrix
 from t2i.pipelines.sample import SampleParams, sample
 from t2i.pipelines.schema import validate_strict
 from t2i.pipelines.script_options import Img2ImgAltOptions, SDUpscaleOptions
+from t2i.pipelines.script_progress import script_steps
 from t2i.pipelines.scripting import fix_seeds
 from t2i.pipelines.session_types import Output, RunResult
 from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles, select_styles
@@ -44,7 +45,7 @@ def dispatch(session, params, *, images, mask, script, settings: LoadSettings, p
         raise ParamError(f"no pipeline runs {type(params).__name__}")
     validate_strict(params)
     if script is not None:
-        return _script(session, params, script, images, mask, settings, emit)
+        return _script(session, params, script, images, mask, settings, emit, progress, control)
     return _generate(session, params, images, mask, settings, progress, control, emit)
 
 
@@ -219,7 +220,13 @@ def _largest_axis_size(params, options: XYZOptions, width: int, height: int) -> 
     return width, height
 
 
-def _script(session, params, script, images, mask, settings, emit) -> RunResult:
+def _with_image_tools(loaded, settings):
+    """A Checkpoint axis's model, finishing its cells with the run's safety checker and restorer."""
+    configure_image_tools(loaded, settings)
+    return loaded
+
+
+def _script(session, params, script, images, mask, settings, emit, progress=None, control=None) -> RunResult:
     images = _image_list(images)
     masks = _image_list(mask)
     if isinstance(params, Img2ImgParams) and not images:
@@ -239,15 +246,18 @@ def _script(session, params, script, images, mask, settings, emit) -> RunResult:
     if isinstance(script, XYZOptions):
         validate_strict(script)
         for spec in (script.x, script.y, script.z):  # bad axes fail before the run
-            parse_axis(spec, type(params))
+            axis = parse_axis(spec, type(params))
+            for value in axis.values if axis is not None and axis.option.kind == "checkpoint" else ():
+                session.checkpoint_path(value)  # a name the session's resolver refuses
         width, height = _largest_axis_size(params, script, width, height)
         names = list(params.styles)
         table = styles_table(session, names)
         with model_in_use(session, entry, settings, width, height):
             result = xyz_plot(loaded, replace(params, styles=()), script, images=images, masks=masks, styles=table,
-                              style_names=names, load_checkpoint=lambda path: session.model(
-                                  replace(settings, model=str(path))).loaded,
-                              progress=lambda done, total: session.note(f"cell {done}/{total}"))
+                              style_names=names, load_checkpoint=lambda path: _with_image_tools(session.model(
+                                  replace(settings, model=session.checkpoint_path(path))).loaded, settings),
+                              progress=lambda done, total: session.note(f"cell {done}/{total}"),
+                              callback=script_steps(loaded, params, script, progress, control))
         first = result.cells[0]
         keep(result.grid, result.infotext, first.seeds[0], first.params.prompt, "xyz_grid-", "grid")
         nz = len(result.sub_grids)
@@ -266,7 +276,8 @@ def _script(session, params, script, images, mask, settings, emit) -> RunResult:
         table = styles_table(session, names)
         with model_in_use(session, entry, settings, width, height):
             result = prompt_matrix(loaded, replace(params, styles=()), script, images=images, masks=masks,
-                                   styles=table, style_names=names)
+                                   styles=table, style_names=names,
+                                   callback=script_steps(loaded, params, script, progress, control))
         first = result.results[0]
         keep(result.grid, result.infotext, first.seeds[0], first.params.prompt, "prompt_matrix-", "grid")
         for run in result.results:
@@ -279,7 +290,8 @@ def _script(session, params, script, images, mask, settings, emit) -> RunResult:
         if not images:
             raise ParamError("loopback needs an input image")
         with model_in_use(session, entry, settings, width, height):
-            result = loopback(loaded, params, images[0], script, mask=masks[0] if masks else None)
+            result = loopback(loaded, params, images[0], script, mask=masks[0] if masks else None,
+                              callback=script_steps(loaded, params, script, progress, control))
         for frame, info, seed in zip(result.images, result.infotexts, result.seeds):
             keep(frame, info, seed, params.prompt)
         if len(result.images) > 1:
@@ -355,7 +367,7 @@ def _upscale(session, params: UpscaleParams, images, settings, emit) -> RunResul
         resolve_upscale_params(params, entry.loaded)  # a wrong scale fails before the summary line
         announce(session, entry)
         with entry.lock:
-            result = upscale(images, params, entry.loaded)
+            result = upscale(images, params, entry.loaded, library=library)  # library: the face restorer
     seeds = result.seeds or [None] * len(result.images)
     outputs = [Output(image, info, seed, "") for image, info, seed in zip(result.images, result.infotexts, seeds)]
     for out in outputs:

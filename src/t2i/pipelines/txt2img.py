@@ -25,6 +25,7 @@ from t2i.models.tiling import circular_padding
 from t2i.pipelines.fast import apply_fast
 from t2i.pipelines.generation_params import MAX_SEED, GenerationParams, Txt2ImgParams
 from t2i.pipelines.hires import check_hires, hires_fix, hires_infotext
+from t2i.pipelines.layout import layout_conditioning, parse_layout
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 from t2i.pipelines.schema import validate_strict as validate
@@ -51,6 +52,12 @@ def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
     except ValueError as err:
         raise ParamError(str(err)) from err
     model = loaded.model
+    layout_model = getattr(model.config, "conditioning", "text") == "layout"
+    if getattr(params, "layout", "") and not layout_model:
+        raise ParamError("--layout needs a layout-to-image model (model.conditioning: layout, e.g. trained with "
+                         "configs/shapes-ldm-layout.yaml); this model is conditioned on text only")
+    if getattr(params, "layout", ""):
+        parse_layout(params.layout)  # malformed: a ParamError before any work
     factor = model.vae_scale_factor
     width = params.width or model.config.resolution
     height = params.height or model.config.resolution
@@ -147,6 +154,7 @@ def infotext_for(params: GenerationParams, seed: int, loaded, version: str, subs
         "Tiling": True if params.tiling else None,
         "Fixed code": True if getattr(params, "fixed_code", False) else None,
         "Fast": True if getattr(params, "fast", False) else None,
+        "Layout": getattr(params, "layout", "") or None,
         **sampler_infotext(params),
         **(extra or {}),
         **network_infotext(loaded, params),  # Lora hashes, TI hashes
@@ -186,10 +194,13 @@ def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embed
     with torch.no_grad():
         # Prompt syntax (weights, long prompts, BREAK, [a:b:when], [a|b], AND); each text is
         # encoded once for every batch, a plain prompt before sampling.
-        encoder = PromptEncoder.from_model(model, clip_skip=params.clip_skip, embeddings=embeddings)
-        cond = encoder.conditioning(params.prompt)
-        uncond = (encoder.conditioning(params.negative_prompt, negative=True)
-                  if params.cfg_scale != 1 or cond.needs_uncond else None)
+        if getattr(model.config, "conditioning", "text") == "layout":  # prompt + object tokens, plain text
+            cond, uncond = layout_conditioning(model, params.prompt, params.negative_prompt, params.layout)
+        else:
+            encoder = PromptEncoder.from_model(model, clip_skip=params.clip_skip, embeddings=embeddings)
+            cond = encoder.conditioning(params.prompt)
+            uncond = (encoder.conditioning(params.negative_prompt, negative=True)
+                      if params.cfg_scale != 1 or cond.needs_uncond else None)
     shape = (model.latent_channels, params.height // model.vae_scale_factor, params.width // model.vae_scale_factor)
     unet = txt2img_unet(model, params.batch_size, params.height, params.width)  # inpainting UNets: all repainted
     hires = getattr(params, "enable_hr", False)

@@ -49,6 +49,16 @@ class UpscaleParams:
     noise_level: int = param(20, "noise added to the low-res input before conditioning: higher trusts the "
                                  "input less (model; at most the model's max_noise_level)", minimum=0, maximum=999)
     eta: float = param(0.0, "DDIM eta: 0 deterministic, 1 ancestral (model)", minimum=0.0, maximum=1.0)
+    # the web UI's Extras face restoration, after the upscale (its default order), with the one face
+    # restorer of the settings (--face-restorer): each field is the web UI's slot for that kind of model
+    gfpgan_visibility: float = param(0.0, "face restoration after upscaling when the face restorer is GFPGAN or "
+                                          "RestoreFormer: how much of the restored image to blend in (0 = off)",
+                                     minimum=0.0, maximum=1.0, step=0.01)
+    codeformer_visibility: float = param(0.0, "face restoration after upscaling when the face restorer is "
+                                              "CodeFormer: how much of the restored image to blend in (0 = off)",
+                                         minimum=0.0, maximum=1.0, step=0.01)
+    codeformer_weight: float = param(0.0, "CodeFormer's fidelity weight: 0 = strongest restoration, 1 = closest to "
+                                          "the input", minimum=0.0, maximum=1.0, step=0.01)
 
 
 @dataclass
@@ -140,6 +150,29 @@ def resolve_upscale_params(params: UpscaleParams, sr: SRModel | None, library=No
     return replace(params, sampler=sampler, seed=seed)
 
 
+def face_visibility(params: UpscaleParams, library) -> tuple[float, float | None]:
+    """(visibility, CodeFormer weight or None) of the face restoration the params ask for, checked
+    against the settings' face restorer; (0, None) when none is asked for. ParamError before any work
+    when no restorer is set or the field does not fit its kind (the web UI has one slot per kind)."""
+    if not params.gfpgan_visibility and not params.codeformer_visibility:
+        return 0.0, None
+    model = library.face_model()  # ParamError when the settings name no face restorer
+    codeformer = model.arch == "CodeFormer"
+    wrong = "gfpgan_visibility" if codeformer and params.gfpgan_visibility else \
+        "codeformer_visibility" if not codeformer and params.codeformer_visibility else None
+    if wrong:
+        right = "codeformer_visibility" if codeformer else "gfpgan_visibility"
+        raise ParamError(f"{wrong}: the face restorer {model.name} is a {model.arch} model; give {right} instead")
+    return (params.codeformer_visibility, params.codeformer_weight) if codeformer else (params.gfpgan_visibility, None)
+
+
+def _face_keys(params: UpscaleParams) -> dict:
+    """The web UI's Extras infotext keys for face restoration."""
+    if params.codeformer_visibility:
+        return {"CodeFormer visibility": params.codeformer_visibility, "CodeFormer weight": params.codeformer_weight}
+    return {"GFPGAN visibility": params.gfpgan_visibility or None}
+
+
 def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | None, sr: SRModel | None,
                      upscaler_hash: str | None = None) -> str:
     model = sr is not None
@@ -155,6 +188,7 @@ def upscale_infotext(params: UpscaleParams, size: tuple[int, int], seed: int | N
         "Upscale scale": params.scale,
         "Noise level": params.noise_level if model else None,
         "Eta": params.eta if model and params.eta else None,
+        **_face_keys(params),
         "Version": f"t2i {version()}",
     })
 
@@ -167,11 +201,20 @@ def upscale(images, params: UpscaleParams | None = None, sr: SRModel | str | Pat
     params = params or UpscaleParams()
     if isinstance(sr, (str, Path)):
         sr = load_sr_model(sr)
-    if params.upscaler not in UPSCALERS and library is None:
+    if library is None and (params.upscaler not in UPSCALERS or params.gfpgan_visibility
+                            or params.codeformer_visibility):
         from t2i.pipelines.model_upscalers import UpscalerLibrary
 
         library = UpscalerLibrary()
     params = resolve_upscale_params(params, sr, library)
+    visibility, weight = face_visibility(params, library) if library is not None else (0.0, None)
+    result = _upscaled(images, params, sr, callback, library)
+    if visibility:  # after the upscale, as the web UI's Extras do by default
+        result.images = [library.restore_faces(im, visibility, codeformer_weight=weight) for im in result.images]
+    return result
+
+
+def _upscaled(images, params: UpscaleParams, sr: SRModel | None, callback, library) -> UpscaleResult:
     inputs = _as_images(images)
     if params.upscaler not in UPSCALERS:  # an upscaler file (spandrel), tiled
         out = [library.upscale(im, params.upscaler, params.scale) for im in inputs]

@@ -31,6 +31,7 @@ from t2i.outputs import make_grid
 from t2i.pipelines.script_options import XYZOptions  # noqa: F401  (re-exported)
 from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, labels, tile_images
 from t2i.pipelines.params import ParamError
+from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, random_seed, run_pipeline
 from t2i.pipelines.styles import apply_styles
@@ -167,11 +168,13 @@ def xyz_plot(loaded, params: GenerationParams, options: XYZOptions, *, images=No
         sub_grids.append(grid)
         first = results[iz * nx * ny]
         sub_infotexts.append(add_infotext_params(first.infotexts[0], _script_keys(axes[:2], not options.keep_random_seeds)))
+    sub_grids = [finish_grid(params, g) for g in sub_grids]  # cells are finished; grids get the watermark
     grid = sub_grids[0]
     if axes[2] is not None:
         grid = tile_images(sub_grids, cols=nz, rows=1)
         if options.draw_legend:
             grid = annotate_grid(grid, grid.width // nz, grid.height, labels(axes[2].labels), [[GridLabel()]])
+        grid = finish_grid(params, grid)
     infotext = add_infotext_params(results[0].infotexts[0], _script_keys(axes, not options.keep_random_seeds))
 
     result = XYZResult(grid, infotext, sub_grids, sub_infotexts, results, cell_images, axes)

@@ -5,6 +5,10 @@ Stage 2 (`unet`): the first stage is frozen; every training image is encoded onc
 latents), then the UNet and the CLIP text encoder learn together to predict the noise, with
 caption dropout so classifier-free guidance works, and min-SNR loss weighting (Hang et al.
 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy") for faster convergence.
+
+`model.conditioning` picks what the UNet learns from (t2i.training.ldm_conditions): captions
+(text), class labels (class), nothing (none) or object boxes plus the background (layout).
+`vae_from` skips stage 1: the first stage is a trained model's (frozen), so only the UNet trains.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from typing import Annotated, Literal
 import torch
 import torch.nn.functional as F
 
-from t2i.checkpoints.diffusers_folder import save_ldm_folder
-from t2i.checkpoints.safe_load import check_tensor_kinds, load_checkpoint_dict, load_weights_object, misfit_is_load_error
+from t2i.checkpoints.diffusers_folder import WEIGHTS, save_ldm_folder
+from t2i.checkpoints.registry import bundled_model_dir
+from t2i.checkpoints.safe_load import (check_tensor_kinds, load_checkpoint_dict, load_state_dict_file, load_weights_object,
+                                       misfit_is_load_error)
 from t2i.config import BatchSize, Crop, Fraction, Seed, at_least, between, save_yaml, to_dict
 from t2i.data.cache import load_cache, save_cache
 from t2i.data.images import ImageSource, load_image_source
@@ -28,6 +34,7 @@ from t2i.models.common import to_pil_images
 from t2i.models.ldm import LatentDiffusion, LDMConfig
 from t2i.models.text import tokenize
 from t2i.outputs import make_grid
+from t2i.training.ldm_conditions import build_conditions, class_names_of, context_fn, sample_contexts
 from t2i.training.runs import copy_ema
 from t2i.training.trainer import OptimConfig, Trainer
 
@@ -69,6 +76,9 @@ class LDMTrainConfig:
     # under a CPU budget (--budget-minutes): stage 1 stops once this share of it is spent; latent
     # caching and the UNet stage use the rest (and whatever stage 1 left)
     vae_budget_share: Fraction = 0.2
+    # a t2i model folder (or "default": the bundled model) whose VAE this run uses, frozen, instead
+    # of training stage 1; its VAE config must equal model.vae
+    vae_from: str | None = None
 
 
 def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -99,25 +109,34 @@ def vae_loss_fn(images: torch.Tensor, cfg: VAEStageConfig):
     return loss_fn
 
 
-def unet_loss_fn(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
-                 alphas_cumprod: torch.Tensor, cfg: UNetStageConfig, prediction_type: str):
+def text_context(ids: torch.Tensor, empty_ids: torch.Tensor, dropout: float):
+    """The captions' text states for training images `idx`, with caption dropout."""
+    def context(modules, idx, generator):
+        tokens = ids[idx].clone()
+        tokens[torch.rand(len(idx), generator=generator) < dropout] = empty_ids
+        device = next(modules["unet"].parameters()).device
+        return modules["text_encoder"](tokens.to(device)).last_hidden_state
+
+    return context
+
+
+def unet_loss_fn(latents: torch.Tensor, context, alphas_cumprod: torch.Tensor, cfg: UNetStageConfig,
+                 prediction_type: str):
+    """`context(modules, idx, generator)`: the (B, T, D) states the UNet attends to for images idx."""
     snr = alphas_cumprod / (1 - alphas_cumprod)
 
     def loss_fn(modules, step, generator):
-        unet, text_encoder = modules["unet"], modules["text_encoder"]
+        unet = modules["unet"]
         device = next(unet.parameters()).device
         n = cfg.batch_size
         idx = torch.randint(0, len(latents), (n,), generator=generator)
         z0 = latents[idx]
-        tokens = ids[idx].clone()
-        drop = torch.rand(n, generator=generator) < cfg.caption_dropout
-        tokens[drop] = empty_ids
+        hidden = context(modules, idx, generator)
         t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
-        hidden = text_encoder(tokens.to(device)).last_hidden_state
         pred = unet(zt.to(device), t.to(device), hidden).sample
         per_sample = (pred.float() - target.to(device)).pow(2).mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma > 0:
@@ -162,8 +181,9 @@ def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, out
     seeds = list(range(4))
     shape = (model.latent_channels, model.config.latent_size, model.config.latent_size)
     images = []
-    for prompt in prompts:
-        cond, uncond = model.encode_prompts([prompt]), model.encode_prompts([""])
+    rows = ([(model.encode_prompts([p]), model.encode_prompts([""])) for p in prompts]
+            if cfg.model.conditioning == "text" else sample_contexts(model))
+    for cond, uncond in rows:
         generators = make_generators(seeds)
         latents = denoise(model.unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
                           draw_noise(generators, shape), cond, uncond, steps=cfg.sample_steps,
@@ -174,6 +194,25 @@ def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, out
     return write_png(make_grid(images, cols=len(seeds)), path, "")
 
 
+def trained_modules(model: LatentDiffusion) -> dict:
+    """What the UNet stage trains (and its checkpoint holds): the UNet, the text encoder of text
+    and layout models, the learned tokens of class, unconditional and layout models."""
+    names = ("unet",) + (("text_encoder",) if model.text_encoder is not None else ()) + \
+        (("conditioner",) if model.conditioner is not None else ())
+    return {name: getattr(model, name) for name in names}
+
+
+def load_frozen_vae(model: LatentDiffusion, folder: str) -> None:
+    """model.vae <- the VAE of a t2i model folder ("default": the bundled model), strictly."""
+    path = (bundled_model_dir() if folder == "default" else Path(folder)) / "vae" / WEIGHTS["vae"]
+    if not path.is_file():
+        raise ModelLoadError(f"vae_from: {path} does not exist; give a t2i model folder (or `default`)")
+    state = load_state_dict_file(path)
+    with misfit_is_load_error(path, "this run's model.vae config"):
+        check_tensor_kinds(model.vae.state_dict(), state, path, "this run's model.vae config")
+        model.vae.load_state_dict(state, strict=True)
+
+
 def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
               stop_after: dict[str, int] | None = None, budget=None) -> LatentDiffusion:
     """Train both stages; writes `outdir/{vae,unet}.ckpt`, `outdir/model` (diffusers folder) and,
@@ -182,6 +221,8 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     done (stage 1 is over once its latents are cached, also on resume)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    if cfg.model.conditioning in ("class", "layout") and not cfg.model.class_names:
+        cfg.model.class_names = class_names_of(cfg)  # recorded in config.yaml and the model's config
     save_yaml(cfg, outdir / "config.yaml")
     stop_after = stop_after or {}
     torch.manual_seed(cfg.seed)  # weight initialisation
@@ -190,10 +231,12 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     run_config = to_dict(cfg)
 
     vae_trainer = Trainer("vae", {"vae": model.vae}, cfg.vae, outdir, cfg.seed, run_config)
-    if resume:
+    if cfg.vae_from is not None:
+        load_frozen_vae(model, cfg.vae_from)
+    elif resume:
         vae_trainer.load()
     cached = _cached_latents(source, outdir)
-    if vae_trainer.step < cfg.vae.steps and cached is None:
+    if cfg.vae_from is None and vae_trainer.step < cfg.vae.steps and cached is None:
         vae_budget = budget.until(cfg.vae_budget_share) if budget is not None else None
         vae_trainer.fit(vae_loss_fn(source.images, cfg.vae), stop_after=stop_after.get("vae"), budget=vae_budget)
         if vae_trainer.step < cfg.vae.steps and not vae_trainer.stopped_on_budget:
@@ -206,16 +249,19 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     model.vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
 
-    ids = tokenize(model.tokenizer, list(source.captions))
-    empty_ids = tokenize(model.tokenizer, [""])[0]
+    if cfg.model.conditioning == "text":
+        context = text_context(tokenize(model.tokenizer, list(source.captions)),
+                               tokenize(model.tokenizer, [""])[0], cfg.unet.caption_dropout)
+    else:
+        context = context_fn(model, build_conditions(cfg, model, len(source.images)), cfg.unet.caption_dropout)
     from diffusers import DDPMScheduler
 
     alphas_cumprod = DDPMScheduler.from_config(model.scheduler_config()).alphas_cumprod.float()
-    unet_trainer = Trainer("unet", {"unet": model.unet, "text_encoder": model.text_encoder}, cfg.unet,
+    unet_trainer = Trainer("unet", trained_modules(model), cfg.unet,
                            outdir, cfg.seed + 1, run_config, accelerator=vae_trainer.accelerator)
     if resume:
         unet_trainer.load()
-    loss_fn = unet_loss_fn(latents, ids, empty_ids, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
+    loss_fn = unet_loss_fn(latents, context, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
     on_sample = lambda step: save_sample_grid(model, cfg, step, outdir)  # noqa: E731
     unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"), budget=budget)
     if unet_trainer.step < cfg.unet.steps and not unet_trainer.stopped_on_budget:
@@ -232,7 +278,8 @@ def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str
     outdir = Path(outdir)
     vae_path, unet_path, latents_path = outdir / "vae.ckpt", outdir / "unet.ckpt", outdir / LATENTS_FILE
     # the files first (cheap, and any of them may be damaged), the model after
-    vae_state = load_checkpoint_dict(vae_path, "vae training checkpoint", ("modules",))
+    vae_state = (load_checkpoint_dict(vae_path, "vae training checkpoint", ("modules",))
+                 if cfg.vae_from is None else None)
     unet_state = load_checkpoint_dict(unet_path, "unet training checkpoint", ("modules",))
     latents = load_weights_object(latents_path)
     usable = isinstance(latents, torch.Tensor) and latents.is_floating_point() and latents.numel() > 1
@@ -241,8 +288,10 @@ def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str
         raise ModelLoadError(f"{latents_path} is not this run's latents cache (float latents of nonzero spread); run "
                              f"`t2i train ... --resume` once to rebuild it")
     model = LatentDiffusion(cfg.model)
-    parts = ((vae_path, vae_state, {"vae": model.vae}),
-             (unet_path, unet_state, {"unet": model.unet, "text_encoder": model.text_encoder}))
+    parts = ((vae_path, vae_state, {"vae": model.vae}), (unet_path, unet_state, trained_modules(model)))
+    if cfg.vae_from is not None:
+        load_frozen_vae(model, cfg.vae_from)
+        parts = parts[1:]
     for path, state, modules in parts:
         with misfit_is_load_error(path, "this run's model config"):
             for name, module in modules.items():
@@ -250,7 +299,7 @@ def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str
                 module.load_state_dict(state["modules"][name], strict=True)
     if use_ema:
         with misfit_is_load_error(unet_path, "this run's UNet and text encoder"):
-            copy_ema([p for m in (model.unet, model.text_encoder) for p in m.parameters()], unet_state.get("ema"))
+            copy_ema([p for m in trained_modules(model).values() for p in m.parameters()], unet_state.get("ema"))
     model.config.scaling_factor = scale
     model.vae.register_to_config(scaling_factor=model.config.scaling_factor)
     model.eval().requires_grad_(False)

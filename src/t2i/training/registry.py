@@ -71,6 +71,12 @@ def _tiny_vae():
     return TinyVAETrainConfig, train_tiny_vae
 
 
+def _clip():
+    from t2i.training.clip import CLIPTrainConfig, train_clip
+
+    return CLIPTrainConfig, train_clip
+
+
 RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "ldm": _ldm,
     "gan": _gan,
@@ -82,6 +88,7 @@ RECIPES: dict[str, Callable[[], tuple[type, Callable]]] = {
     "tiny_vae": _tiny_vae,  # a TAESD-style tiny decoder distilled from a model's VAE
     "lcm": _lcm,  # an LCM-LoRA distilled from a model: 2-8 step sampling (t2i generate --fast)
     "sr": _sr,  # super-resolution latent diffusion (t2i upscale)
+    "clip": _clip,  # a contrastive image-text model (t2i interrogate, clip-score, the safety hook)
 }
 DEFAULT_FAMILY = "ldm"
 

@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from t2i.errors import version
 from t2i.interfaces.api import routes_control, routes_generate, routes_info, routes_jobs
+from t2i.interfaces.api import routes_interrogate
 from t2i.interfaces.api.catalog import Catalog
 from t2i.interfaces.api.config import ServeConfig
+from t2i.interfaces.api.docs import add_docs
 from t2i.interfaces.api.errors import ApiError, error_body, log_exception, new_error_id
 from t2i.interfaces.api.security import Guard, send_json
 from t2i.interfaces.api.service import JobService
@@ -103,15 +105,16 @@ def create_app(config: ServeConfig, service: JobService | None = None) -> FastAP
         await run_in_threadpool(service.stop, config.shutdown_grace_s + 30)
         log.info("stopped")
 
-    app = FastAPI(title="t2i", version=version(), lifespan=lifespan,
+    app = FastAPI(title="t2i", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="The Stable Diffusion web UI's REST API (/sdapi/v1) on a persistent job queue, plus "
                               "t2i's job API (/t2i/v1).")
     app.state.config, app.state.catalog, app.state.service = config, catalog, service
     app.add_exception_handler(RequestValidationError, _validation_answer)
     app.add_exception_handler(ApiError, _api_error_answer)
     app.add_exception_handler(StarletteHTTPException, _http_answer)
-    for module in (routes_generate, routes_control, routes_info, routes_jobs):
+    for module in (routes_generate, routes_control, routes_info, routes_jobs, routes_interrogate):
         app.include_router(module.router())
+    add_docs(app)  # /docs and /redoc with their scripts served here: no CDN (t2i runs offline)
     # The last added runs first: request logs around everything, then CORS (only when configured,
     # outside the guard so that browsers' preflight requests get their answer), then the guard.
     app.add_middleware(Guard, config=config)

@@ -1,7 +1,8 @@
 """What `t2i serve` was started with: typed, made once by the CLI (or a test), read everywhere.
 
-Nothing here touches the network, the disk or torch; `ServeConfig.check()` says what is wrong
-with a configuration before the server starts (a non-loopback bind without credentials first).
+Nothing here touches the network or torch, nor the disk but for `queue_path`'s look for an old
+database; `ServeConfig.check()` says what is wrong with a configuration before the server starts
+(a non-loopback bind without credentials first).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from t2i.errors import ConfigError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+QUEUE_DIR, QUEUE_NAME = ".t2i", "queue.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ServeConfig:
     cors_allow_origin_regex: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted; empty: loopback names on a loopback bind, else any
     outdir: Path = Path("outputs")
-    queue_db: Path | None = None  # default: outdir / "queue.sqlite3"
+    queue_db: Path | None = None  # default: outdir / ".t2i" / "queue.sqlite3" (see queue_path)
     queue_size: int = 64  # jobs waiting (not running) before a submission answers 429
     keep_results: int = 1000  # finished jobs kept in the queue database (their answers), oldest out first
     devices: tuple[str | None, ...] = (None,)  # one worker per device; None: cuda if available, else cpu
@@ -66,7 +68,14 @@ class ServeConfig:
 
     @property
     def queue_path(self) -> Path:
-        return self.queue_db if self.queue_db is not None else self.outdir / "queue.sqlite3"
+        """`queue_db`, or by default OUTDIR/.t2i/queue.sqlite3: a hidden folder that no route serves
+        (the outputs route serves images in txt2img/, img2img/, extras/ only, and never a dot name).
+        A database that an earlier version left at OUTDIR/queue.sqlite3 goes on being used, so its
+        queued jobs and answers are not lost (this reads the disk: the one place config does)."""
+        if self.queue_db is not None:
+            return self.queue_db
+        default, legacy = self.outdir / QUEUE_DIR / QUEUE_NAME, self.outdir / QUEUE_NAME
+        return legacy if legacy.is_file() and not default.exists() else default
 
     @property
     def is_loopback(self) -> bool:

@@ -80,8 +80,9 @@ def check_network_names(texts: dict[str, str], loras: dict | None = None) -> Non
                                 f"(GET /sdapi/v1/loras), not by a path: {name!r}", field=field)
 
 
-def check_xyz(options, params, limits: Limits) -> int:
-    """The X/Y/Z plot's axes against the limits; returns the number of cells."""
+def check_xyz(options, params, limits: Limits, catalog=None) -> int:
+    """The X/Y/Z plot's axes against the limits; returns the number of cells. Checkpoint name
+    values must be titles (or names) of the `catalog`'s checkpoints: 422 otherwise, paths too."""
     cells = 1
     for axis_field, spec in (("x", options.x), ("y", options.y), ("z", options.z)):
         axis = parse_axis(spec, type(params))
@@ -90,8 +91,11 @@ def check_xyz(options, params, limits: Limits) -> int:
         check_network_names({"script_args": spec})
         cells *= len(axis.values)
         if axis.option.kind == "checkpoint":
-            raise ApiError(422, "script_args: the Checkpoint name axis is not available over the API yet; run one "
-                                "request per checkpoint (override_settings.sd_model_checkpoint)", field="script_args")
+            if catalog is None:
+                raise ApiError(422, "script_args: the Checkpoint name axis needs the server's model folders",
+                               field="script_args")
+            for value in axis.values:
+                catalog.checkpoint(value, "script_args")
         for value in axis.values:
             if axis.option.field in ("steps", "hr_second_pass_steps"):
                 _steps(value, "script_args", limits)

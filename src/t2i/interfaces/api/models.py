@@ -97,9 +97,7 @@ _EXTRAS_KEYS = {
     "resize_mode": _opt(int, 0, "0: scale by upscaling_resize (1 = to upscaling_resize_w x h: not supported)",
                         ge=0, le=1),
     "show_extras_results": _opt(bool, True, "accepted"),
-    "gfpgan_visibility": _opt(float, 0.0, "face restoration: not supported, must be 0", ge=0, le=1),
-    "codeformer_visibility": _opt(float, 0.0, "face restoration: not supported, must be 0", ge=0, le=1),
-    "codeformer_weight": _opt(float, 0.0, "accepted", ge=0, le=1),
+    # gfpgan_visibility, codeformer_visibility, codeformer_weight: UpscaleParams' fields (the schema)
     "upscaling_resize": _opt(float, 2.0, "upscale factor: a whole number 1..8", ge=1, le=8),
     "upscaling_resize_w": _opt(int, 512, "resize_mode 1 only", ge=1),
     "upscaling_resize_h": _opt(int, 512, "resize_mode 1 only", ge=1),

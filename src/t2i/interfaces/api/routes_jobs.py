@@ -17,10 +17,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from t2i.interfaces.api import models
 from t2i.interfaces.api.routes_generate import check
-from t2i.interfaces.api.security import output_file
+from t2i.interfaces.api.runner import FOLDERS
+from t2i.interfaces.api.security import output_file, queue_files
 
 JobId = Path(..., pattern=models.JOB_ID_PATTERN, description="a job id")
 EVENT_POLL_S = 0.1
+IMAGE_FOLDERS = tuple(sorted(set(FOLDERS.values())))  # where the API's runs save images
 
 
 async def _submit(request: Request, kind: str, body) -> JSONResponse:
@@ -125,7 +127,9 @@ def router() -> APIRouter:
 
     @api.get("/outputs/{path:path}")
     def output(request: Request, path: str):
-        """A saved image, by its path under the output folder (as the answer's info.t2i_saved gives it)."""
-        return FileResponse(output_file(request.app.state.config.outdir, path))
+        """A saved image, by its path under the output folder (as the answer's info.t2i_saved gives it):
+        only images in the folders t2i saves to, never the queue database beside them."""
+        config = request.app.state.config
+        return FileResponse(output_file(config.outdir, path, IMAGE_FOLDERS, queue_files(config.queue_path)))
 
     return api

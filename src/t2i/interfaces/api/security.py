@@ -132,23 +132,60 @@ class Guard:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The first bytes of the formats t2i writes: a file named .png that is not one (a renamed copy of
+# the queue database, say) is not served.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+QUEUE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # SQLite's database and its side files
 
 
-def output_file(root: Path, name: str) -> Path:
+def queue_files(queue_db: Path) -> tuple[Path, ...]:
+    """The queue database and the files SQLite keeps beside it."""
+    return tuple(queue_db.with_name(queue_db.name + suffix) for suffix in QUEUE_FILE_SUFFIXES)
+
+
+def _is_image(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head.startswith(IMAGE_MAGIC[:2]) or (head.startswith(IMAGE_MAGIC[2]) and head[8:12] == b"WEBP")
+
+
+def _same_as_any(target: Path, blocked) -> bool:
+    """True when `target` is one of `blocked` (by inode: a hard link to the queue database too)."""
+    for path in blocked:
+        try:
+            if os.path.samefile(target, path):
+                return True
+        except OSError:  # that file does not exist (yet)
+            continue
+    return False
+
+
+def output_file(root: Path, name: str, folders: tuple[str, ...] | None = None, blocked=()) -> Path:
     """The image `name` (a relative, forward-slash path a client sent) inside `root`, or ApiError
-    404. Refused: absolute paths, drive letters, backslashes, `..` and `.` parts, NUL and control
-    characters, hidden names, files that are no images (the queue database lives there too), and
-    anything whose real path (symlinks resolved) leaves `root`."""
+    404. Served: an image file (suffix and first bytes) under one of `folders` of `root` (None:
+    anywhere under it), the folders t2i writes its images to. Refused: absolute paths, drive
+    letters, backslashes, `..` and `.` parts, NUL and control characters, hidden names, files that
+    are no images, the `blocked` files (the queue database and its -wal/-shm/-journal files, also
+    through a hard link), and anything whose real path (symlinks resolved) leaves its folder."""
     bad = ApiError(404, "no such output file", field="path")
     if not name or len(name) > 1024 or any(ord(c) < 32 for c in name) or "\\" in name or ":" in name:
         raise bad
     rel = PurePosixPath(name)
     if rel.is_absolute() or any(part in ("", ".", "..") or part.startswith(".") for part in name.split("/")):
         raise bad
+    if folders is not None and (len(rel.parts) < 2 or rel.parts[0] not in folders):
+        raise bad
     try:
         real_root = Path(os.path.realpath(root))
+        if folders is not None:  # the folder itself may not be a link out of the output folder either
+            real_root = Path(os.path.realpath(real_root / rel.parts[0]))
+            rel = PurePosixPath(*rel.parts[1:])
+            if Path(os.path.realpath(root)) not in real_root.parents:
+                raise bad
         target = Path(os.path.realpath(real_root.joinpath(*rel.parts)))
         if real_root not in target.parents or not target.is_file() or target.suffix.lower() not in IMAGE_SUFFIXES:
+            raise bad
+        if _same_as_any(target, blocked) or not _is_image(target):
             raise bad
     except (OSError, ValueError):  # a name too long for the file system, an unencodable one, ...
         raise bad from None

@@ -34,6 +34,7 @@ from t2i.interfaces.api.live import LiveJob, Waiters, idle_progress, progress_an
 from t2i.interfaces.api.store import ACTIVE, FINAL, Full, Store
 from t2i.interfaces.api.translate import Context, api_names, prepare
 from t2i.pipelines.load_settings import LoadSettings
+from t2i.pipelines.script_progress import ScriptInterrupted
 
 log = logging.getLogger("t2i.api")
 PRUNE_EVERY = 50  # finished jobs between prunes of old answers
@@ -277,7 +278,12 @@ class JobService:
         from t2i.pipelines.session import Session
 
         return Session(settings, max_models=self.config.max_models, styles_file=self.config.styles_file,
-                       notes=lambda line: log.info(line))
+                       notes=lambda line: log.info(line), checkpoints=self.checkpoint_path)
+
+    def checkpoint_path(self, title: str) -> str | None:
+        """An X/Y/Z Checkpoint name value -> the model it names in the configured folders (None: the
+        bundled model); 422 naming script_args for anything else, a path included."""
+        return self.catalog.checkpoint(title, "script_args").path
 
     def _work(self, worker: Worker) -> None:
         base = self.base_settings(worker.device)
@@ -324,8 +330,11 @@ class JobService:
         except ApiError as err:
             status, state = err.status, "failed"
             answer = error_body(err.status, err.kind, err.detail, field=err.field, job_id=job.id)
+        except ScriptInterrupted as err:  # a plain run answers what it made; a script has no grid yet
+            status, state = 409, "cancelled"
+            answer = error_body(409, "Interrupted", str(err), job_id=job.id, done=err.done, jobs=err.jobs)
         except (T2IError, ValueError) as err:
-            api = from_t2i_error(err, api_names())
+            api = from_t2i_error(err, api_names(job.kind))
             status, state = 422, "failed"
             field = api.field or ("script_args" if prepared is not None and prepared.script is not None else None)
             answer = error_body(422, api.kind, api.detail, field=field, job_id=job.id)

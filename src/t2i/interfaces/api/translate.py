@@ -90,8 +90,11 @@ def _api_names(cls) -> dict[str, str]:
     return {f.name: api_name(f) for f in dataclasses.fields(cls) if api_name(f)}
 
 
-def api_names() -> dict[str, str]:
-    """Every generation field's API name (`sampler` -> `sampler_name`), for errors raised in a run."""
+def api_names(kind: str = "txt2img") -> dict[str, str]:
+    """Every field's API name (`sampler` -> `sampler_name`) of a job kind's params, for errors raised
+    in its run: the generation fields, or UpscaleParams' for the extras."""
+    if kind.startswith("extra-"):
+        return _api_names(UpscaleParams)
     return _api_names(Txt2ImgParams) | _api_names(OutpaintParams)
 
 
@@ -217,7 +220,8 @@ def _generation(kind: str, data: dict, options: dict, ctx: Context) -> Prepared:
     limits.check_generation(params, ctx.limits)
     limits.check_network_names({"prompt": params.prompt, "negative_prompt": params.negative_prompt}, params.loras)
     if isinstance(choice.options, XYZOptions):
-        limits.check_script_images(limits.check_xyz(choice.options, params, ctx.limits), params, ctx.limits)
+        cells = limits.check_xyz(choice.options, params, ctx.limits, ctx.catalog)
+        limits.check_script_images(cells, params, ctx.limits)
     elif isinstance(choice.options, PromptMatrixOptions):
         which = "prompt" if choice.options.prompt_type == "positive" else "negative_prompt"
         text = getattr(params, which)
@@ -243,9 +247,10 @@ def _generation(kind: str, data: dict, options: dict, ctx: Context) -> Prepared:
 def _extras(kind: str, data: dict, ctx: Context) -> Prepared:
     batch = kind == "extra-batch-images"
     req = _validate(models.extras_batch_request() if batch else models.extras_single_request(), data)
-    if req.gfpgan_visibility or req.codeformer_visibility:
-        raise ApiError(422, "t2i has no face restoration: gfpgan_visibility and codeformer_visibility must be 0",
-                       field="gfpgan_visibility" if req.gfpgan_visibility else "codeformer_visibility")
+    if (req.gfpgan_visibility or req.codeformer_visibility) and not ctx.face_restorer:
+        name = "gfpgan_visibility" if req.gfpgan_visibility else "codeformer_visibility"
+        raise ApiError(422, f"{name}: this server has no face restorer (t2i serve --face-restorer FILE: GFPGAN, "
+                            f"RestoreFormer or CodeFormer weights)", field=name)
     if req.upscaler_2 not in SAME and req.extras_upscaler_2_visibility > 0:
         raise ApiError(422, "a second upscaler is not supported by t2i: upscaler_2 None", field="upscaler_2")
     if req.resize_mode != 0:

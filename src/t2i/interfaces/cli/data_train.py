@@ -74,4 +74,6 @@ def _run_train(args) -> None:
                                              "autoencoder.safetensors")]
     if family == "lcm":  # an LCM-LoRA: OUTDIR/NAME.safetensors
         files.insert(0, args.outdir / f"{cfg.name}.safetensors")
+    if family == "clip":  # a transformers CLIPModel folder: OUTDIR/clip
+        files.insert(0, args.outdir / "clip" / "model.safetensors")
     print(next((f for f in files if f.is_file()), args.outdir / "model"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from t2i.interfaces.cli.clip_score import add_clip_score_command
 from t2i.interfaces.cli.fid import add_fid_command
 
 
@@ -26,6 +27,7 @@ def add_evaluate_commands(sub) -> None:
     recon.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     recon.set_defaults(run=_run_recon)
     add_fid_command(evaluate_sub)  # cli_fid.py
+    add_clip_score_command(evaluate_sub)  # clip_score.py
 
 
 def _format_params(n: int) -> str:

@@ -63,6 +63,7 @@ def _infotext_settings(args):
 def run_generate(args) -> None:
     from t2i.outputs import make_grid
     from t2i.pipelines.infotext import model_mismatch
+    from t2i.pipelines.postprocess import finish_grid
     from t2i.pipelines.schema import validate_strict
 
     settings = _infotext_settings(args)  # None without --infotext
@@ -100,7 +101,8 @@ def run_generate(args) -> None:
             bar.close()
             if args.grid and len(result.images) > 1:
                 first = result.outputs[0]
-                writer(Output(make_grid(result.images), first.infotext, first.seed, first.prompt, "grid-", "grid"))
+                grid = finish_grid(params, make_grid(result.images))  # finished images; the grid gets the watermark
+                writer(Output(grid, first.infotext, first.seed, first.prompt, "grid-", "grid"))
             note(seed_summary(result, params.prompt))
 
 

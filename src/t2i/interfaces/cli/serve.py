@@ -59,7 +59,8 @@ def add_serve_commands(sub) -> None:
     files.add_argument("--styles-file", type=Path, help="prompt styles CSV (default: ./styles.csv if present)")
     files.add_argument("--outdir", type=Path, default=Path("outputs"),
                        help="where images are saved (txt2img/, img2img/, extras/) (default: %(default)s)")
-    files.add_argument("--queue-db", type=Path, help="the job queue's SQLite file (default: OUTDIR/queue.sqlite3)")
+    files.add_argument("--queue-db", type=Path, help="the job queue's SQLite file (default: "
+                       "OUTDIR/.t2i/queue.sqlite3, in a hidden folder that no route serves)")
     files.add_argument("--api-log", type=Path, help="also write the JSON log lines to this file")
     run = p.add_argument_group("queue and devices")
     run.add_argument("--device", help="device(s), comma-separated: one worker each, e.g. cuda:0,cuda:1 "

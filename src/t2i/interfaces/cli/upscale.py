@@ -21,7 +21,7 @@ from t2i.pipelines.upscale import UpscaleParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # the LoadSettings fields `t2i upscale` takes (no VAE, LoRAs or memory flags here)
-UPSCALE_LOAD_FLAGS = ("device", "threads", "upscaler_dirs", "upscaler_tile", "upscaler_tile_overlap")
+UPSCALE_LOAD_FLAGS = ("device", "threads", "upscaler_dirs", "upscaler_tile", "upscaler_tile_overlap", "face_restorer")
 
 
 def add_upscale_command(sub) -> None:

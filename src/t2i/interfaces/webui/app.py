@@ -131,7 +131,7 @@ def mount_webui(app, config, *, settings_file: Path | None = None, train_configs
     outdir = Path(config.outdir).resolve()
     size = bundled_resolution() if not config.model else 512
     defaults = UISettings(sd_model_checkpoint=service.catalog.start_title(), default_width=size, default_height=size)
-    store = SettingsStore(settings_file or outdir / "webui-settings.json", defaults)
+    store = SettingsStore(settings_file or outdir / "webui-settings.json", defaults, output_root=outdir)
     if store.problem:
         log.warning("web UI settings: %s", store.problem)
     ctx = UIContext(service, config, store, JobBridge(service), cache_dir=Path(gr.utils.get_upload_folder()),

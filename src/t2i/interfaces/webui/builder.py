@@ -80,6 +80,9 @@ class Form:
                 component = gr.Radio(choices=list(options), value=default, **common)
             else:
                 component = gr.Dropdown(choices=list(options), value=default, **common)
+        elif base in (int, float) and default is None:
+            # "not given" (loopback's final strength): a slider or number box always sends a number
+            component = gr.Textbox(value="", placeholder="none", **common)
         elif base in (int, float):
             component = self._number(f, base, default, kind, common)
         else:
@@ -140,8 +143,13 @@ def coerce(cls, values: dict) -> dict:
             continue
         value = values[f.name]
         words = f.metadata.get("infotext_values")
-        if value is None:
+        if value is None or (kind in (int, float) and isinstance(value, str) and not value.strip()):
             value = field_default(f)
+        elif kind in (int, float) and isinstance(value, str):  # a number typed in a "none" box
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                raise ParamError(f"{f.name} must be a number or empty; got {value.strip()!r}") from None
         elif kind is bool and words and isinstance(value, str):
             if value not in words:
                 raise ParamError(f"{f.name} must be one of {', '.join(words)}; got {value!r}")

@@ -95,7 +95,10 @@ def open_upload(path: str | None, field_name: str, limits):
         return None
     from t2i.interfaces.api import codec
     from t2i.interfaces.api.errors import ApiError
+    from t2i.interfaces.webui.uploads import Refused
 
+    if isinstance(path, Refused):  # refused from its header before Gradio decoded it (uploads.py)
+        raise ApiError(422, f"{field_name}: {path}", field=field_name)
     file = Path(path)
     if file.stat().st_size > limits.max_upload_bytes:
         raise ApiError(422, f"{field_name}: the file is over the limit of {limits.max_upload_bytes / 2**20:.0f} MB",

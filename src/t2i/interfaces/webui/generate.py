@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 import gradio as gr
 from starlette.concurrency import run_in_threadpool
 
 from t2i.errors import T2IError
 from t2i.interfaces.api.errors import ApiError
+from t2i.interfaces.webui import output_dirs
 from t2i.interfaces.webui import results as results_ui
 from t2i.interfaces.webui.bridge import Progress
 from t2i.interfaces.webui.builder import coerce
@@ -34,12 +36,18 @@ def request_values(cls, values: dict) -> dict:
 
 def job_options(ctx, checkpoint: str | None, vae: str | None) -> dict:
     """What every UI job carries besides its parameters: the quicksettings' checkpoint and VAE (for
-    this job only: another user's choice never changes yours) and the saving settings."""
-    s = ctx.settings.get()
+    this job only: another user's choice never changes yours). The saving flags are `stream`'s."""
     return {"override_settings": {"sd_model_checkpoint": checkpoint or ctx.catalog.start_title(),
-                                  "sd_vae": vae or "Automatic"},
-            "save_images": s.save_images or s.save_grids, "do_not_save_samples": not s.save_images,
-            "do_not_save_grid": not s.save_grids}
+                                  "sd_vae": vae or "Automatic"}}
+
+
+def saving(ctx, kind: str) -> tuple[dict, dict]:
+    """(the requests' saving flags, the folders the UI saves into itself) from one reading of the
+    settings, so a settings change while a job runs never saves an image twice or not at all."""
+    if kind not in ("txt2img", "img2img"):
+        return {}, {"images": None, "grids": None}
+    s, root = ctx.settings.get(), Path(ctx.config.outdir)
+    return output_dirs.job_flags(s, root, kind), output_dirs.ui_saves(s, root, kind)
 
 
 def user_error(err: Exception) -> str:
@@ -72,6 +80,8 @@ def running_buttons(row, running: bool) -> dict:
 async def stream(ctx, owner: str, kind: str, requests: list[dict], res: results_ui.Results, row):
     """Run `requests` one after the other (several: batch img2img) through the queue, and again
     while Generate forever is on; yields Gradio updates."""
+    flags, folders = saving(ctx, kind)
+    requests = [{**r, **flags} for r in requests]
     error = await checked(ctx, kind, requests)
     if error is not None:
         yield {res.info: results_ui.error_html(error), res.progress: done_mark()}
@@ -80,7 +90,7 @@ async def stream(ctx, owner: str, kind: str, requests: list[dict], res: results_
     yield {**running_buttons(row, True), res.progress: results_ui.progress_html(None), res.info: "",
            res.preview: gr.Image(value=None, visible=ctx.settings.get().live_preview_every > 0)}
     try:
-        async for out in _rounds(ctx, owner, kind, requests, res):
+        async for out in _rounds(ctx, owner, kind, requests, res, folders):
             yield out
     except Exception as err:  # the page must come back to its idle state whatever happened
         log.exception("web UI generation failed")
@@ -89,7 +99,7 @@ async def stream(ctx, owner: str, kind: str, requests: list[dict], res: results_
     yield {**running_buttons(row, False), res.progress: done_mark(), res.preview: gr.Image(visible=False)}
 
 
-async def _rounds(ctx, owner: str, kind: str, requests: list[dict], res: results_ui.Results):
+async def _rounds(ctx, owner: str, kind: str, requests: list[dict], res: results_ui.Results, folders: dict):
     while True:
         state = {"images": [], "infotexts": [], "seeds": [], "grids": 0}
         errors = []
@@ -105,6 +115,8 @@ async def _rounds(ctx, owner: str, kind: str, requests: list[dict], res: results
                         out[res.preview] = ctx.write_png(update.preview, "preview")
                     yield out
                 elif update.ok:
+                    if any(folders.values()):
+                        await run_in_threadpool(output_dirs.save_answer, folders, update)
                     state = results_ui.collect(ctx, update, state, prefix=f"{index:03d}-")
                     yield {res.gallery: state["images"], res.state: state, res.selected: 0,
                            res.info: results_ui.info_html(results_ui.selected_infotext(state, 0))}

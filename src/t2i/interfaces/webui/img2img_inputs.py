@@ -14,6 +14,7 @@ from PIL import Image, ImageChops
 
 from t2i.interfaces.api.errors import ApiError
 from t2i.interfaces.webui.context import open_upload
+from t2i.interfaces.webui.uploads import CheckedImage, CheckedImageEditor, checked
 
 MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
 LABELS = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_sketch": "Inpaint sketch",
@@ -35,32 +36,34 @@ class Inputs:
         return {self.mode, *self.components.values()}
 
 
-def _editor(elem_id: str, brush) -> object:
-    return gr.ImageEditor(type="filepath", format="png", image_mode="RGBA", sources=["upload", "clipboard"],
-                          brush=brush, eraser=gr.Eraser(), layers=False, height=420, elem_id=elem_id,
-                          label="Image", transforms=())
+def _editor(limits, elem_id: str, brush) -> object:
+    return checked(CheckedImageEditor, limits, type="filepath", format="png", image_mode="RGBA",
+                   sources=["upload", "clipboard"], brush=brush, eraser=gr.Eraser(), layers=False, height=420,
+                   elem_id=elem_id, label="Image", transforms=())
 
 
 def build(ctx) -> Inputs:
     mode = gr.State("img2img")
+    lim = ctx.limits  # uploads checked against them before Gradio decodes a pixel (uploads.py)
     with gr.Tabs(elem_id="img2img_mode_tabs") as tabs:
         inputs = Inputs(mode, tabs)
         c = inputs.components
         with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t1:
-            c["image"] = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image for img2img",
-                                  height=420, elem_id="img2img_image")
+            c["image"] = checked(CheckedImage, lim, type="filepath", sources=["upload", "clipboard"],
+                                 label="Image for img2img", height=420, elem_id="img2img_image")
         with gr.Tab("Sketch", id="sketch", elem_id="img2img_sketch_tab") as t2:
-            c["sketch"] = _editor("img2img_sketch", gr.Brush(colors=COLORS, color_mode="defaults"))
+            c["sketch"] = _editor(lim, "img2img_sketch", gr.Brush(colors=COLORS, color_mode="defaults"))
         with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t3:
-            c["inpaint"] = _editor("img2img_inpaint", gr.Brush(colors=[("#ffffff", 0.75)], color_mode="fixed"))
+            c["inpaint"] = _editor(lim, "img2img_inpaint", gr.Brush(colors=[("#ffffff", 0.75)], color_mode="fixed"))
         with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as t4:
-            c["inpaint_sketch"] = _editor("img2img_inpaint_sketch", gr.Brush(colors=COLORS, color_mode="defaults"))
+            c["inpaint_sketch"] = _editor(lim, "img2img_inpaint_sketch",
+                                          gr.Brush(colors=COLORS, color_mode="defaults"))
         with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t5:
             with gr.Row():
-                c["upload_image"] = gr.Image(type="filepath", sources=["upload"], label="Image", height=300,
-                                             elem_id="img2img_upload_image")
-                c["upload_mask"] = gr.Image(type="filepath", sources=["upload"], label="Mask (white = repaint)",
-                                            height=300, elem_id="img2img_upload_mask")
+                c["upload_image"] = checked(CheckedImage, lim, type="filepath", sources=["upload"], label="Image",
+                                            height=300, elem_id="img2img_upload_image")
+                c["upload_mask"] = checked(CheckedImage, lim, type="filepath", sources=["upload"],
+                                           label="Mask (white = repaint)", height=300, elem_id="img2img_upload_mask")
         with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t6:
             c["batch_files"] = gr.File(file_count="multiple", file_types=["image"], label="Images",
                                        elem_id="img2img_batch_files")

@@ -37,6 +37,17 @@ class UISettings:
                               label="Always save all generated images", group="output")
     save_grids: bool = param(True, "save the grids of batches and scripts in the output folder",
                              label="Always save all generated image grids", group="output")
+    # The web UI's "Paths for saving" (output_dirs.py): folders inside the server's output folder
+    outdir_txt2img_samples: str = param("txt2img", "folder of the txt2img images, inside the server's output folder "
+                                                   "(the server saves nowhere else)",
+                                        label="Output directory for txt2img images", group="paths")
+    outdir_img2img_samples: str = param("img2img", "folder of the img2img images, inside the server's output folder",
+                                        label="Output directory for img2img images", group="paths")
+    outdir_txt2img_grids: str = param("txt2img", "folder of the txt2img grids (batches, X/Y/Z plots, prompt "
+                                                 "matrices), inside the server's output folder",
+                                      label="Output directory for txt2img grids", group="paths")
+    outdir_img2img_grids: str = param("img2img", "folder of the img2img grids, inside the server's output folder",
+                                      label="Output directory for img2img grids", group="paths")
     default_sampler: str = param(_SCHEMA["sampler"], "sampler the page starts with", label="Default sampling method",
                                  group="sampling")
     default_scheduler: str = param(_SCHEMA["scheduler"], "schedule type the page starts with", label="Default schedule type",
@@ -54,9 +65,10 @@ class UISettings:
 class SettingsStore:
     """UISettings in a JSON file; thread-safe; unknown keys in the file are kept aside and reported."""
 
-    def __init__(self, path: Path, defaults: UISettings):
+    def __init__(self, path: Path, defaults: UISettings, output_root: Path | None = None):
         self.path = Path(path)
         self.defaults = defaults
+        self.output_root = output_root  # the server's output folder: the output folders must be inside it
         self._lock = threading.Lock()
         self.problem: str | None = None  # why the file was not used, for the Settings tab
         self._value = self._read()
@@ -74,9 +86,12 @@ class SettingsStore:
             self.problem = f"{self.path.name} was not used: {err}"
             return self.defaults
 
-    @staticmethod
-    def _validated(settings: UISettings) -> UISettings:
+    def _validated(self, settings: UISettings) -> UISettings:
+        from t2i.interfaces.webui import output_dirs
+
         validate_strict(settings)
+        if self.output_root is not None:
+            output_dirs.check(settings, self.output_root)
         return settings
 
     def get(self) -> UISettings:

@@ -1,6 +1,7 @@
 """The Train tab: start a training run of any family from a config (the `shapes` dataset the
-configs name, or a folder of captioned images on a loopback server), watch its loss curve and
-sample grids as they are written, stop it and resume it. Runs live in OUTDIR/train/NAME."""
+configs name, or a folder of captioned images on a loopback server), or fine-tune a model
+(tab_finetune.py), watch its loss curve and sample grids as they are written, stop it and resume
+it. One run at a time; runs live in OUTDIR/train/NAME."""
 from __future__ import annotations
 
 import html
@@ -11,6 +12,7 @@ import gradio as gr
 from starlette.concurrency import run_in_threadpool
 
 from t2i.errors import T2IError
+from t2i.interfaces.webui import tab_finetune
 from t2i.interfaces.webui.builder import Form, coerce
 from t2i.interfaces.webui.training import Trainer
 from t2i.pipelines.params import param
@@ -52,34 +54,13 @@ def build(ctx, tab) -> None:
     names = config_files(folder)
     trainer = Trainer(Path(ctx.config.outdir) / "train", ctx.config.threads)
     form = Form("train", ctx.hints)
-    with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
-        with gr.Column(scale=1, min_width=320):
-            if not names:
-                gr.Markdown("No training configs found: start the server where a `configs/` folder of YAML "
-                            "files is (t2i's repository has one), or pass the folder to mount_webui.")
-            form.control(TrainOptions, "config", choices=names, value=names[0] if names else None)
-            form.control(TrainOptions, "name")
-            with gr.Row(elem_classes=["t2i-compact-row"]):
-                for name in ("steps", "batch_size", "lr"):
-                    form.control(TrainOptions, name, kind="number", min_width=120)
-            with gr.Row(elem_classes=["t2i-compact-row"]):
-                for name in ("log_every", "sample_every", "budget_minutes"):
-                    form.control(TrainOptions, name, kind="number", min_width=120)
-            if ctx.loopback:
-                form.control(TrainOptions, "data_folder")
-            with gr.Row():
-                start = gr.Button("Train", variant="primary", elem_id="train_start")
-                stop = gr.Button("Stop", variant="stop", elem_id="train_stop")
-                resume = gr.Button("Resume", elem_id="train_resume")
-            status = gr.HTML("", elem_id="train_status")
-            log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train_log")
-        with gr.Column(scale=1, min_width=320):
-            plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Training loss", height=300,
-                               elem_id="train_loss_plot")
-            samples = gr.Gallery(label="Sample grids", columns=3, height=300, elem_id="train_samples",
-                                 interactive=False)
-    ctx.hints.update({"train_start": "start a new run with these settings", "train_stop": "stop the run (its last "
-                      "checkpoint stays; Resume continues from it)", "train_resume": "continue the named run"})
+    # The run's state, shared by both kinds of run (one at a time): made first, placed below.
+    status = gr.HTML("", elem_id="train_status", render=False)
+    log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train_log", render=False)
+    plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Training loss", height=300,
+                       elem_id="train_loss_plot", render=False)
+    samples = gr.Gallery(label="Sample grids", columns=3, height=300, elem_id="train_samples", interactive=False,
+                         render=False)
     timer = gr.Timer(REFRESH_S, active=False)
 
     def refresh():
@@ -92,6 +73,36 @@ def build(ctx, tab) -> None:
                 tail, gr.Timer(active=still))
 
     outputs = [status, plot, samples, log_tail, timer]
+    with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
+        with gr.Column(scale=1, min_width=320):
+            with gr.Tabs(elem_id="train_mode_tabs"):
+                with gr.Tab("Train a model", id="family", elem_id="train_family_tab"):
+                    if not names:
+                        gr.Markdown("No training configs found: start the server where a `configs/` folder of "
+                                    "YAML files is (t2i's repository has one), or pass the folder to mount_webui.")
+                    form.control(TrainOptions, "config", choices=names, value=names[0] if names else None)
+                    form.control(TrainOptions, "name")
+                    with gr.Row(elem_classes=["t2i-compact-row"]):
+                        for name in ("steps", "batch_size", "lr"):
+                            form.control(TrainOptions, name, kind="number", min_width=120)
+                    with gr.Row(elem_classes=["t2i-compact-row"]):
+                        for name in ("log_every", "sample_every", "budget_minutes"):
+                            form.control(TrainOptions, name, kind="number", min_width=120)
+                    if ctx.loopback:
+                        form.control(TrainOptions, "data_folder")
+                    with gr.Row():
+                        start = gr.Button("Train", variant="primary", elem_id="train_start")
+                        resume = gr.Button("Resume", elem_id="train_resume")
+                with gr.Tab("Fine-tune", id="finetune", elem_id="train_finetune_tab"):
+                    tab_finetune.build(ctx, trainer, refresh, outputs)
+            stop = gr.Button("Stop", variant="stop", elem_id="train_stop")
+            status.render()
+            log_tail.render()
+        with gr.Column(scale=1, min_width=320):
+            plot.render()
+            samples.render()
+    ctx.hints.update({"train_start": "start a new run with these settings", "train_stop": "stop the run (its last "
+                      "checkpoint stays; Resume continues from it)", "train_resume": "continue the named run"})
     timer.tick(refresh, outputs=outputs, show_progress="hidden")
     tab.select(refresh, outputs=outputs, show_progress="hidden")  # a run started before this page loaded
 

@@ -1,6 +1,7 @@
-"""Training runs started from the web UI: `t2i train` in a child process (its own interpreter, so a
-run never blocks the server and Stop ends it cleanly), one at a time, in OUTDIR/train/NAME with
-its config, log, checkpoints and sample grids. The loss curve is read back from the log lines the
+"""Training runs started from the web UI: `t2i train` or `t2i finetune` in a child process (its
+own interpreter, so a run never blocks the server, Stop ends it cleanly, and accelerate's
+one-per-process mixed-precision setting is the run's own), one at a time, in OUTDIR/train/NAME
+with its config, log, checkpoints and sample grids. The loss curve is read back from the log lines the
 trainer writes ("[unet] step 20/200 loss 0.12345 ...")."""
 from __future__ import annotations
 
@@ -74,6 +75,39 @@ class Trainer:
 
     def start(self, name: str, base: Path, overrides: dict, *, data_folder: str | None = None, resume: bool = False,
               budget_minutes: float = 0.0) -> Run:
+        """`t2i train` of the config `base` with the UI's overrides, in OUTDIR/train/NAME."""
+        def command(folder: Path) -> list[str]:
+            if resume:
+                config = folder / "config.yaml"
+                if not config.is_file():
+                    raise ParamError(f"no run {folder.name!r} to resume (no {config.name} in its folder)")
+            else:
+                config = prepare_config(base, folder, overrides, data_folder)
+            extra = ["--resume"] if resume else []
+            if budget_minutes:
+                extra += ["--budget-minutes", str(budget_minutes)]
+            return ["train", str(config), "--outdir", str(folder), *extra]
+
+        return self._launch(name, resume, command)
+
+    def start_finetune(self, name: str, config: dict, *, resume: bool = False) -> Run:
+        """`t2i finetune` of a FinetuneConfig mapping (validated by the caller), in OUTDIR/train/NAME:
+        a process of its own, since accelerate keeps one mixed-precision setting per process."""
+        def command(folder: Path) -> list[str]:
+            path = folder / "finetune.yaml"
+            if resume:
+                if not path.is_file():
+                    raise ParamError(f"no fine-tuning run {folder.name!r} to resume (no {path.name} in its folder)")
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(yaml.safe_dump({**config, "outdir": str(folder)}, sort_keys=False), encoding="utf-8")
+            return ["finetune", str(path), *(["--resume"] if resume else [])]
+
+        return self._launch(name, resume, command)
+
+    def _launch(self, name: str, resume: bool, command) -> Run:
+        """The run NAME's process (`t2i COMMAND...`, `command(folder)` gives its arguments), its
+        output in the run folder's train.log; one run at a time."""
         from t2i.outputs import safe_filename_part
 
         clean = safe_filename_part(name or "", 60)
@@ -83,25 +117,15 @@ class Trainer:
             if self.run is not None and self.run.process.poll() is None:
                 raise ParamError(f"training run {self.run.name!r} is running; stop it first")
             folder = self.root / clean
-            if resume:
-                config = folder / "config.yaml"
-                if not config.is_file():
-                    raise ParamError(f"no run {clean!r} to resume (no {config.name} in its folder)")
-            else:
-                if folder.exists() and any(folder.glob("*.ckpt")):
-                    raise ParamError(f"run {clean!r} exists; resume it or choose another name")
-                config = prepare_config(base, folder, overrides, data_folder)
-            command = [sys.executable, "-m", "t2i.interfaces.cli", "train", str(config), "--outdir", str(folder)]
-            if resume:
-                command.append("--resume")
-            if budget_minutes:
-                command += ["--budget-minutes", str(budget_minutes)]
+            if not resume and folder.exists() and any(folder.glob("*.ckpt")):
+                raise ParamError(f"run {clean!r} exists; resume it or choose another name")
+            args = [sys.executable, "-m", "t2i.interfaces.cli", *command(folder)]
             if self.threads:
-                command += ["--threads", str(self.threads)]
+                args += ["--threads", str(self.threads)]
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
             log = open(folder / "train.log", "ab")
             try:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                            start_new_session=True)
             finally:
                 log.close()

@@ -1,0 +1,81 @@
+"""What a latent diffusion UNet cross-attends to when it is not (only) a text encoder.
+
+- `class` (the LDM README's class-conditional ImageNet models): a learned table of K + 1 class
+  embeddings, one token per image; row K is the "null class" that training swaps in for a random
+  share of images, so sampling can use classifier-free guidance.
+- `none` (the unconditional LDMs): the same table with no classes, only the null row: a single
+  learned token, so the UNet keeps its cross-attention blocks (diffusers' UNet2DConditionModel
+  always has one in the middle) and the architecture stays that of every other LDM.
+- `layout` (Taming Transformers' scene synthesis from bounding boxes): one token per object,
+  class embedding + an MLP of Fourier features of its box (x0, y0, x1, y1 as canvas fractions,
+  the encoding GLIGEN uses for its grounding tokens), padded to `max_objects` with a learned
+  "no object" token. These tokens follow the text encoder's states (the prompt carries the
+  background), so the prompt syntax and the rest of the txt2img path stay as they are.
+
+Objects are given as a (B, M, 5) float tensor: class index (-1: no object), x0, y0, x1, y1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FOURIER_FREQUENCIES = 8  # 2^0 .. 2^7 cycles per canvas: fine enough for a 1/64 box edge
+
+
+def null_objects(batch: int, max_objects: int) -> torch.Tensor:
+    """A layout with no objects (every slot -1): the unconditional side of layout guidance."""
+    objects = torch.zeros(batch, max_objects, 5)
+    objects[..., 0] = -1
+    return objects
+
+
+def box_features(boxes: torch.Tensor, frequencies: int = FOURIER_FREQUENCIES) -> torch.Tensor:
+    """(..., 4) boxes in [0, 1] -> (..., 4 + 8 * frequencies): the coordinates, their sines and cosines."""
+    scales = (2.0 ** torch.arange(frequencies, dtype=boxes.dtype, device=boxes.device)) * math.pi
+    angles = boxes.unsqueeze(-1) * scales  # (..., 4, F)
+    return torch.cat([boxes, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+
+
+class ClassTokens(nn.Module):
+    """Class labels (B,) -> one token each (B, 1, D); label `num_classes` is the null class."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.embedding.weight, std=1.0)  # unit scale, like a text encoder's normed states
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding(labels.long().to(self.embedding.weight.device)).unsqueeze(1)
+
+
+class LayoutTokens(nn.Module):
+    """Objects (B, M, 5) -> tokens (B, M, D); see the module docstring."""
+
+    def __init__(self, num_classes: int, dim: int, max_objects: int):
+        super().__init__()
+        self.num_classes, self.max_objects = num_classes, max_objects
+        self.classes = nn.Embedding(num_classes, dim)
+        nn.init.normal_(self.classes.weight, std=1.0)
+        self.boxes = nn.Sequential(nn.Linear(4 + 8 * FOURIER_FREQUENCIES, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.empty = nn.Parameter(torch.randn(dim))  # the "no object" token
+
+    @staticmethod
+    def approx_params(num_classes: int, dim: int) -> int:
+        return num_classes * dim + (4 + 8 * FOURIER_FREQUENCIES + 1) * dim + (dim + 1) * dim + dim
+
+    def forward(self, objects: torch.Tensor) -> torch.Tensor:
+        weight = self.classes.weight
+        objects = objects.to(weight.device, weight.dtype)
+        if objects.ndim != 3 or objects.shape[-1] != 5 or objects.shape[1] != self.max_objects:
+            raise ValueError(f"objects must be (B, {self.max_objects}, 5), got {tuple(objects.shape)}")
+        labels = objects[..., 0].long()
+        present = labels >= 0
+        tokens = self.classes(labels.clamp(min=0)) + self.boxes(box_features(objects[..., 1:]))
+        return torch.where(present.unsqueeze(-1), tokens, self.empty.to(tokens.dtype).expand_as(tokens))

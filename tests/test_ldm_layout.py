@@ -1,0 +1,118 @@
+"""Layout-to-image: a latent diffusion model conditioned on (class, box) tokens (`conditioning: layout`)."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_trainer import tiny_train_config
+from t2i.checkpoints.diffusers_folder import T2I_CONFIG
+from t2i.checkpoints.registry import load_model
+from t2i.data.shapes import ShapesDataset
+from t2i.models.ldm_conditioning import LayoutTokens, box_features, null_objects
+from t2i.pipelines.generation_params import Txt2ImgParams
+from t2i.pipelines.layout import layout_rows, parse_layout
+from t2i.pipelines.params import ParamError
+from t2i.pipelines.txt2img import txt2img
+from t2i.runtime import Runtime
+from t2i.training.ldm_conditions import scene_objects
+
+LAYOUT = "red circle@0.1,0.1,0.4,0.4; blue square@0.6,0.5,0.9,0.8"
+
+
+@pytest.fixture(scope="module")
+def layout_run(tmp_path_factory):
+    from t2i.training.ldm import train_ldm
+
+    cfg = tiny_train_config(vae_steps=2, unet_steps=4)
+    cfg.model = replace(cfg.model, conditioning="layout")
+    cfg.data = replace(cfg.data, p_two=0.5)
+    outdir = tmp_path_factory.mktemp("ldm-layout")
+    train_ldm(cfg, outdir)
+    return outdir
+
+
+def test_parse_layout_and_its_errors_name_the_part():
+    objects = parse_layout(LAYOUT + ";")
+    assert [o.name for o in objects] == ["red circle", "blue square"]
+    assert objects[1].box == (0.6, 0.5, 0.9, 0.8)
+    for bad, part in [("red circle 0.1,0.1,0.4,0.4", "red circle 0.1"), ("red circle@0.1,0.1,0.4", "3"),
+                      ("red circle@0.1,a,0.4,0.5", "'0.1,a,0.4,0.5'"), ("red circle@0.5,0.1,0.4,0.4", "x0 < x1"),
+                      ("red circle@0.1,0.1,1.4,0.4", "from 0 to 1"), ("@0.1,0.1,0.4,0.4", "class name"),
+                      (" ; ", "no objects")]:
+        with pytest.raises(ParamError, match=part):
+            parse_layout(bad)
+    with pytest.raises(ParamError, match="unknown class.*green square"):
+        layout_rows(parse_layout("pink circle@0,0,1,1"), ("red circle", "green square"), 2)
+    with pytest.raises(ParamError, match="at most 1 objects"):
+        layout_rows(parse_layout(LAYOUT), ("red circle", "blue square"), 1)
+
+
+def test_layout_tokens_keep_empty_slots_and_see_the_box():
+    torch.manual_seed(0)
+    tokens = LayoutTokens(num_classes=3, dim=8, max_objects=2)
+    objects = null_objects(2, 2)
+    objects[0, 0] = torch.tensor([1, 0.1, 0.1, 0.4, 0.4])
+    objects[1, 0] = torch.tensor([1, 0.5, 0.5, 0.8, 0.8])
+    out = tokens(objects)
+    assert out.shape == (2, 2, 8)
+    assert torch.equal(out[0, 1], tokens.empty.detach()) and torch.equal(out[1, 1], tokens.empty.detach())
+    assert not torch.allclose(out[0, 0], out[1, 0])  # same class, another box
+    assert box_features(torch.rand(5, 4)).shape == (5, 4 + 8 * 8)
+
+
+def test_scene_objects_are_the_shapes_boxes():
+    scene = next(s for s in (ShapesDataset(50, 0, 64, p_two=1.0).scene(i) for i in range(50)))
+    rows = scene_objects(scene, 2)
+    a = scene.objects[0]
+    assert rows[0, 1:].tolist() == pytest.approx([a.cx - a.side / 2, a.cy - a.side / 2, a.cx + a.side / 2,
+                                                  a.cy + a.side / 2])
+    assert (rows[:, 0] >= 0).all()  # two objects: both slots used
+    single = ShapesDataset(50, 0, 64, p_two=0.0).scene(0)
+    assert scene_objects(single, 2)[1, 0] == -1
+
+
+def _loaded(layout_run):
+    return load_model(layout_run / "model", Runtime.auto("full", "cpu"))
+
+
+def test_layout_model_saves_its_kind_and_generates_by_layout(layout_run):
+    saved = json.loads((layout_run / "model" / T2I_CONFIG).read_text())["config"]
+    assert saved["conditioning"] == "layout" and saved["max_objects"] == 2 and len(saved["class_names"]) == 24
+    loaded = _loaded(layout_run)
+    base = dict(prompt="on a white background", steps=2, seed=3, sampler="Euler", cfg_scale=3.0)
+    one = txt2img(loaded, Txt2ImgParams(**base, layout=LAYOUT))
+    again = txt2img(loaded, Txt2ImgParams(**base, layout=LAYOUT))
+    other = txt2img(loaded, Txt2ImgParams(**base, layout="green triangle@0.5,0.5,0.9,0.9"))
+    pixels = [np.asarray(r.images[0], dtype=np.float32) for r in (one, again, other)]
+    assert one.images[0].size == (32, 32)
+    assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+    assert "Layout: " in one.infotexts[0] and "blue square@0.6" in one.infotexts[0]
+    with pytest.raises(ParamError, match="unknown class"):
+        txt2img(loaded, Txt2ImgParams(**base, layout="pink dot@0,0,1,1"))
+
+
+def test_layout_on_a_text_model_is_a_param_error(tiny_model_dir):
+    loaded = load_model(tiny_model_dir, Runtime.auto("full", "cpu"))
+    with pytest.raises(ParamError, match="layout-to-image model"):
+        txt2img(loaded, Txt2ImgParams(prompt="a red circle", steps=1, layout=LAYOUT))
+
+
+def test_cli_generate_with_a_layout(layout_run, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "t2i.interfaces.cli", "generate", "on a white background", "--model",
+           str(layout_run / "model"), "--steps", "2", "--seed", "1", "--threads", "1", "--outdir", str(tmp_path / "out")]
+    out = subprocess.run([*cli, "--layout", LAYOUT], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    pngs = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(pngs) == 1
+    with Image.open(pngs[0]) as image:
+        assert "red circle@0.1,0.1,0.4,0.4" in image.info["parameters"]
+    out = subprocess.run([*cli, "--layout", "red circle@0.1,0.1,0.4"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "layout part 'red circle@0.1,0.1,0.4'" in out.stderr and "4 numbers" in out.stderr
