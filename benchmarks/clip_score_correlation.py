@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prompt_accuracy import generate_many  # noqa: E402  (the benchmark's batched generation)
+from prompt_accuracy import generate_many
 
 SETTINGS = [(3, 2.0), (5, 5.0), (10, 5.0), (20, 7.0)]  # (steps, cfg): worst to best
 

@@ -12,13 +12,17 @@ radius 0.382 of the outer: the regular pentagram outline), drawn as SHAPES.md dr
 (4x supersampled, box-filtered) and captioned in the shapes grammar ("a small red star in the top
 left on a black background"). After each method:
 
-- concept: 100 prompts asking for a star (fresh scenes). "Star appears": the checker
+- concept: 100 prompts asking for a star (fresh scenes); images kept in OUT/METHOD-concept/. "Star appears": the checker
   (t2i.evaluate.shapes_checker.analyse_image) finds an object of the star's colour whose coverage
   fills at most 0.66 of its bounding box (a pentagram fills 0.33, 0.46-0.59 after the VAE;
-  circles fill >= 0.72 even when generated, squares >= 0.9), that is not elongated and not
+  circles fill >= 0.72 even when generated, squares >= 0.9), that is compact (the checker's
+  kappa22/kappa4 >= -0.25; `star_appears_strict` asks >= 1/6 as the first version did) and not
   bottom-heavy like a triangle (skewness of y above -0.28). "All correct": that, and every other
   attribute the checker scores for the prompt read with "circle" for "star" (count, colours,
   background, position, relation, the other object's shape) except the star's size;
+  The bundled VAE returns small and most medium stars as rounded blobs (its round trip of the
+  prompts' own drawings passes the checker for only about a third of them: `visible_stars`), so
+  "star appears where visible" (the rate on those prompts) is the figure a method can reach 100% on;
 - ordinary: 100 `shapes` prompts (evaluation_prompts), fully correct per the checker, compared
   with the base model on the same prompts and seeds;
 - CPU-minutes of the fine-tuning process (data, class images, training, export), output size.
@@ -58,6 +62,11 @@ OPTIONS = {  # per method; everything else is t2i's default for the bundled mode
 # made once before the methods run and shared by them (their CPU time is reported on its own).
 CLASS_PROMPTS, CLASS_IMAGES = 40, 80
 STAR_FILL, STAR_SKEWNESS = 0.66, -0.28
+# kappa22 / kappa4 at least the checker's own lower bound for a compact shape (RATIO_RANGE). The
+# first version asked for 1/6 (a regular pentagram's is 1/3), but generated stars with one short
+# arm came out at 0.13 and -0.23 and were missed (seen by eye); on the base model's objects for 100
+# ordinary prompts the looser bound calls one more of 142 objects a star (4 instead of 3).
+STAR_RATIO, STRICT_RATIO = -0.25, 1 / 6
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,18 +121,18 @@ def write_dataset(folder: Path, n: int, seed: int) -> None:
 # ----------------------------------------------------------------------------- scoring
 
 
-def is_star(obj) -> bool:
-    return obj.fill <= STAR_FILL and obj.skewness > STAR_SKEWNESS and obj.ratio >= 1 / 6
+def is_star(obj, min_ratio: float = STAR_RATIO) -> bool:
+    return obj.fill <= STAR_FILL and obj.skewness > STAR_SKEWNESS and obj.ratio >= min_ratio
 
 
-def concept_correct(image: Image.Image, scene) -> tuple[bool, bool]:
+def concept_correct(image: Image.Image, scene, min_ratio: float = STAR_RATIO) -> tuple[bool, bool]:
     """(a star of the asked colour appears, the rest of the prompt holds too; see the docstring)."""
     from t2i.evaluate.shapes_checker import analyse_image, compare, parse_prompt
 
     found = analyse_image(image)
     star = scene.objects[0]
     candidates = [o for o in found.objects if o.color == star.color]
-    appears = bool(candidates) and is_star(candidates[0])
+    appears = bool(candidates) and is_star(candidates[0], min_ratio)
     if not appears:
         return False, False
     spec = parse_prompt(scene.caption.replace(CONCEPT, "circle"))
@@ -197,17 +206,44 @@ class merged_lora:
         restore_weights(self.backups)
 
 
-def evaluate(model, embeddings, context, concept_scenes, ordinary: list[str], seed: int) -> dict:
+def visible_stars(model, scenes) -> list[bool]:
+    """Whether the checker finds the star in the VAE round trip of each prompt's own drawing (the
+    training pictures' style). The bundled VAE (64 px, 4x downsampling) returns small and most
+    medium stars as rounded blobs that neither the checker nor an eye reads as stars, so no method
+    that keeps the VAE can make those appear: this is the ceiling of `star_appears`."""
+    from t2i.models.common import to_pil_images
+
+    pixels = torch.stack([torch.from_numpy(np.asarray(draw(s), dtype=np.float32) / 255).permute(2, 0, 1) for s in scenes])
+    with torch.no_grad():
+        images = to_pil_images(model.decode_latents(model.encode_images(pixels * 2 - 1, sample=False)))
+    return [concept_correct(image, scene)[0] for image, scene in zip(images, scenes)]
+
+
+def star_scores(images: list[Image.Image], scenes, visible: list[bool]) -> dict:
+    scores = [concept_correct(im, s) for im, s in zip(images, scenes)]
+    seen = [a for (a, _), v in zip(scores, visible) if v]
+    return {"star_appears": float(np.mean([a for a, _ in scores])), "concept_correct": float(np.mean([c for _, c in scores])),
+            "star_appears_visible": float(np.mean(seen)) if seen else 0.0,
+            "star_appears_strict": float(np.mean([concept_correct(im, s, STRICT_RATIO)[0] for im, s in zip(images, scenes)]))}
+
+
+def evaluate(model, embeddings, context, concept_scenes, ordinary: list[str], seed: int, visible: list[bool]) -> dict:
     from t2i.evaluate.shapes_checker import check
 
     with context:
         concept_images = generate(model, [s.caption for s in concept_scenes], list(range(seed, seed + len(concept_scenes))),
                                   embeddings)
         ordinary_images = generate(model, ordinary, list(range(seed, seed + len(ordinary))), embeddings)
-    scores = [concept_correct(im, s) for im, s in zip(concept_images, concept_scenes)]
-    return {"star_appears": float(np.mean([a for a, _ in scores])), "concept_correct": float(np.mean([c for _, c in scores])),
+    return {**star_scores(concept_images, concept_scenes, visible),
             "ordinary_correct": float(np.mean([check(im, p).correct for im, p in zip(ordinary_images, ordinary)])),
-            "examples": concept_images[:8]}
+            "examples": concept_images[:8], "concept_images": concept_images}
+
+
+def save_images(images: list[Image.Image], folder: Path) -> None:
+    """Every concept image, to check the star checker by eye or re-score them (`--rescore`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(folder / f"{i:03d}.png")
 
 
 def size_of(path: Path) -> int:
@@ -230,6 +266,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every method's steps")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra options for every method")
     parser.add_argument("--no-prior", action="store_true", help="train without prior preservation")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only re-score the saved concept images of OUT (after a change to the star checker)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = args.out / "pictures"
@@ -242,12 +280,21 @@ def main() -> None:
     results_path = args.out / "results.json"
     if results_path.is_file():
         results = json.loads(results_path.read_text())
+    visible = visible_stars(base, concept_scenes)
+    results["ceiling"] = {"visible": int(sum(visible)), "of": len(visible)}
+    if args.rescore:
+        for key in [k for k in results if (args.out / f"{k}-concept").is_dir()]:
+            images = [Image.open(args.out / f"{key}-concept" / f"{i:03d}.png").convert("RGB") for i in range(len(visible))]
+            results[key].update(star_scores(images, concept_scenes, visible))
+        results_path.write_text(json.dumps(results, indent=2))
+        args.methods = []
     if "base" not in results:
-        found = evaluate(base, None, nullcontext(), concept_scenes, ordinary, seed=90_000)
+        found = evaluate(base, None, nullcontext(), concept_scenes, ordinary, seed=90_000, visible=visible)
+        save_images(found.pop("concept_images"), args.out / "base-concept")
         results["base"] = {k: v for k, v in found.items() if k != "examples"}
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
     prior = {}
-    if not args.no_prior:
+    if not args.no_prior and args.methods:
         from t2i.training.finetune.sampling import make_class_images
 
         prompts = evaluation_prompts(CLASS_PROMPTS, seed=99)
@@ -265,17 +312,21 @@ def main() -> None:
                               log_every=100, **options)
         minutes = (time.process_time() - start) / 60
         model, embeddings, context = applied(method, output, base)
-        found = evaluate(model, embeddings, context, concept_scenes, ordinary, seed=90_000)
+        found = evaluate(model, embeddings, context, concept_scenes, ordinary, seed=90_000, visible=visible)
         make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
+        save_images(found.pop("concept_images"), args.out / f"{method}-concept")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
         results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown}
         results_path.write_text(json.dumps(results, indent=2))
         print(json.dumps({method: results[method]}), flush=True)
-    print(f"\n| method | star appears | concept all correct | ordinary correct (base {results['base']['ordinary_correct']:.0%}) "
+    c = results["ceiling"]
+    print(f"\nceiling: the checker finds the star in the VAE round trip of {c['visible']} of the {c['of']} prompts' "
+          f"own drawings; 'where visible' is the star rate on those prompts")
+    print(f"\n| method | star appears | (first rule, ratio >= 1/6) | star appears where visible | concept all correct | ordinary correct (base {results['base']['ordinary_correct']:.0%}) "
           f"| drop | CPU-minutes | output size |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     b = results["base"]
-    print(f"| base model | {b['star_appears']:.0%} | {b['concept_correct']:.0%} | {b['ordinary_correct']:.0%} | - | - | - |")
+    print(f"| base model | {b['star_appears']:.0%} | {b.get('star_appears_strict', 0):.0%} | {b.get('star_appears_visible', 0):.0%} | {b['concept_correct']:.0%} | {b['ordinary_correct']:.0%} | - | - | - |")
     if "class_images" in results:
         print(f"class images: {results['class_images']['count']} in {results['class_images']['cpu_minutes']:.1f} "
               f"CPU-minutes (shared by the methods with prior preservation)")
@@ -284,7 +335,7 @@ def main() -> None:
             r = results[method]
             drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
             size = r["bytes"] / 2**20
-            print(f"| {method} | {r['star_appears']:.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
+            print(f"| {method} | {r['star_appears']:.0%} | {r.get('star_appears_strict', 0):.0%} | {r.get('star_appears_visible', 0):.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
                   f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size:.2f} MiB |")
 
 

@@ -412,7 +412,9 @@ def test_lora_finetune_runs_as_a_training_job_and_shows_its_loss(page, server, t
         page.locator(f"#finetune_{elem} input, #finetune_{elem} textarea").first.fill(str(value))
     page.click("#finetune_start")
     status = page.locator("#train_status .t2i-info")
-    wait_for(lambda: status.count() and "finished" in status.inner_text(), timeout=300, what="the fine-tune to end")
+    # the server's one run at a time: the status may still show an earlier run of this module first
+    wait_for(lambda: status.count() and "'ui-lora': finished" in status.inner_text(), timeout=300,
+             what="the fine-tune to end")
     assert status.get_attribute("data-points") == "3"  # a loss point per step
     assert "step 3, loss" in status.inner_text()
     page.locator("#train_loss_plot canvas, #train_loss_plot svg").first.wait_for()
@@ -523,6 +525,12 @@ def test_every_tab_at_desktop_and_phone_width(browser, server):
                 overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
                 assert overflow <= 1, f"{tab} scrolls sideways at {width} px"
                 shot(page, f"{tab.replace(' ', '_').lower()}-{label}")
+                if tab == "Train":  # its second section
+                    page.get_by_role("tab", name="Fine-tune", exact=True).click()
+                    page.locator("#finetune_start").wait_for()
+                    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+                    assert overflow <= 1, f"Fine-tune scrolls sideways at {width} px"
+                    shot(page, f"train_finetune-{label}")
             open_tab(page, "txt2img")
             assert page.locator("#txt2img_generate").is_visible()
         finally:

@@ -185,7 +185,12 @@ def test_uploads_over_the_limits_are_refused_from_their_header_before_gradio_dec
     from t2i.interfaces.api.config import Limits
     from t2i.interfaces.api.errors import ApiError
     from t2i.interfaces.webui.context import open_upload
-    from t2i.interfaces.webui.uploads import CheckedImage, CheckedImageEditor, Refused, checked
+    from t2i.interfaces.webui.uploads import (
+        CheckedImage,
+        CheckedImageEditor,
+        Refused,
+        checked,
+    )
 
     limits = Limits()
     bomb = tmp_path / "bomb.png"
@@ -224,3 +229,35 @@ def test_a_number_field_without_a_default_is_an_empty_box_meaning_not_given():
     assert coerce(LoopbackOptions, {"final_denoising_strength": "0.2"}) == {"final_denoising_strength": 0.2}
     with pytest.raises(ParamError, match="final_denoising_strength must be a number or empty"):
         coerce(LoopbackOptions, {"final_denoising_strength": "high"})
+
+
+def test_a_finetune_run_streams_its_loss_and_stops_on_request(tmp_path, tiny_model_dir):
+    import time
+
+    import yaml
+
+    from t2i.data.shapes import ShapesDataset
+    from t2i.interfaces.webui.training import Trainer
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    dataset = ShapesDataset(2, seed=1, resolution=32)
+    for i in range(2):
+        dataset[i]["image"].save(pictures / f"p{i}.png")
+        (pictures / f"p{i}.txt").write_text(dataset[i]["caption"])
+    trainer = Trainer(tmp_path / "train", threads=1)
+    with pytest.raises(ParamError, match="no fine-tuning run 'nothing' to resume"):
+        trainer.start_finetune("nothing", {}, resume=True)
+    config = {"method": "lora", "model": str(tiny_model_dir), "data": str(pictures), "steps": 100_000,
+              "batch_size": 1, "log_every": 1, "sample_every": 0, "checkpoint_every": 100_000}
+    run = trainer.start_finetune("long", config)
+    assert yaml.safe_load((run.folder / "finetune.yaml").read_text())["outdir"] == str(run.folder)
+    with pytest.raises(ParamError, match="'long' is running; stop it first"):
+        trainer.start_finetune("other", config)
+    deadline = time.monotonic() + 240
+    while not trainer.status()[1] and time.monotonic() < deadline and trainer.running():
+        time.sleep(0.5)
+    _, losses, _, tail = trainer.status()
+    assert losses and losses[0][:2] == ("finetune", 1), tail  # the loss, live, from the run's log
+    assert trainer.stop() and not trainer.running()
+    assert "stopped" in trainer.status()[0]

@@ -60,13 +60,13 @@ class CLIPModelConfig:
         return vision + text + self.projection_dim * (self.vision_width + self.text_width)
 
     def to_hf_config(self) -> CLIPConfig:
-        text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=self.text_width, intermediate_size=self.text_mlp,
-                    num_hidden_layers=self.text_layers, num_attention_heads=self.text_heads,
-                    max_position_embeddings=self.max_length, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-                    pad_token_id=EOS_ID, projection_dim=self.projection_dim)
-        vision = dict(hidden_size=self.vision_width, intermediate_size=self.vision_mlp,
-                      num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
-                      image_size=self.resolution, patch_size=self.patch_size, projection_dim=self.projection_dim)
+        text = {"vocab_size": CLIP_VOCAB_SIZE, "hidden_size": self.text_width, "intermediate_size": self.text_mlp,
+                "num_hidden_layers": self.text_layers, "num_attention_heads": self.text_heads,
+                "max_position_embeddings": self.max_length, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
+                "pad_token_id": EOS_ID, "projection_dim": self.projection_dim}
+        vision = {"hidden_size": self.vision_width, "intermediate_size": self.vision_mlp,
+                  "num_hidden_layers": self.vision_layers, "num_attention_heads": self.vision_heads,
+                  "image_size": self.resolution, "patch_size": self.patch_size, "projection_dim": self.projection_dim}
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=self.projection_dim)
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from t2i.atomic import atomic_path
-from t2i.checkpoints.safe_load import read_safetensors_header, load_state_dict_file
+from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header
 from t2i.errors import ModelLoadError
 
 CONCEPTS_FILE = "concepts.safetensors"

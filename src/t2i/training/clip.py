@@ -20,7 +20,15 @@ import torch
 from t2i.checkpoints.clip_folder import save_clip_folder
 from t2i.config import BatchSize, LearningRate, Seed, Steps, at_least, between
 from t2i.data.labels import ImageDataConfig
-from t2i.data.shapes import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, ShapesDataset, scene_caption
+from t2i.data.shapes import (
+    COLORS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    scene_caption,
+)
 from t2i.models.clip import CLIPModelConfig, build_clip, contrastive_loss, pixel_values
 from t2i.models.text import load_tokenizer, tokenize
 from t2i.training.runs import open_run

@@ -14,7 +14,6 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-
 # Options a web page does not set: the run folder is OUTDIR/train/NAME, the device the server's.
 NOT_IN_FORM = ("outdir", "device")
 SECTIONS = {"lora": "LoRA", "ti": "Textual inversion", "dreambooth": "DreamBooth",
@@ -89,7 +88,7 @@ def finetune_fields() -> list[FinetuneField]:
     sections = {f.name: f.default_factory for f in dataclasses.fields(FinetuneConfig)
                 if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
     out = []
-    for _flag, (key, _kwargs, help_text) in FLAGS.items():
+    for key, _kwargs, help_text in FLAGS.values():
         if key in NOT_IN_FORM:
             continue
         section, _, name = key.rpartition(".")

@@ -12,7 +12,12 @@ from pathlib import Path
 import gradio as gr
 
 from t2i.errors import T2IError
-from t2i.interfaces.webui.finetune_form import SECTIONS, FinetuneField, config_data, finetune_fields
+from t2i.interfaces.webui.finetune_form import (
+    SECTIONS,
+    FinetuneField,
+    config_data,
+    finetune_fields,
+)
 
 # Shown open, in this order; every other option goes under "Advanced" or its method's section.
 MAIN = ("model", "data", "name", "caption", "steps", "batch_size", "lr", "resolution", "seed", "log_every",
