@@ -74,8 +74,9 @@ def difference(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, float]:
 
 
 def main() -> None:
-    import t2i
     from diffusers import StableDiffusionPipeline
+
+    import t2i
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -84,7 +85,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = tiny_model(args.out / "tiny")
     data = pictures(args.out / "pictures")
-    common = dict(model=str(model), steps=8, batch_size=4, sample_every=0, log_every=1000)
+    common = {"model": str(model), "steps": 8, "batch_size": 4, "sample_every": 0, "log_every": 1000}
     lora = t2i.finetune("lora", outdir=args.out / "lora", name="shapes", rank=4, conv_rank=4, train_text_encoder=True,
                         lr=0.05, data=data, **common)
     embedding = t2i.finetune("ti", outdir=args.out / "ti", name="zork", init_word="red", vectors=2, lr=0.1,

@@ -334,9 +334,9 @@ def main() -> None:
         if method in results:
             r = results[method]
             drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
-            size = r["bytes"] / 2**20
+            size = f"{r['bytes'] / 2**20:.2f} MiB" if r["bytes"] >= 2**20 else f"{r['bytes'] / 1024:.1f} KiB"
             print(f"| {method} | {r['star_appears']:.0%} | {r.get('star_appears_strict', 0):.0%} | {r.get('star_appears_visible', 0):.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
-                  f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size:.2f} MiB |")
+                  f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from t2i.config import MAX_PARAMETERS, check_value, from_dict, to_dict
 from t2i.errors import ConfigError, ModelConfigError, ParamError
 from t2i.models.ar import ARConfig
 from t2i.models.autoencoder import KLAutoencoderConfig
+from t2i.models.clip import CLIPModelConfig
 from t2i.models.ddpm import DDPMConfig, PixelDDPM
 from t2i.models.gan import GAN, GANConfig
 from t2i.models.ldm import LDMConfig, UNetConfig, VAEConfig
@@ -189,6 +190,10 @@ def _built_params(config) -> int:
         modules = [build_unet(config), build_vae(config)]
         modules += [build_text_encoder(config.text)] if config.has_text_encoder else []
         modules += [build_conditioner(config)] if config.conditioning != "text" else []  # class/none/layout tokens
+    elif isinstance(config, CLIPModelConfig):
+        from t2i.models.clip import build_clip
+
+        modules = [build_clip(config)]
     else:
         cls = {DDPMConfig: PixelDDPM, GANConfig: GAN, ConvVAEConfig: ConvVAE, KLAutoencoderConfig: KLAutoencoder,
                VQGANConfig: VQGAN, ARConfig: CodeTransformer, SRConfig: SuperResolution}[type(config)]

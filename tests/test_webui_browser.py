@@ -350,6 +350,28 @@ def test_an_upload_over_the_pixel_limit_is_refused_before_it_is_decoded(page, se
     assert "Traceback" not in server.log_text()
 
 
+def test_interrogate_clip_writes_the_images_caption_into_the_prompt(page, tmp_path):
+    """The img2img tab's "Interrogate CLIP" button, with t2i's bundled CLIP: a `shapes` scene
+    becomes a prompt in the `shapes` grammar naming its object's colour and shape and its
+    background (the attributes the small CLIP reads at 99-100%; BENCHMARKS.md)."""
+    from t2i.data.shapes import ShapesDataset
+
+    item = ShapesDataset(1, 31, 64, p_two=0.0, p_short=0.0)[0]
+    item["image"].save(tmp_path / "scene.png")
+    scene = item["scene"]
+    open_tab(page, "img2img")
+    open_tab(page, "img2img")
+    page.locator("#img2img_prompt textarea").fill("")
+    page.locator("#img2img_image input[type=file]").first.set_input_files(str(tmp_path / "scene.png"))
+    page.locator("#img2img_image img").first.wait_for()
+    page.locator("#img2img_interrogate").click()
+    prompt = page.locator("#img2img_prompt textarea")
+    wait_for(lambda: "background" in prompt.input_value(), what="the caption in the prompt")
+    caption = prompt.input_value()
+    wanted = (f"{scene.objects[0].color} {scene.objects[0].shape}", f"{scene.background} background")
+    assert all(w in caption for w in wanted), (caption, item["caption"])
+
+
 def test_png_info_reads_an_image_and_sends_its_parameters_to_txt2img(page, tmp_path):
     text = ("a blue square above a yellow triangle\nNegative prompt: red\nSteps: 9, Sampler: Euler a, "
             "CFG scale: 5, Seed: 1234, Size: 64x64, Model: t2i-shapes-ldm")

@@ -14,6 +14,7 @@ Two ways, as in the web UI's CLIP interrogator:
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def load_clip(clip: str | Path | None = None):
     from t2i.evaluate.clip_scorer import load_scorer
 
     return load_scorer(clip)
+
+
+class Interrogator:
+    """A CLIP loaded on first use and shared by a server's requests (the API route and the web UI's
+    button): one ranking at a time, because the scorer's text-embedding cache is shared."""
+
+    def __init__(self, clip: str | Path | None = None):
+        self._clip = clip
+        self._scorer = None
+        self._lock = threading.Lock()
+
+    def caption(self, image) -> str:
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = load_clip(self._clip)
+            return interrogate([image.convert("RGB")], self._scorer)[0].caption
 
 
 def interrogate(images: list, clip=None, vocabularies: list[Vocabulary] | None = None) -> list[Interrogation]:

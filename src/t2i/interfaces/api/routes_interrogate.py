@@ -32,26 +32,21 @@ class InterrogateResponse(BaseModel):
 _lock = threading.Lock()
 
 
-def _scorer(app):
-    """The CLIP scorer, loaded once per app (under a lock: two first requests load it once)."""
-    with _lock:
-        scorer = getattr(app.state, "clip_scorer", None)
-        if scorer is None:
-            from t2i.pipelines.interrogate import load_clip
+def interrogator_of(app):
+    """The app's Interrogator (made once: two first requests share one)."""
+    from t2i.pipelines.interrogate import Interrogator
 
-            scorer = app.state.clip_scorer = load_clip(None)
-        return scorer
+    with _lock:
+        if getattr(app.state, "interrogator", None) is None:
+            app.state.interrogator = Interrogator(None)
+        return app.state.interrogator
 
 
 def _interrogate(app, body: InterrogateRequest) -> dict:
-    from t2i.pipelines.interrogate import interrogate
-
     if body.model not in MODELS:
         raise ApiError(422, f"model: t2i interrogates with {', '.join(MODELS)} only, got {body.model!r}", field="model")
     image = decode_image(body.image, "image", app.state.config.limits)
-    scorer = _scorer(app)
-    with _lock:  # one ranking at a time: the text-embedding cache is shared
-        return {"caption": interrogate([image.convert("RGB")], scorer)[0].caption}
+    return {"caption": interrogator_of(app).caption(image)}
 
 
 def router() -> APIRouter:

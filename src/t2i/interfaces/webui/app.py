@@ -122,6 +122,7 @@ def mount_webui(app, config, *, settings_file: Path | None = None, train_configs
     uses). `settings_file`: the UI settings JSON (default OUTDIR/webui-settings.json)."""
     import gradio as gr
 
+    from t2i.interfaces.api.routes_interrogate import interrogator_of
     from t2i.interfaces.webui.bridge import JobBridge
     from t2i.interfaces.webui.context import UIContext, bundled_resolution
     from t2i.interfaces.webui.guard import FileRouteGuard
@@ -135,7 +136,7 @@ def mount_webui(app, config, *, settings_file: Path | None = None, train_configs
     if store.problem:
         log.warning("web UI settings: %s", store.problem)
     ctx = UIContext(service, config, store, JobBridge(service), cache_dir=Path(gr.utils.get_upload_folder()),
-                    train_configs=train_configs)
+                    train_configs=train_configs, interrogator=interrogator_of(app))
     blocks = build_blocks(ctx)
     ctx.cache_dir = Path(blocks.GRADIO_CACHE)
     for name in OUTPUT_FOLDERS:

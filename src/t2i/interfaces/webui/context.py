@@ -22,6 +22,7 @@ class UIContext:
     bridge: JobBridge
     cache_dir: Path  # where the UI writes result and preview files (Gradio's cache: served, cleaned)
     train_configs: Path | None = None  # folder of training YAMLs offered by the Train tab
+    interrogator: object = None  # pipelines.interrogate.Interrogator, shared with the API route
     hints: dict[str, str] = field(default_factory=dict)  # element id -> help (hover hint)
     targets: dict[str, object] = field(default_factory=dict)  # "tabs", "img2img_image", ... for Send to
 

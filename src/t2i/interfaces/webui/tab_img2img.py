@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from t2i.errors import T2IError
+from t2i.interfaces.api.errors import ApiError
 from t2i.interfaces.webui import (
     gentab,
     img2img_inputs,
@@ -16,7 +18,7 @@ from t2i.interfaces.webui import (
 )
 from t2i.interfaces.webui import results as results_ui
 from t2i.interfaces.webui.builder import Form
-from t2i.interfaces.webui.context import b64_png
+from t2i.interfaces.webui.context import b64_png, open_upload
 from t2i.interfaces.webui.generate import request_values
 from t2i.pipelines.generation_params import InpaintParams
 
@@ -27,6 +29,19 @@ def _mode_setter(mode: str):
     def select():
         return mode, gr.Group(visible=mode in img2img_inputs.INPAINT_MODES)
     return select
+
+
+def _interrogator(ctx):
+    """The "Interrogate CLIP" button: the img2img image's caption (in the `shapes` grammar, by
+    t2i's CLIP) becomes the prompt, as the web UI's button does."""
+    def caption(path):
+        if not path:
+            raise gr.Error("Interrogate CLIP: put an image in the img2img box first")
+        try:
+            return ctx.interrogator.caption(open_upload(path, "image", ctx.limits))
+        except (ApiError, T2IError) as err:
+            raise gr.Error(str(err)) from None
+    return caption
 
 
 def build(ctx, quick) -> gentab.GenerationTab:
@@ -40,6 +55,7 @@ def build(ctx, quick) -> gentab.GenerationTab:
     with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
         with gr.Column(scale=1, min_width=320, elem_id="img2img_settings"):
             inputs = img2img_inputs.build(ctx)
+            interrogate = gr.Button("Interrogate CLIP", size="sm", elem_id="img2img_interrogate")
             form.control(cls, "resize_mode", kind="radio")
             inpaint_group = params_ui.inpaint_options(form, cls)
             params_ui.sampling(form, cls, settings)
@@ -53,6 +69,8 @@ def build(ctx, quick) -> gentab.GenerationTab:
             res = results_ui.build("img2img", state, selected)
     for mode_tab, mode in inputs.mode_tabs:
         mode_tab.select(_mode_setter(mode), outputs=[inputs.mode, inpaint_group], show_progress="hidden", queue=False)
+    interrogate.click(_interrogator(ctx), inputs=[inputs.components["image"]], outputs=[row.prompt],
+                      show_progress="minimal")
     ctx.targets.update({"img2img_mode_tabs": inputs.tabs, "img2img_mode": inputs.mode,
                         "img2img_inpaint_group": inpaint_group,
                         "img2img_image": inputs.components["image"], "img2img_inpaint": inputs.components["inpaint"],
