@@ -48,4 +48,4 @@ python -m pip list --format=freeze | grep -i -E "^($(printf '%s|' "${FLOORS[@]%%
 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider \
   tests/test_txt2img.py tests/test_default_model.py tests/test_safe_load.py tests/test_fuzz_loaders.py \
   tests/test_config_validation.py tests/test_api_units.py tests/test_webui_units.py tests/test_api_limits.py \
-  tests/test_trainer.py -k "not test_training_lowers_the_losses"
+  tests/test_trainer.py tests/test_api_files_docs.py -k "not test_training_lowers_the_losses"

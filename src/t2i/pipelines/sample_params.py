@@ -39,3 +39,13 @@ class SampleParams:
                                       minimum=0.0, maximum=100.0, infotext="Temperature")
     use_cache: bool | None = param(None, "AR: reuse cached keys/values (--no-cache recomputes every step: slow, "
                                          "same codes)", group="family", flag="--cache")
+    # CLIP-guided generation (t2i.pipelines.clip_guided): optimise the model's latent towards a prompt
+    clip_guided: str | None = param(None, "CLIP-guided generation: optimise the latent diffusion model's VAE latent "
+                                          "(RUN may be `default`) so a CLIP matches this prompt; --steps sets "
+                                          "the Adam steps (default 50)", group="family", infotext="CLIP-guided")
+    clip_lr: float | None = param(None, "CLIP guidance: Adam's learning rate on the latent (default 0.1)",
+                                  group="family", minimum=1e-6, maximum=100.0, infotext="CLIP lr")
+    clip_init: str | None = param(None, "CLIP guidance: start from noise (default, one per seed) or a blank latent",
+                                  group="family", choices=("noise", "blank"), infotext="CLIP init")
+    clip_model: str | None = param(None, "CLIP guidance: a transformers CLIPModel folder (default: t2i's bundled "
+                                         "CLIP)", group="family", infotext="CLIP model")

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from t2i.errors import ParamError
+from t2i.errors import ModelLoadError, ParamError
 from t2i.pipelines.img2img import Img2ImgParams, img2img, resolve_img2img_params
 from t2i.pipelines.inpaint import InpaintParams, inpaint, resolve_inpaint_params
 from t2i.pipelines.load_settings import LoadSettings
@@ -338,6 +338,8 @@ def _image_script(session, entry, params, script, images, settings, keep, output
 def _sample(session, params: SampleParams, images, settings, emit, image_names) -> RunResult:
     validate_strict(params)
     images = _image_list(images)
+    if params.clip_guided is not None:
+        return _sample_clip_guided(session, params, images, settings, emit)
     entry = session.model(settings, kind="family")
     announce(session, entry)
     with entry.lock:
@@ -345,6 +347,34 @@ def _sample(session, params: SampleParams, images, settings, emit, image_names) 
                                      (image_names or [None])[0])
     outputs = [Output(grid, info, params.seed, params.prompt or "", kind="grid")]
     outputs += [Output(image, info, params.seed + i, params.prompt or "") for i, image in enumerate(samples)]
+    for out in outputs:
+        emit(out)
+    return RunResult(outputs, params, entry.name, grid)
+
+
+def _sample_clip_guided(session, params: SampleParams, images, settings, emit) -> RunResult:
+    from t2i.checkpoints.registry import DEFAULT_MODEL_ALIAS
+    from t2i.pipelines.clip_guided import sample_clip_guided
+
+    if images:
+        raise ParamError("--clip-guided starts from noise or a blank latent; leave out --complete")
+    # the bundled model (`default`) and text LDMs load as diffusion models, class/unconditional LDM runs as families
+    bundled = settings.model_path in (None, DEFAULT_MODEL_ALIAS)
+    try:
+        entry = session.model(settings, kind="diffusion" if bundled else "family")
+    except ModelLoadError:  # e.g. a text LDM run: the family loader sends those to `t2i generate`
+        if bundled:
+            raise
+        entry = session.model(settings, kind="diffusion")
+    announce(session, entry)
+    model = entry.loaded.model
+    if not hasattr(model, "decode_latents"):
+        raise ParamError(f"--clip-guided optimises a latent diffusion model's VAE latent; {entry.name} is a "
+                         f"{getattr(entry.loaded, 'family', 'other')} model (give `default` or an LDM run)")
+    with entry.lock:
+        grid, info, samples = sample_clip_guided(model, params, entry.name)
+    outputs = [Output(grid, info, params.seed, params.clip_guided, kind="grid")]
+    outputs += [Output(image, info, params.seed + i, params.clip_guided) for i, image in enumerate(samples)]
     for out in outputs:
         emit(out)
     return RunResult(outputs, params, entry.name, grid)
