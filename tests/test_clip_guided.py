@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_ldm_config
 from PIL import Image
 
 from t2i.checkpoints.clip_folder import save_clip_folder
@@ -16,8 +17,6 @@ from t2i.models.clip import CLIPModelConfig, build_clip
 from t2i.models.ldm import LatentDiffusion
 from t2i.pipelines.clip_guided import clip_guided, initial_latents, sample_clip_guided
 from t2i.pipelines.sample_params import SampleParams
-
-from conftest import tiny_ldm_config
 
 TINY_CLIP = CLIPModelConfig(resolution=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
                             vision_mlp=32, text_width=16, text_layers=1, text_heads=2, text_mlp=32, max_length=24,
@@ -77,12 +76,12 @@ def test_blank_start_and_infotext(ldm, clip_dir):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "at least 1 step"),
-    (dict(lr=0.0), "learning rate"),
-    (dict(init="zebra"), "--clip-init"),
+    ({"steps": 0}, "at least 1 step"),
+    ({"lr": 0.0}, "learning rate"),
+    ({"init": "zebra"}, "--clip-init"),
 ])
 def test_bad_options(ldm, clip_dir, kwargs, message):
-    options = dict(steps=2, lr=0.1, init="noise") | kwargs
+    options = {"steps": 2, "lr": 0.1, "init": "noise"} | kwargs
     with pytest.raises(ParamError, match=message):
         clip_guided(ldm.decode_latents, _shape(ldm), load_scorer(clip_dir), "a red circle", **options)
 

@@ -13,8 +13,8 @@ pixel alignment does not survive them, so the optimisation has to change what th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
