@@ -40,3 +40,20 @@ def tiny_loaded(tiny_model_dir):
     from t2i.runtime import Runtime
 
     return load_model(tiny_model_dir, Runtime.auto("full", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def restorer_dir(tmp_path_factory):
+    """A folder holding a small random-weight RestoreFormer (a face restorer spandrel loads)."""
+    import torch
+
+    from t2i.checkpoints.image_models import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.RestoreFormer import RestoreFormer
+
+    torch.manual_seed(0)
+    net = RestoreFormer(n_embed=16, embed_dim=32, ch=32, ch_mult=(1, 1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32)
+    folder = tmp_path_factory.mktemp("faces")
+    torch.save(net.state_dict(), folder / "restoreformer.pth")
+    return folder

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from api_helpers import Server, image_of, png_b64
 from PIL import Image
 
@@ -22,28 +21,14 @@ def _image(w=40, h=32, seed=0):
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module")
-def faces_dir(tmp_path_factory):
-    from t2i.checkpoints.image_models import import_spandrel
-
-    import_spandrel()
-    from spandrel.architectures.RestoreFormer import RestoreFormer
-
-    torch.manual_seed(0)
-    net = RestoreFormer(n_embed=16, embed_dim=32, ch=32, ch_mult=(1, 1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32)
-    folder = tmp_path_factory.mktemp("faces")
-    torch.save(net.state_dict(), folder / "restoreformer.pth")
-    return folder
-
-
 def _stopped(srv: Server) -> None:
     assert srv.stop() in (0, -signal.SIGTERM)
     assert "Traceback" not in srv.log_text()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, faces_dir):
-    srv = Server(tmp_path_factory.mktemp("api_faces"), "--upscaler-dir", str(faces_dir), "--face-restorer",
+def server(tmp_path_factory, restorer_dir):
+    srv = Server(tmp_path_factory.mktemp("api_faces"), "--upscaler-dir", str(restorer_dir), "--face-restorer",
                  "restoreformer")
     yield srv
     _stopped(srv)
@@ -104,7 +89,7 @@ def test_no_face_restorer_configured_is_a_422(tmp_path):
     assert plain.status_code == 200
 
 
-def test_cli_upscale_restores_faces_after_upscaling(faces_dir, tmp_path):
+def test_cli_upscale_restores_faces_after_upscaling(restorer_dir, tmp_path):
     from t2i.metadata import parse_infotext, read_infotext
 
     def cli(*args):
@@ -114,7 +99,7 @@ def test_cli_upscale_restores_faces_after_upscaling(faces_dir, tmp_path):
     src = tmp_path / "in.png"
     _image().save(src)
     common = ("--upscaler", "lanczos", "--scale", 2, "--threads", 1)
-    restored = cli(src, *common, "--face-restorer", faces_dir / "restoreformer.pth", "--gfpgan-visibility", 1,
+    restored = cli(src, *common, "--face-restorer", restorer_dir / "restoreformer.pth", "--gfpgan-visibility", 1,
                    "-o", tmp_path / "r.png")
     assert restored.returncode == 0, restored.stderr
     plain = cli(src, *common, "-o", tmp_path / "p.png")

@@ -142,22 +142,6 @@ def test_prompt_matrix_grid_carries_the_watermark_and_small_cells_fail_first(tin
 # ----------------------------------------------------------------------------- face restoration
 
 
-@pytest.fixture(scope="module")
-def restorer_dir(tmp_path_factory):
-    import torch
-
-    from t2i.checkpoints.image_models import import_spandrel
-
-    import_spandrel()
-    from spandrel.architectures.RestoreFormer import RestoreFormer
-
-    torch.manual_seed(0)
-    net = RestoreFormer(n_embed=16, embed_dim=32, ch=32, ch_mult=(1, 1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32)
-    folder = tmp_path_factory.mktemp("faces")
-    torch.save(net.state_dict(), folder / "restoreformer.pth")
-    return folder
-
-
 @needs_spandrel
 def test_script_cells_are_face_restored_unless_flagged(tiny_model_dir, restorer_dir, flag_all):
     tools = {"upscaler_dirs": (str(restorer_dir),), "face_restorer": "restoreformer"}
