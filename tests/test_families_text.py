@@ -197,7 +197,7 @@ def test_cli_samples_ar_greedy_deterministically(ar_folder, tmp_path, capsys):
                  str(tmp_path / "x.png")]) == 2
     assert "takes no prompt" in capsys.readouterr().err
     assert main(["sample", str(ar_folder), "--steps", "3", "-o", str(tmp_path / "x.png")]) == 2
-    assert "only apply to ddpm models" in capsys.readouterr().err
+    assert "only apply to ddpm/ldm models" in capsys.readouterr().err
 
 
 def test_vqgan_alone_points_to_the_ar_model(ar_folder, tmp_path, capsys):

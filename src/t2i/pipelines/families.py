@@ -145,7 +145,8 @@ def _check_options(loaded: FamilyModel, options: dict) -> dict:
     foreign = sorted(set(options) - set(OPTIONS[loaded.family]))
     if foreign:
         takers = sorted(f for f, names in OPTIONS.items() if set(foreign) & set(names))
-        raise ValueError(f"{', '.join(foreign)} only apply to {'/'.join(takers)} models; {loaded.path} is a "
+        article = "an" if loaded.family[:1] in "aeiou" else "a"
+        raise ValueError(f"{', '.join(foreign)} only apply to {'/'.join(takers)} models; {loaded.path} is {article} "
                          f"{loaded.family} model")
     return options
 
