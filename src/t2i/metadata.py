@@ -270,20 +270,25 @@ def _image_format(path: Path) -> str:
     raise ValueError(f"cannot store infotext in {path.name!r}: use a .png, .jpg, .jpeg or .webp path")
 
 
+def png_info(infotext: str | None) -> PngInfo:
+    """The PNG text chunk `parameters` as the web UI writes it (iTXt when not latin-1)."""
+    info = PngInfo()
+    if infotext:
+        try:
+            infotext.encode("latin-1")
+        except UnicodeEncodeError:
+            info.add_itxt(PNG_TEXT_KEY, infotext)  # tEXt holds latin-1 only
+        else:
+            info.add_text(PNG_TEXT_KEY, infotext)
+    return info
+
+
 def _save_kwargs(
     image: Image.Image, fmt: str, infotext: str, quality: int
 ) -> tuple[Image.Image, dict[str, object]]:
     """The image as the format can hold it, and Pillow's save options carrying the text."""
     if fmt == "PNG":
-        info = PngInfo()
-        if infotext:
-            try:
-                infotext.encode("latin-1")
-            except UnicodeEncodeError:
-                info.add_itxt(PNG_TEXT_KEY, infotext)  # tEXt holds latin-1 only
-            else:
-                info.add_text(PNG_TEXT_KEY, infotext)
-        return image, {"pnginfo": info}
+        return image, {"pnginfo": png_info(infotext)}
 
     kwargs: dict[str, object] = {"quality": quality}
     if infotext:

@@ -12,13 +12,13 @@ import binascii
 import io
 import re
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from t2i.interfaces.api.config import Limits
 from t2i.interfaces.api.errors import ApiError
+from t2i.metadata import png_info
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-PNG_TEXT_KEY = "parameters"
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -69,16 +69,8 @@ def decode_images(items: object, field: str, limits: Limits) -> list[Image.Image
 
 def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     """PNG bytes carrying the infotext as the web UI writes it (text chunk `parameters`)."""
-    info = PngImagePlugin.PngInfo()
-    if infotext:
-        try:
-            infotext.encode("latin-1")
-        except UnicodeEncodeError:
-            info.add_itxt(PNG_TEXT_KEY, infotext)  # tEXt holds latin-1 only
-        else:
-            info.add_text(PNG_TEXT_KEY, infotext)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=png_info(infotext))
     return buffer.getvalue()
 
 
