@@ -8,7 +8,14 @@ import gradio as gr
 from starlette.concurrency import run_in_threadpool
 
 from t2i.interfaces.api.errors import ApiError
-from t2i.interfaces.webui import generate, paste, prompts_ui, scripts_ui
+from t2i.interfaces.webui import (
+    generate,
+    networks,
+    params_ui,
+    paste,
+    prompts_ui,
+    scripts_ui,
+)
 from t2i.interfaces.webui import results as results_ui
 from t2i.interfaces.webui.builder import Form
 from t2i.interfaces.webui.context import open_upload
@@ -23,6 +30,27 @@ class GenerationTab:
     results: results_ui.Results
     scripts: scripts_ui.Scripts
     drop: object  # hidden image input an image dropped on the prompt goes to (webui.js)
+
+
+@dataclass
+class TabTop:
+    """What both generation tabs build first, in this order: the form, the results state, the
+    prompt row, the hidden drop target for an image dropped on the prompt, the extra-networks panel."""
+    settings: object
+    form: Form
+    state: object
+    selected: object
+    row: prompts_ui.PromptRow
+    drop: object
+
+
+def build_top(ctx, quick, name: str, cls) -> TabTop:
+    form = Form(name, ctx.hints, params_ui.server_limits(ctx.limits))
+    state, selected = results_ui.new_state()
+    row = prompts_ui.build(ctx, form, cls, quick.checkpoint)
+    drop = drop_target(name)
+    networks.build(ctx, name, row.networks_toggle)
+    return TabTop(ctx.settings.get(), form, state, selected, row, drop)
 
 
 def drop_target(name: str):

@@ -11,13 +11,10 @@ from t2i.interfaces.api.errors import ApiError
 from t2i.interfaces.webui import (
     gentab,
     img2img_inputs,
-    networks,
     params_ui,
-    prompts_ui,
     scripts_ui,
 )
 from t2i.interfaces.webui import results as results_ui
-from t2i.interfaces.webui.builder import Form
 from t2i.interfaces.webui.context import b64_png, open_upload
 from t2i.interfaces.webui.generate import request_values
 from t2i.pipelines.generation_params import InpaintParams
@@ -45,13 +42,9 @@ def _interrogator(ctx):
 
 
 def build(ctx, quick) -> gentab.GenerationTab:
-    settings = ctx.settings.get()
-    form = Form("img2img", ctx.hints, params_ui.server_limits(ctx.limits))
     cls = InpaintParams
-    state, selected = results_ui.new_state()
-    row = prompts_ui.build(ctx, form, cls, quick.checkpoint)
-    drop = gentab.drop_target("img2img")
-    networks.build(ctx, "img2img", row.networks_toggle)
+    top = gentab.build_top(ctx, quick, "img2img", cls)
+    settings, form, state, selected, row, drop = top.settings, top.form, top.state, top.selected, top.row, top.drop
     with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
         with gr.Column(scale=1, min_width=320, elem_id="img2img_settings"):
             inputs = img2img_inputs.build(ctx)

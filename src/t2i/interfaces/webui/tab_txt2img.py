@@ -6,26 +6,19 @@ import gradio as gr
 from t2i.interfaces.webui import (
     generate,
     gentab,
-    networks,
     params_ui,
-    prompts_ui,
     scripts_ui,
 )
 from t2i.interfaces.webui import results as results_ui
-from t2i.interfaces.webui.builder import Form
 from t2i.pipelines.generation_params import Txt2ImgParams
 
 ADVANCED = ("clip_skip", "tiling", "eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "deepcache_interval")
 
 
 def build(ctx, quick) -> gentab.GenerationTab:
-    settings = ctx.settings.get()
-    form = Form("txt2img", ctx.hints, params_ui.server_limits(ctx.limits))
     cls = Txt2ImgParams
-    state, selected = results_ui.new_state()
-    row = prompts_ui.build(ctx, form, cls, quick.checkpoint)
-    drop = gentab.drop_target("txt2img")
-    networks.build(ctx, "txt2img", row.networks_toggle)
+    top = gentab.build_top(ctx, quick, "txt2img", cls)
+    settings, form, state, selected, row, drop = top.settings, top.form, top.state, top.selected, top.row, top.drop
     with gr.Row(equal_height=False, elem_classes=["t2i-main-row"]):
         with gr.Column(scale=1, min_width=320, elem_id="txt2img_settings"):
             params_ui.sampling(form, cls, settings)
