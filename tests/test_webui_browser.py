@@ -431,7 +431,9 @@ def test_lora_finetune_runs_as_a_training_job_and_shows_its_loss(page, server, t
     page.get_by_role("tab", name="Fine-tune", exact=True).click()
     # the controls are `t2i finetune`'s options: label, default and help from its schema
     assert page.locator("#finetune_lora_rank input").first.input_value() == "8"
-    assert "LoRA rank" in (page.get_attribute("#finetune_lora_rank", "title") or "")
+    # hints are set by the page's script shortly after a tab's controls render: wait, don't race it
+    wait_for(lambda: "LoRA rank" in (page.get_attribute("#finetune_lora_rank", "title") or ""),
+             what="the LoRA rank hover hint")
     page.locator("#finetune_model textarea").fill(str(tiny_model_dir))
     page.locator("#finetune_data textarea").fill(str(pictures))
     page.locator("#finetune_name textarea").fill("ui-lora")
