@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from t2i.errors import ParamError
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.session_models import load_entry
 from t2i.pipelines.session_runs import dispatch
-from t2i.pipelines.session_types import ModelEntry, NoteCallback, Output, RunResult  # noqa: F401  (re-exported)
+from t2i.pipelines.session_types import ModelEntry, NoteCallback, Output, RunResult
 
 
 class Session:

@@ -1,5 +1,6 @@
 """How a Session runs each kind of params: the diffusion pipelines batch by batch (so a front door
-can store every image as soon as it is done), the scripts, `t2i sample` and `t2i upscale`.
+can store every image as soon as it is done) and the scripts; `t2i sample` and `t2i upscale` are
+in session_family_runs.
 
 Every diffusion run holds its model's lock for all it changes on the model: the memory plan
 (attention slicing, VAE tiling, planned for the largest image the VAE sees in this run), the
@@ -11,25 +12,33 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 
-from PIL import Image
-
-from t2i.errors import ModelLoadError, ParamError
+from t2i.errors import ParamError
 from t2i.pipelines.img2img import Img2ImgParams, img2img, resolve_img2img_params
 from t2i.pipelines.inpaint import InpaintParams, inpaint, resolve_inpaint_params
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.loopback import LoopbackOptions, loopback
 from t2i.pipelines.outpaint import OutpaintParams, extents, outpaint, parse_directions
-from t2i.pipelines.postprocess import check_before_run, configure_image_tools, finish_images
+from t2i.pipelines.postprocess import (
+    check_before_run,
+    configure_image_tools,
+    finish_images,
+)
 from t2i.pipelines.prompt_matrix import PromptMatrixOptions, prompt_matrix
-from t2i.pipelines.sample import SampleParams, sample
+from t2i.pipelines.sample import SampleParams
 from t2i.pipelines.schema import validate_strict
 from t2i.pipelines.script_options import Img2ImgAltOptions, SDUpscaleOptions
 from t2i.pipelines.script_progress import script_steps
 from t2i.pipelines.scripting import fix_seeds
-from t2i.pipelines.session_types import Output, RunResult
-from t2i.pipelines.styles import apply_styles, default_styles_file, load_styles, select_styles
+from t2i.pipelines.session_family_runs import run_sample, run_upscale
+from t2i.pipelines.session_types import Output, RunResult, announce, image_list
+from t2i.pipelines.styles import (
+    apply_styles,
+    default_styles_file,
+    load_styles,
+    select_styles,
+)
 from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, resolve_params, txt2img
-from t2i.pipelines.upscale import UpscaleParams, resolve_upscale_params, upscale
+from t2i.pipelines.upscale import UpscaleParams
 from t2i.pipelines.xyz_axes import parse_axis
 from t2i.pipelines.xyz_plot import XYZOptions, xyz_plot
 
@@ -38,9 +47,9 @@ def dispatch(session, params, *, images, mask, script, settings: LoadSettings, p
              image_names) -> RunResult:
     emit = on_output or (lambda output: None)
     if isinstance(params, SampleParams):
-        return _sample(session, params, images, settings, emit, image_names)
+        return run_sample(session, params, images, settings, emit, image_names)
     if isinstance(params, UpscaleParams):
-        return _upscale(session, params, images, settings, emit)
+        return run_upscale(session, params, images, settings, emit)
     if not isinstance(params, GenerationParams):
         raise ParamError(f"no pipeline runs {type(params).__name__}")
     validate_strict(params)
@@ -50,12 +59,6 @@ def dispatch(session, params, *, images, mask, script, settings: LoadSettings, p
 
 
 # ----------------------------------------------------------------------------- inputs and styles
-
-
-def _image_list(images) -> list[Image.Image] | None:
-    if images is None:
-        return None
-    return [images] if isinstance(images, Image.Image) else list(images)
 
 
 def styles_table(session, names) -> dict | None:
@@ -99,15 +102,6 @@ def vae_size(params, loaded, images) -> tuple[int, int]:
     else:
         resolved = resolve_img2img_params(params, loaded, size)
     return resolved.width, resolved.height
-
-
-def announce(session, entry, plan=None) -> None:
-    """The model's one-line summary (and its load notes), once per model and session."""
-    if not entry.announced:
-        entry.announced = True
-        session.note(session.summary(entry, plan))
-        for line in entry.notes:
-            session.note(line)
 
 
 @contextmanager
@@ -170,10 +164,10 @@ def _rotate(items, by: int):
 
 def _generate(session, params, images, mask, settings, progress, control, emit) -> RunResult:
     params = fix_seeds(with_styles(session, params))  # one random seed for the whole run
-    images = _image_list(images)
+    images = image_list(images)
     if isinstance(params, Img2ImgParams) and not images:
         raise ParamError(f"{type(params).__name__} needs an input image")
-    masks = _image_list(mask)
+    masks = image_list(mask)
     if masks is not None and images is not None and len(masks) == 1:
         masks = masks * len(images)
     entry = session.model(settings)
@@ -227,8 +221,8 @@ def _with_image_tools(loaded, settings):
 
 
 def _script(session, params, script, images, mask, settings, emit, progress=None, control=None) -> RunResult:
-    images = _image_list(images)
-    masks = _image_list(mask)
+    images = image_list(images)
+    masks = image_list(mask)
     if isinstance(params, Img2ImgParams) and not images:
         raise ParamError(f"{type(params).__name__} needs an input image")
     entry = session.model(settings)
@@ -330,76 +324,3 @@ def _image_script(session, entry, params, script, images, settings, keep, output
     for image, info, seed in zip(finished, infotexts, result.seeds):
         keep(image, info, seed, params.prompt)
     return RunResult(outputs, result.params, loaded.name, result)
-
-
-# ----------------------------------------------------------------------------- sample, upscale
-
-
-def _sample(session, params: SampleParams, images, settings, emit, image_names) -> RunResult:
-    validate_strict(params)
-    images = _image_list(images)
-    if params.clip_guided is not None:
-        return _sample_clip_guided(session, params, images, settings, emit)
-    entry = session.model(settings, kind="family")
-    announce(session, entry)
-    with entry.lock:
-        grid, info, samples = sample(entry.loaded, params, images[0] if images else None,
-                                     (image_names or [None])[0])
-    outputs = [Output(grid, info, params.seed, params.prompt or "", kind="grid")]
-    outputs += [Output(image, info, params.seed + i, params.prompt or "") for i, image in enumerate(samples)]
-    for out in outputs:
-        emit(out)
-    return RunResult(outputs, params, entry.name, grid)
-
-
-def _sample_clip_guided(session, params: SampleParams, images, settings, emit) -> RunResult:
-    from t2i.checkpoints.registry import DEFAULT_MODEL_ALIAS
-    from t2i.pipelines.clip_guided import sample_clip_guided
-
-    if images:
-        raise ParamError("--clip-guided starts from noise or a blank latent; leave out --complete")
-    # the bundled model (`default`) and text LDMs load as diffusion models, class/unconditional LDM runs as families
-    bundled = settings.model_path in (None, DEFAULT_MODEL_ALIAS)
-    try:
-        entry = session.model(settings, kind="diffusion" if bundled else "family")
-    except ModelLoadError:  # e.g. a text LDM run: the family loader sends those to `t2i generate`
-        if bundled:
-            raise
-        entry = session.model(settings, kind="diffusion")
-    announce(session, entry)
-    model = entry.loaded.model
-    if not hasattr(model, "decode_latents"):
-        raise ParamError(f"--clip-guided optimises a latent diffusion model's VAE latent; {entry.name} is a "
-                         f"{getattr(entry.loaded, 'family', 'other')} model (give `default` or an LDM run)")
-    with entry.lock:
-        grid, info, samples = sample_clip_guided(model, params, entry.name)
-    outputs = [Output(grid, info, params.seed, params.clip_guided, kind="grid")]
-    outputs += [Output(image, info, params.seed + i, params.clip_guided) for i, image in enumerate(samples)]
-    for out in outputs:
-        emit(out)
-    return RunResult(outputs, params, entry.name, grid)
-
-
-def _upscale(session, params: UpscaleParams, images, settings, emit) -> RunResult:
-    from t2i.pipelines.model_upscalers import UpscalerLibrary
-    from t2i.pipelines.session_models import check_device
-
-    validate_strict(params)
-    images = _image_list(images)
-    if not images:
-        raise ParamError("upscaling needs at least one image")
-    library = UpscalerLibrary(tuple(settings.upscaler_dirs), settings.face_restorer, settings.upscaler_tile,
-                              settings.upscaler_tile_overlap, str(check_device(settings.device)))
-    entry = session.model(settings, kind="sr") if settings.model_path is not None else None
-    if entry is None:
-        result = upscale(images, params, None, library=library)
-    else:
-        resolve_upscale_params(params, entry.loaded)  # a wrong scale fails before the summary line
-        announce(session, entry)
-        with entry.lock:
-            result = upscale(images, params, entry.loaded, library=library)  # library: the face restorer
-    seeds = result.seeds or [None] * len(result.images)
-    outputs = [Output(image, info, seed, "") for image, info, seed in zip(result.images, result.infotexts, seeds)]
-    for out in outputs:
-        emit(out)
-    return RunResult(outputs, result.params, entry.name if entry else None, result)

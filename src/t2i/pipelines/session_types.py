@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+
+from PIL import Image
 
 from t2i.pipelines.load_settings import LoadSettings
 
@@ -67,3 +69,18 @@ def parameter_bytes(obj) -> int:
     modules = [m for m in vars(obj).values() if isinstance(m, torch.nn.Module)] if not isinstance(
         obj, torch.nn.Module) else [obj]
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+def image_list(images) -> list[object] | None:
+    if images is None:
+        return None
+    return [images] if isinstance(images, Image.Image) else list(images)
+
+
+def announce(session, entry, plan=None) -> None:
+    """The model's one-line summary (and its load notes), once per model and session."""
+    if not entry.announced:
+        entry.announced = True
+        session.note(session.summary(entry, plan))
+        for line in entry.notes:
+            session.note(line)
