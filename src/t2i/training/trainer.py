@@ -302,7 +302,7 @@ class Trainer:
                 if cfg.log_every and self.step % cfg.log_every == 0 and acc.is_main_process:
                     recent = self.losses[-cfg.log_every:]
                     bar.write(f"[{self.name}] step {self.step}/{cfg.steps} loss {sum(recent) / len(recent):.5f} "
-                              f"lr {lr_at(cfg, self.step - 1):.2e} {rate:.1f} img/s")
+                              f"lr {lr:.2e} {rate:.1f} img/s")  # the lr this step used (budget decay included)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
                 if on_sample and cfg.sample_every and self.step % cfg.sample_every == 0:
