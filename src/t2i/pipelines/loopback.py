@@ -12,7 +12,8 @@ two ways:
   or Lazy (1 - cos: changes late).
 With a batch count n > 1, the chain runs n times from the input (seeds continuing) and the
 result holds each chain's last image; otherwise it holds every loop's image. The images'
-infotexts add the loopback settings; the grid shows the images in one row.
+infotexts add the loopback settings; the grid shows the images in one row. Interrupted after
+the first loop, it returns what the finished loops made (`interrupted` says how far it got).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from t2i.pipelines.annotated_grid import tile_images
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
+from t2i.pipelines.script_progress import ScriptInterrupted, partial_note
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, is_image_params, run_pipeline
 from t2i.pipelines.txt2img import MAX_SEED, StepCallback
 
@@ -38,6 +40,7 @@ class LoopbackResult:
     infotexts: list[str]
     seeds: list[int]
     grid: Image.Image  # the images in one row
+    interrupted: str | None = None  # how far an interrupted loopback got (partial_note)
 
 
 def check_options(options: LoopbackOptions) -> None:
@@ -84,22 +87,34 @@ def loopback(loaded, params, image: Image.Image, options: LoopbackOptions, *, ma
     extra = _infotext_keys(options)
     masks = None if mask is None else [mask]
     images, infotexts, seeds = [], [], []
-    seed = params.seed
+    seed, loops_done, interrupted = params.seed, 0, None
     for _ in range(chains):
-        current = image
+        current, last = image, None  # last: the chain's latest finished run
         for strength in strengths:
-            result = run_pipeline(loaded, replace(params, seed=seed, denoising_strength=strength), [current], masks,
-                                  callback)
-            current = result.images[0]
-            seed = (result.seeds[0] + 1) % (MAX_SEED + 1)
+            try:
+                last = run_pipeline(loaded, replace(params, seed=seed, denoising_strength=strength), [current],
+                                    masks, callback)
+            except ScriptInterrupted:
+                if loops_done == 0:  # nothing finished: nothing to return
+                    raise
+                interrupted = partial_note(loops_done, chains * len(strengths), "loops")
+                break
+            loops_done += 1
+            current = last.images[0]
+            seed = (last.seeds[0] + 1) % (MAX_SEED + 1)
             if chains == 1:
-                images.append(current)
-                infotexts.append(add_infotext_params(result.infotexts[0], extra))
-                seeds.append(result.seeds[0])
-        if chains > 1:
-            images.append(current)
-            infotexts.append(add_infotext_params(result.infotexts[0], extra))
-            seeds.append(result.seeds[0])
+                _keep(last, extra, images, infotexts, seeds)
+        if chains > 1 and last is not None:  # each chain's last image (an interrupted chain's latest)
+            _keep(last, extra, images, infotexts, seeds)
+        if interrupted:
+            break
     # each loop's run_pipeline finished its image (as the web UI's per-loop processing does); the grid
     # of finished frames gets the watermark
-    return LoopbackResult(images, infotexts, seeds, finish_grid(params, tile_images(images, cols=len(images))))
+    return LoopbackResult(images, infotexts, seeds, finish_grid(params, tile_images(images, cols=len(images))),
+                          interrupted)
+
+
+def _keep(result, extra: dict, images: list, infotexts: list, seeds: list) -> None:
+    images.append(result.images[0])
+    infotexts.append(add_infotext_params(result.infotexts[0], extra))
+    seeds.append(result.seeds[0])

@@ -7,7 +7,8 @@ Combination i holds optional part j when bit j of i is set. The first half of th
 label the columns, the rest the rows; each label lists its parts, the ones left out struck
 through in grey. All images share the seed unless `different_seeds` (image i: seed + i); seed -1
 becomes one random seed. Each image has its own prompt in its infotext; the grid carries the
-first image's infotext.
+first image's infotext. Interrupted after the first image, it returns the grid with the images
+not made left black (`interrupted` says how far it got; `results` holds only the made ones).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, tile_images
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
+from t2i.pipelines.script_progress import ScriptInterrupted, partial_note
 from t2i.pipelines.scripting import check_params, fix_seeds, run_pipeline
 from t2i.pipelines.styles import apply_styles
 from t2i.pipelines.txt2img import MAX_SEED, GenerationParams, GenerationResult, StepCallback
@@ -33,9 +35,10 @@ class PromptMatrixResult:
     grid: Image.Image
     infotext: str
     prompts: list[str]  # combination i's prompt (or negative prompt), before styles
-    results: list[GenerationResult]  # one run per combination
+    results: list[GenerationResult]  # one run per combination (fewer when interrupted)
     images: list[Image.Image]  # grid first, then each combination's image
     infotexts: list[str]
+    interrupted: str | None = None  # how far an interrupted matrix got (partial_note)
 
 
 def matrix_prompts(text: str, put_at_start: bool = False, delimiter: str = ", ") -> list[str]:
@@ -79,12 +82,22 @@ def prompt_matrix(loaded, params: GenerationParams, options: PromptMatrixOptions
         runs.append(apply_styles(replace(params, seed=seed, **text), style_names, styles))
     for run in runs:  # fail on bad params before the first image
         check_params(loaded, run, images)
-    results = [run_pipeline(loaded, run, images, masks, callback) for run in runs]
+    results, interrupted = [], None
+    for run in runs:
+        try:
+            results.append(run_pipeline(loaded, run, images, masks, callback))
+        except ScriptInterrupted:
+            if not results:  # nothing finished: nothing to draw
+                raise
+            interrupted = partial_note(len(results), len(runs), "prompts")
+            break
     outputs = [r.images[0] for r in results]
+    blank = Image.new("RGB", outputs[0].size)
     optional = [part.strip().strip(",") for part in source.split("|")[1:]]
     col_labels, row_labels = _grid_labels(optional)
-    grid = tile_images(outputs, cols=len(col_labels), rows=len(row_labels))
+    grid = tile_images(outputs + [blank] * (len(runs) - len(outputs)), cols=len(col_labels), rows=len(row_labels))
     width, height = grid.width // len(col_labels), grid.height // len(row_labels)
     grid = finish_grid(params, annotate_grid(grid, width, height, col_labels, row_labels, options.margin_size))
     infotexts = [r.infotexts[0] for r in results]
-    return PromptMatrixResult(grid, infotexts[0], prompts, results, [grid, *outputs], [infotexts[0], *infotexts])
+    return PromptMatrixResult(grid, infotexts[0], prompts, results, [grid, *outputs], [infotexts[0], *infotexts],
+                              interrupted)

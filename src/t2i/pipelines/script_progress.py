@@ -6,8 +6,10 @@ callback; `ScriptSteps` is that callback. It counts sampling passes (a pass star
 index goes back), reports a `Progress` after every model evaluation with `job`/`jobs` counting
 passes over the whole script, and reads the control:
 
-- interrupt: raises `ScriptInterrupted` at the next step, so the script ends there. A script's
-  grid needs every cell, so nothing of the run is returned; the error says how far it got.
+- interrupt: raises `ScriptInterrupted` at the next step; the script stops there and returns
+  what it finished, as the web UI does (an X/Y/Z plot or prompt matrix: the grid with the cells
+  not run left blank; loopback: the loops done). `ScriptInterrupted` reaches the caller only when
+  not one image was finished.
 - skip: the pass under way stops at the next step (its image is kept as it is, like an
   interrupted plain run's) and the script goes on with the next one.
 """
@@ -23,12 +25,18 @@ from t2i.pipelines.xyz_axes import parse_axis
 
 
 class ScriptInterrupted(T2IError):
-    """A script run stopped by `GenerationControl.interrupt()`; nothing of it is kept."""
+    """A script run stopped by `GenerationControl.interrupt()`. Scripts catch it and return what
+    they finished; it reaches the caller when nothing was (`partial_note` words the other case)."""
 
     def __init__(self, done: int, jobs: int):
         self.done, self.jobs = done, jobs
-        super().__init__(f"interrupted after {done} of {jobs} sampling passes; a script's grid is made only "
-                         f"when every image is done, so this run returns nothing")
+        super().__init__(f"interrupted after {done} of {jobs} sampling passes, before the script's first image "
+                         f"was done: nothing to return")
+
+
+def partial_note(done: int, total: int, what: str) -> str:
+    """The note of a script that was interrupted after finishing `done` of `total` `what`."""
+    return f"interrupted: {done} of {total} {what} done; the rest were not run"
 
 
 def script_jobs(params, script) -> int:

@@ -258,11 +258,13 @@ def _script(session, params, script, images, mask, settings, emit, progress=None
         if script.include_sub_grids and nz > 1:
             per_z = len(result.cells) // nz
             for iz, (grid, info) in enumerate(zip(result.sub_grids, result.sub_grid_infotexts)):
-                cell = result.cells[iz * per_z]
+                cell = result.cells[iz * per_z] or first
                 keep(grid, info, cell.seeds[0], cell.params.prompt, "xyz_grid-", "grid")
         if script.include_sub_images:
             for cell, image in zip(result.cells, result.cell_images):
-                keep(image, cell.infotexts[0], cell.seeds[0], cell.params.prompt)
+                if cell is not None:  # None: a cell an interrupt left out
+                    keep(image, cell.infotexts[0], cell.seeds[0], cell.params.prompt)
+        _note_interrupt(session, result)
         return RunResult(outputs, params, loaded.name, result)
     if isinstance(script, PromptMatrixOptions):
         validate_strict(script)
@@ -277,6 +279,7 @@ def _script(session, params, script, images, mask, settings, emit, progress=None
         for run in result.results:
             keep(run.images[0], run.infotexts[0], run.seeds[0], run.params.prompt)
         session.note(f"{len(result.prompts)} prompts")
+        _note_interrupt(session, result)
         return RunResult(outputs, params, loaded.name, result)
     if isinstance(script, LoopbackOptions):
         validate_strict(script)
@@ -290,11 +293,18 @@ def _script(session, params, script, images, mask, settings, emit, progress=None
             keep(frame, info, seed, params.prompt)
         if len(result.images) > 1:
             keep(result.grid, result.infotexts[0], result.seeds[0], params.prompt, "loopback-", "grid")
+        _note_interrupt(session, result)
         return RunResult(outputs, params, loaded.name, result)
     if isinstance(script, (SDUpscaleOptions, Img2ImgAltOptions)):
         return _image_script(session, entry, params, script, images, settings, keep, outputs)
     raise ParamError(f"unknown script {type(script).__name__}; t2i runs X/Y/Z plot, prompt matrix, loopback, SD "
                      f"upscale and img2img alternative test")
+
+
+def _note_interrupt(session, result) -> None:
+    """An interrupted script returns what it finished; say so where the run's notes go."""
+    if result.interrupted:
+        session.note(result.interrupted)
 
 
 def _image_script(session, entry, params, script, images, settings, keep, outputs) -> RunResult:

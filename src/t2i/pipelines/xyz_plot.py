@@ -17,6 +17,10 @@ random seed for the whole plot, and -1 values on a Seed or Var. seed axis become
 so cells differ only in what the axes change. The grid's infotext is the first cell's, plus
 `Script: X/Y/Z plot`, `X Type`, `X Values` (as typed) and `Fixed X Values` (the seeds used, for
 seed axes), and the same for Y and Z.
+
+Interrupted (script_progress.ScriptInterrupted from the step callback) after the first cell, the
+plot stops and returns its grid with the cells not run left black, as the web UI does;
+`interrupted` then says how far it got and `cells` holds None for those cells.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from t2i.pipelines.annotated_grid import GridLabel, annotate_grid, labels, tile_
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.postprocess import finish_grid
 from t2i.pipelines.schema import validate_strict as validate
+from t2i.pipelines.script_progress import ScriptInterrupted, partial_note
 from t2i.pipelines.scripting import add_infotext_params, check_params, fix_seeds, random_seed, run_pipeline
 from t2i.pipelines.styles import apply_styles
 from t2i.pipelines.txt2img import GenerationParams, GenerationResult, StepCallback
@@ -47,11 +52,12 @@ class XYZResult:
     infotext: str
     sub_grids: list[Image.Image]  # the labelled X/Y grid of each Z value
     sub_grid_infotexts: list[str]
-    cells: list[GenerationResult]  # cell (ix, iy, iz) at ix + iy * nx + iz * nx * ny
+    cells: list[GenerationResult | None]  # cell (ix, iy, iz) at ix + iy * nx + iz * nx * ny; None: not run
     cell_images: list[Image.Image]  # what each cell shows
     axes: tuple[Axis | None, Axis | None, Axis | None]
     images: list[Image.Image] = field(default_factory=list)  # grid, then what the options include
     infotexts: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # how far an interrupted plot got (partial_note)
 
 
 def _fix_axis_seeds(axis: Axis | None) -> Axis | None:
@@ -146,16 +152,23 @@ def xyz_plot(loaded, params: GenerationParams, options: XYZOptions, *, images=No
             return load_model(path, loaded.runtime)
 
     results: list[GenerationResult | None] = [None] * len(cells)
-    current = (None, loaded)
+    current, interrupted = (None, loaded), None
     for done, index in enumerate(_run_order(cells), 1):
         cell = cells[index]
         if cell.checkpoint != current[0]:
             current = (cell.checkpoint, loaded if cell.checkpoint is None else load_checkpoint(cell.checkpoint))
-        results[index] = run_pipeline(current[1], cell.params, images, masks, callback)
+        try:
+            results[index] = run_pipeline(current[1], cell.params, images, masks, callback)
+        except ScriptInterrupted:
+            if done == 1:  # nothing finished: nothing to draw
+                raise
+            interrupted = partial_note(done - 1, len(cells), "cells")
+            break
         if progress:
             progress(done, len(cells))
 
-    cell_images = [_cell_image(r) for r in results]
+    made = [_cell_image(r) for r in results if r is not None]  # cell 0 runs first, so never empty
+    cell_images = [_cell_image(r) if r is not None else Image.new("RGB", made[0].size) for r in results]
     col_labels = labels(axes[0].labels if axes[0] else [""])
     row_labels = labels(axes[1].labels if axes[1] else [""])
     sub_grids, sub_infotexts = [], []
@@ -166,7 +179,7 @@ def xyz_plot(loaded, params: GenerationParams, options: XYZOptions, *, images=No
             width, height = grid.width // nx, grid.height // ny
             grid = annotate_grid(grid, width, height, col_labels, row_labels, options.margin_size)
         sub_grids.append(grid)
-        first = results[iz * nx * ny]
+        first = results[iz * nx * ny] or results[0]
         sub_infotexts.append(add_infotext_params(first.infotexts[0], _script_keys(axes[:2], not options.keep_random_seeds)))
     sub_grids = [finish_grid(params, g) for g in sub_grids]  # cells are finished; grids get the watermark
     grid = sub_grids[0]
@@ -177,12 +190,12 @@ def xyz_plot(loaded, params: GenerationParams, options: XYZOptions, *, images=No
         grid = finish_grid(params, grid)
     infotext = add_infotext_params(results[0].infotexts[0], _script_keys(axes, not options.keep_random_seeds))
 
-    result = XYZResult(grid, infotext, sub_grids, sub_infotexts, results, cell_images, axes)
+    result = XYZResult(grid, infotext, sub_grids, sub_infotexts, results, cell_images, axes, interrupted=interrupted)
     result.images, result.infotexts = [grid], [infotext]
     if options.include_sub_grids and axes[2] is not None:
         result.images += sub_grids
         result.infotexts += sub_infotexts
     if options.include_sub_images:
-        result.images += cell_images
-        result.infotexts += [r.infotexts[0] for r in results]
+        result.images += [image for image, r in zip(cell_images, results) if r is not None]
+        result.infotexts += [r.infotexts[0] for r in results if r is not None]
     return result

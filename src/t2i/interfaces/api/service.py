@@ -330,7 +330,7 @@ class JobService:
         except ApiError as err:
             status, state = err.status, "failed"
             answer = error_body(err.status, err.kind, err.detail, field=err.field, job_id=job.id)
-        except ScriptInterrupted as err:  # a plain run answers what it made; a script has no grid yet
+        except ScriptInterrupted as err:  # a script interrupted before its first image: nothing to answer
             status, state = 409, "cancelled"
             answer = error_body(409, "Interrupted", str(err), job_id=job.id, done=err.done, jobs=err.jobs)
         except (T2IError, ValueError) as err:
