@@ -110,3 +110,17 @@ def test_cli_upscale_restores_faces_after_upscaling(restorer_dir, tmp_path):
     missing = cli(src, *common, "--gfpgan-visibility", 1, "-o", tmp_path / "x.png")
     assert missing.returncode == 2 and "needs a face restorer" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_extras_save_into_the_output_folder_unless_asked_not_to(server):
+    folder = server.outdir / "extras"
+    before = set(folder.glob("*.png")) if folder.exists() else set()
+    with server.client() as client:
+        kept = _single(client)
+        unsaved = _single(client, save_images=False)  # t2i's own key: its web UI saves elsewhere itself
+        batch = client.post("/sdapi/v1/extra-batch-images", json={
+            "imageList": [{"data": png_b64(_image(seed=3)), "name": "mine.png"}], "upscaler_1": "Lanczos",
+            "upscaling_resize": 1, "save_images": False})
+    assert kept.status_code == unsaved.status_code == batch.status_code == 200, (unsaved.text, batch.text)
+    assert len(set(folder.glob("*.png")) - before) == 1  # the first request's image only
+    assert image_of(unsaved.json()["image"]).size == (80, 64)  # not saved, still answered

@@ -502,6 +502,33 @@ def test_output_folders_apply_without_a_restart_and_stay_inside_the_output_folde
     wait_for(lambda: saved_value() == "txt2img", what="the folder back in the settings file")
 
 
+def test_extras_upscale_and_save_into_the_settings_folder(page, server, tmp_path):
+    import json
+
+    Image.new("RGB", (40, 24), (200, 60, 30)).save(tmp_path / "photo.png")
+    open_tab(page, "Settings")
+    page.locator("#settings_outdir_extras_samples textarea").fill("upscaled")
+    page.click("#settings_submit")
+    wait_for(lambda: "Settings saved to" in page.inner_text("#settings_result"), what="the saved folder")
+    before = set((server.outdir / "extras").glob("*.png")) if (server.outdir / "extras").exists() else set()
+    open_tab(page, "Extras")
+    page.locator("#extras_image input[type=file]").first.set_input_files(str(tmp_path / "photo.png"))
+    page.locator("#extras_image img").first.wait_for()
+    generate(page, "extras")
+    (result,) = results(page, "extras")
+    assert result.size == (80, 48)  # Lanczos, the default 2x
+    saved = sorted((server.outdir / "upscaled").glob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (80, 48)
+    after = set((server.outdir / "extras").glob("*.png")) if (server.outdir / "extras").exists() else set()
+    assert after == before  # not also in the API's folder
+    shot(page, "extras-result-desktop")
+    open_tab(page, "Settings")  # back to the API's folder for the other tests
+    page.locator("#settings_outdir_extras_samples textarea").fill("extras")
+    page.click("#settings_submit")
+    wait_for(lambda: json.loads((server.outdir / "webui-settings.json").read_text())["outdir_extras_samples"]
+             == "extras", what="the folder back in the settings file")
+
+
 def test_checkpoint_merger_writes_a_weighted_sum_and_lists_it(page, server):
     open_tab(page, "Checkpoint Merger")
     for name, title in (("primary", "alpha.safetensors"), ("secondary", "beta.safetensors")):

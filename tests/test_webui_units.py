@@ -176,6 +176,18 @@ def test_output_folders_stay_inside_the_output_folder_and_decide_who_saves(tmp_p
               "info": json.dumps({"index_of_first_image": 1, "all_seeds": [42], "all_prompts": ["a red circle"]})}
     written = output_dirs.save_answer(folders, Finished("j", 200, answer))
     assert [p.name for p in written] == ["00000-42-a_red_circle.png"] and written[0].read_bytes() == b"png1"
+    # the Extras tab: the API saves into OUTDIR/extras; another folder makes the UI save, under the files' names
+    assert output_dirs.ui_saves(new, root, "extras") == {"images": None, "grids": None}
+    assert output_dirs.job_flags(new, root, "extras") == {"save_images": True}
+    ups = store.update({"outdir_extras_samples": "ups"})
+    assert output_dirs.job_flags(ups, root, "extras") == {"save_images": False}
+    extras = output_dirs.ui_saves(ups, root, "extras")
+    assert extras == {"images": (root / "ups").resolve(), "grids": None}
+    answer = {"images": [base64.b64encode(b"up1").decode(), base64.b64encode(b"up2").decode()]}
+    written = output_dirs.save_answer(extras, Finished("k", 200, answer), ["a.png", "a.png"])
+    assert [p.name for p in written] == ["a.png", "a-1.png"] and written[1].read_bytes() == b"up2"
+    with pytest.raises(ParamError, match="Output directory for images from extras tab: .*outside"):
+        store.update({"outdir_extras_samples": "../x"})
 
 
 def test_uploads_over_the_limits_are_refused_from_their_header_before_gradio_decodes_them(tmp_path, monkeypatch):

@@ -92,6 +92,21 @@ def next_image_path(outdir: str | os.PathLike[str], seed: int, prompt: str, ext:
     return image_path(outdir, first_free_counter(outdir), seed, prompt, ext)
 
 
+def free_named_path(outdir: str | os.PathLike[str], name: str, ext: str = "png") -> Path:
+    """`outdir/<name made safe>.<ext>`, or `<name>-1`, `-2`... when that exists: a client's own file
+    name (the extras' batch; an image suffix it has is dropped: `a.png` -> `a.png`, not `a.png.png`),
+    never over an existing file. Creates `outdir`."""
+    folder = Path(outdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"):
+        name = name[: -len(Path(name).suffix)]
+    stem, suffix = safe_filename_part(name, 120), _extension(ext)
+    path, n = folder / f"{stem}.{suffix}", 1
+    while path.exists():
+        path, n = folder / f"{stem}-{n}.{suffix}", n + 1
+    return path
+
+
 def first_free_counter(outdir: str | os.PathLike[str]) -> int:
     """The counter the next image in `outdir` gets (one above the highest there). Creates `outdir`."""
     folder = Path(outdir)

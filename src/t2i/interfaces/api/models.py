@@ -107,6 +107,8 @@ _EXTRAS_KEYS = {
     "upscaler_2": _opt(str, "None", "a second upscaler: not supported, must be None"),
     "extras_upscaler_2_visibility": _opt(float, 0.0, "must be 0", ge=0, le=1),
     "upscale_first": _opt(bool, False, "accepted"),
+    # t2i's own key (the web UI's extras API never saves): its web UI saves into a folder of its choosing
+    "save_images": _opt(bool, True, "save the results in the server's output folder (OUTDIR/extras)"),
 }
 
 

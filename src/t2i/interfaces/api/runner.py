@@ -15,7 +15,7 @@ from pathlib import Path
 from t2i.errors import version
 from t2i.interfaces.api import codec, limits
 from t2i.interfaces.api.translate import Prepared
-from t2i.outputs import next_image_path, safe_filename_part
+from t2i.outputs import free_named_path, next_image_path
 from t2i.pipelines.generation_params import MAX_SEED
 from t2i.pipelines.load_settings import LoadSettings
 
@@ -36,11 +36,7 @@ class Writer:
         folder = self.outdir / FOLDERS[kind]
         with self._lock:
             if name:  # extra-batch-images: the client's name, made safe, never over an existing file
-                folder.mkdir(parents=True, exist_ok=True)
-                stem = safe_filename_part(name, 120)
-                path, n = folder / f"{stem}.png", 1
-                while path.exists():
-                    path, n = folder / f"{stem}-{n}.png", n + 1
+                path = free_named_path(folder, name)
             else:
                 path = next_image_path(folder, seed if seed is not None else 0, prompt)
                 path = path.with_name(prefix + path.name)

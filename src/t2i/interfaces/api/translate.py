@@ -275,7 +275,7 @@ def _extras(kind: str, data: dict, ctx: Context) -> Prepared:
         if im.width * im.height * scale * scale > ctx.limits.max_upload_pixels:
             raise ApiError(422, f"upscaling a {im.width}x{im.height} image by {scale} makes more than "
                                 f"{ctx.limits.max_upload_pixels} pixels", field="upscaling_resize")
-    return Prepared(kind, req, params, None, images, None, item, None, names=names)
+    return Prepared(kind, req, params, None, images, None, item, None, names=names, save_images=req.save_images)
 
 
 def prepare(kind: str, data: dict, options: dict, ctx: Context) -> Prepared:

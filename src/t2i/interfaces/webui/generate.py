@@ -44,10 +44,11 @@ def job_options(ctx, checkpoint: str | None, vae: str | None) -> dict:
 def saving(ctx, kind: str) -> tuple[dict, dict]:
     """(the requests' saving flags, the folders the UI saves into itself) from one reading of the
     settings, so a settings change while a job runs never saves an image twice or not at all."""
-    if kind not in ("txt2img", "img2img"):
+    group = "extras" if kind.startswith("extra-") else kind  # both extras routes save alike
+    if group not in ("txt2img", "img2img", "extras"):
         return {}, {"images": None, "grids": None}
     s, root = ctx.settings.get(), Path(ctx.config.outdir)
-    return output_dirs.job_flags(s, root, kind), output_dirs.ui_saves(s, root, kind)
+    return output_dirs.job_flags(s, root, group), output_dirs.ui_saves(s, root, group)
 
 
 def user_error(err: Exception) -> str:
@@ -116,7 +117,8 @@ async def _rounds(ctx, owner: str, kind: str, requests: list[dict], res: results
                     yield out
                 elif update.ok:
                     if any(folders.values()):
-                        await run_in_threadpool(output_dirs.save_answer, folders, update)
+                        names = [item.get("name", "") for item in request.get("imageList", ())]
+                        await run_in_threadpool(output_dirs.save_answer, folders, update, names)
                     state = results_ui.collect(ctx, update, state, prefix=f"{index:03d}-")
                     yield {res.gallery: state["images"], res.state: state, res.selected: 0,
                            res.info: results_ui.info_html(results_ui.selected_infotext(state, 0))}

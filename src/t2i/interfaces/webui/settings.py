@@ -48,6 +48,9 @@ class UISettings:
                                       label="Output directory for txt2img grids", group="paths")
     outdir_img2img_grids: str = param("img2img", "folder of the img2img grids, inside the server's output folder",
                                       label="Output directory for img2img grids", group="paths")
+    outdir_extras_samples: str = param("extras", "folder of the Extras tab's results, inside the server's output "
+                                                 "folder", label="Output directory for images from extras tab",
+                                       group="paths")
     default_sampler: str = param(_SCHEMA["sampler"], "sampler the page starts with", label="Default sampling method",
                                  group="sampling")
     default_scheduler: str = param(_SCHEMA["scheduler"], "schedule type the page starts with", label="Default schedule type",

@@ -38,10 +38,10 @@ def build(ctx, quick) -> None:
                                                        ("live_preview_every", "save_images", "save_grids")})
             gr.Markdown("### Paths for saving")
             form.controls(UISettings, group="paths", **{n: {"value": getattr(s, n)} for n in (
-                "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_txt2img_grids", "outdir_img2img_grids")})
+                "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_txt2img_grids", "outdir_img2img_grids",
+                "outdir_extras_samples")})
             gr.Markdown(f"Folders inside the server's output folder `{html.escape(Path(ctx.config.outdir).name)}/` "
-                        f"(set when the server starts: `t2i serve --outdir`); the server saves nowhere else. "
-                        f"Extras are saved in `extras/`.")
+                        f"(set when the server starts: `t2i serve --outdir`); the server saves nowhere else.")
         with gr.Column(min_width=320):
             gr.Markdown("### Defaults of txt2img and img2img")
             form.control(UISettings, "default_sampler", choices=SAMPLER_NAMES, value=s.default_sampler)
