@@ -30,7 +30,9 @@ left on a black background"). After each method:
 Every method but TI trains with prior preservation (80 class images the base model draws from 40
 ordinary prompts, shared, made once); `--no-prior` leaves it out. How each method is used: LoRA merged at weight 1, the embedding named `star` (so it replaces the
 word star in prompts), the hypernetwork at multiplier 1, the DreamBooth/full model folders. The
-hypernetwork and LoRA stay active for the ordinary prompts too.
+hypernetwork and LoRA stay active for the ordinary prompts too. `--init-embedding FILE` (pivotal
+tuning) trains the LoRA with a star embedding (a ti run's OUT/ti/star.safetensors) standing for
+the word and generates with both.
 
     nice python benchmarks/finetune_concept.py --out /tmp/ftbench [--methods lora ti] [--threads 1]
 """
@@ -171,8 +173,9 @@ def generate(model, prompts: list[str], seeds: list[int], embeddings=None, batch
     return images
 
 
-def applied(method: str, output: Path, base):
-    """(model, embeddings, context) that generate with the method's result."""
+def applied(method: str, output: Path, base, pivot: Path | None = None):
+    """(model, embeddings, context) that generate with the method's result (and a LoRA's
+    --init-embedding, as `t2i generate` would be given both)."""
     from t2i.checkpoints.registry import load_model
     from t2i.runtime import Runtime
 
@@ -187,7 +190,9 @@ def applied(method: str, output: Path, base):
 
         return base, None, applying_hypernetworks(base.unet, [(load_hypernetwork(output), 1.0)])
     if method == "lora":
-        return base, None, merged_lora(base, output)
+        from t2i.extra_networks.embeddings import load_embedding
+
+        return base, [load_embedding(pivot, CONCEPT)] if pivot else None, merged_lora(base, output)
     return base, None, nullcontext()
 
 
@@ -266,6 +271,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every method's steps")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra options for every method")
     parser.add_argument("--no-prior", action="store_true", help="train without prior preservation")
+    parser.add_argument("--init-embedding", type=Path, default=None,
+                        help="lora: pivotal tuning from this star embedding (e.g. OUT/ti/star.safetensors of a ti "
+                             "run); the embedding is used with the LoRA when generating too")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT/METHOD to --steps (t2i's exact resume; with the constant "
+                             "learning rate of these runs that equals a run started with those steps); "
+                             "CPU-minutes then count the added steps only")
     parser.add_argument("--rescore", action="store_true",
                         help="only re-score the saved concept images of OUT (after a change to the star checker)")
     args = parser.parse_args()
@@ -306,12 +318,13 @@ def main() -> None:
     for method in args.methods:
         outdir = args.out / method
         options = {**OPTIONS[method], **(prior if method != "ti" else {}), **extra,
-                   **({"steps": args.steps} if args.steps else {})}
+                   **({"steps": args.steps} if args.steps else {}),
+                   **({"init_embedding": str(args.init_embedding)} if args.init_embedding and method == "lora" else {})}
         start = time.process_time()
         output = t2i.finetune(method, model="default", data=data, outdir=outdir, name=CONCEPT, sample_every=0,
-                              log_every=100, **options)
+                              log_every=100, resume=args.resume, **options)
         minutes = (time.process_time() - start) / 60
-        model, embeddings, context = applied(method, output, base)
+        model, embeddings, context = applied(method, output, base, args.init_embedding if method == "lora" else None)
         found = evaluate(model, embeddings, context, concept_scenes, ordinary, seed=90_000, visible=visible)
         make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
         save_images(found.pop("concept_images"), args.out / f"{method}-concept")

@@ -270,3 +270,53 @@ def test_training_options_run_on_a_v_prediction_model(shapes_folder, tmp_path):
                if k.endswith("lora_up.weight"))
     cached = torch.load(next((out / "cache").glob("latents-*.pt")), weights_only=True)
     assert "mean_flip" in cached and cached["mean"][0].shape == (4, 16, 16)  # square 32 px, VAE factor 2
+
+
+def test_lora_from_an_embedding_trains_on_its_vectors(tiny_model_dir, plain_folder, tmp_path):
+    """Pivotal tuning: --init-embedding's vectors stand for NAME in the training captions (the cached
+    text states equal the prompt encoder's with the embedding), frozen; the LoRA file names it."""
+    from safetensors.torch import save_file
+
+    from t2i.checkpoints.registry import load_model
+    from t2i.data.cache import load_cache
+    from t2i.diffusion.conditioning import PromptEncoder
+    from t2i.extra_networks.embeddings import load_embedding
+    from t2i.runtime import Runtime
+    from t2i.training.finetune import config_with
+    from t2i.training.finetune.loop import finetune
+
+    torch.manual_seed(5)
+    embedding = tmp_path / "zork.safetensors"
+    save_file({"emb_params": torch.randn(2, 32)}, str(embedding))
+    out = tmp_path / "out"
+    args = ("finetune", "lora", "--model", tiny_model_dir, "--data", plain_folder, "--name", "zork",
+            "--caption", "a zork shape", "--rank", 2, "--lr", 0.05)
+    run = cli(*args, "--outdir", out, "--init-embedding", embedding, *STEPS)
+    assert run.returncode == 0, run.stderr
+    with safe_open(str(out / "zork.safetensors"), "pt") as f:
+        assert f.metadata()["t2i_init_embedding"] == "zork.safetensors"
+    model = load_model(tiny_model_dir, Runtime.auto("full", "cpu")).model
+    cached = load_cache(out / "cache" / "text.pt", check=lambda v: True)["context"]
+    with torch.no_grad():
+        wanted = PromptEncoder.from_model(model, embeddings=[load_embedding(embedding)]).encode("a zork shape")
+        plain = PromptEncoder.from_model(model).encode("a zork shape")
+    assert torch.allclose(cached[0], wanted[0], atol=1e-5) and not torch.allclose(cached[0], plain[0], atol=1e-3)
+    trained = torch.load(out / "finetune.ckpt", weights_only=True)["modules"]["net"]
+    assert trained and all(".lora_A." in k or ".lora_B." in k for k in trained)  # the vectors stay frozen
+
+    def lora(outdir, **options):
+        base = {"method": "lora", "model": str(tiny_model_dir), "data": str(plain_folder), "outdir": str(outdir),
+                "name": "zork", "caption": "a zork shape", "steps": 3, "batch_size": 2, "lr": 0.05, "rank": 2,
+                "sample_every": 0, "log_every": 0}
+        return load_file(str(finetune(config_with(base, options))))
+
+    with_vectors, without = lora(tmp_path / "a", init_embedding=str(embedding)), lora(tmp_path / "b")
+    assert max((with_vectors[k] - without[k]).abs().max().item() for k in without) > 1e-4
+
+    missing = cli(*args, "--outdir", tmp_path / "m", "--init-embedding", tmp_path / "nope.safetensors", *STEPS)
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    with pytest.raises(ValueError, match="no caption mentions"):
+        lora(tmp_path / "c", init_embedding=str(embedding), caption="a plain shape")
+    save_file({"emb_params": torch.randn(2, 48)}, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(ValueError, match="made for another model"):
+        lora(tmp_path / "d", init_embedding=str(tmp_path / "wide.safetensors"))

@@ -67,6 +67,9 @@ FLAGS: dict[str, tuple[str, dict, str]] = {
     "--conv-alpha": ("lora.conv_alpha", {}, "LoCon alpha (default: the conv rank)"),
     "--lora-targets": ("lora.targets", {}, "attention (to_q/k/v/out) or transformer (every linear layer of the "
                                            "transformer blocks)"),
+    "--init-embedding": ("lora.init_embedding", {}, "lora: pivotal tuning: a textual-inversion embedding (e.g. from "
+                                                    "`t2i finetune ti`) whose vectors stand for --name in the captions "
+                                                    "while the LoRA trains; generate with both"),
     "--init-word": ("ti.init_word", {}, "ti: the new word's vectors start as this word's (default *)"),
     "--vectors": ("ti.vectors", {}, "ti: vectors per token (default 1)"),
     "--instance-prompt": ("dreambooth.instance_prompt", {}, "dreambooth: the caption of every training image"),

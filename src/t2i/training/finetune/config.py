@@ -28,6 +28,10 @@ class LoraOptions:
     # which UNet layers: the attention projections (to_q/k/v/out), or every linear layer of the
     # transformer blocks (also proj_in/out and the feed-forward), as kohya's trainer does
     targets: Literal["attention", "transformer"] = "attention"
+    # pivotal tuning (cloneofsimo's lora PTI; diffusers' --train_text_encoder_ti): a textual-inversion
+    # embedding file whose vectors stand, frozen, for NAME in the captions while the LoRA trains, so the
+    # LoRA learns on a word that already points at the concept; use the same embedding when generating
+    init_embedding: str = ""
 
 
 @dataclass

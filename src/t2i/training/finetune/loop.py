@@ -91,14 +91,18 @@ class TextSource:
     def _encode_all(self, net: FinetuneNet, cache_path: Path | None, is_main: bool, model_id: str) -> tuple:
         from t2i.data.cache import load_cache, save_cache
 
+        # frozen placed vectors (LoRA's init_embedding) are part of the text states, so of the key
+        placed = [v.tolist() for v in net.extras["tokens"].vectors] if self.ti_places is not None else None
         key = hashlib.sha256(repr((model_id, net.text.clip_skip, self.captions,
-                                   [i.tolist() for i in self.ids])).encode()).hexdigest()
+                                   [i.tolist() for i in self.ids], placed)).encode()).hexdigest()
         cached = load_cache(cache_path, check=lambda v: v["key"] == key) if cache_path else None
         if cached is None:
             contexts, pooled = [], []
             with torch.no_grad():
                 for i in range(0, len(self.captions), 32):
-                    c, p = net.text(list(net.text_encoders), [ids[i:i + 32] for ids in self.ids])
+                    chunk = [ids[i:i + 32] for ids in self.ids]
+                    c, p = net.text(list(net.text_encoders), chunk) if placed is None else net.encode(
+                        chunk, self._positions(range(i, min(i + 32, len(self.captions)))))
                     contexts.append(c.float().cpu())
                     pooled.append(p.float().cpu() if p is not None else None)
             cached = {"key": key, "context": torch.cat(contexts),
@@ -114,10 +118,13 @@ class TextSource:
             return out | ({"pooled": pooled[caps].to(device)} if pooled is not None else {})
         out = {"ids": [ids[caps].to(device) for ids in self.ids]}
         if self.ti_places is not None:
-            from t2i.training.finetune.textual_inversion import positions
-
-            out["ti"] = positions(self.ti_places, caps.tolist())
+            out["ti"] = self._positions(caps.tolist())
         return out
+
+    def _positions(self, rows) -> tuple:
+        from t2i.training.finetune.textual_inversion import positions
+
+        return positions(self.ti_places, list(rows))
 
 
 def _draw(data: TrainData, n: int, g: torch.Generator, timesteps: int) -> dict:
@@ -328,11 +335,13 @@ def _instance_captions(cfg: FinetuneConfig, data: TrainData, name: str) -> Train
         for bucket in data.buckets:
             bucket.captions = torch.zeros_like(bucket.captions)
         return dataclasses.replace(data, captions=[cfg.dreambooth.instance_prompt])
-    if cfg.method == "ti":
+    pivot = cfg.method == "lora" and cfg.lora.init_embedding
+    if cfg.method == "ti" or pivot:
         from t2i.training.finetune.textual_inversion import mentions
 
+        what = "--init-embedding's vectors stand for" if pivot else "textual inversion learns"
         if not any(mentions(c, name) for c in data.captions):
-            raise ValueError(f"no caption mentions {name!r}, the word textual inversion learns: write {name} in the "
+            raise ValueError(f"no caption mentions {name!r}, the word {what}: write {name} in the "
                              f"captions (e.g. --caption \"a photo of {name}\") or choose --name to match them")
     return data
 

@@ -45,8 +45,38 @@ def _lora(cfg, model, name, info) -> Setup:
 
     components = add_lora(model, cfg.lora, cfg.train_text_encoder)
     text = [p for e in _text_encoders(model) for p in _trained(e)]
-    return Setup(live_text=cfg.train_text_encoder, text_params=text,
-                 export=lambda outdir, stem, meta: save_lora(model, components, outdir, stem, meta))
+    setup = Setup(live_text=cfg.train_text_encoder, text_params=text,
+                  export=lambda outdir, stem, meta: save_lora(model, components, outdir, stem, meta))
+    if cfg.lora.init_embedding:
+        _pivot(setup, model, cfg.lora.init_embedding, name)
+    return setup
+
+
+def _pivot(setup: Setup, model, path: str, name: str) -> None:
+    """Pivotal tuning: the embedding's vectors stand for NAME, frozen (placed as textual inversion
+    places its learned ones; the text encoder's outputs are still cached when it does not train)."""
+    from t2i.extra_networks.embeddings import load_embedding
+    from t2i.training.finetune.textual_inversion import LearnedTokens, embedding
+
+    if not Path(path).is_file():
+        raise ValueError(f"--init-embedding {path}: no such file; give a textual-inversion embedding "
+                         f"(NAME.safetensors or .pt, e.g. from `t2i finetune ti`)")
+    loaded = load_embedding(path)
+    vectors = []
+    for encoder in _text_encoders(model):
+        width = encoder.get_input_embeddings().weight.shape[1]
+        v = loaded.for_width(width)
+        if v is None:
+            raise ValueError(f"--init-embedding {path} was made for another model: no vectors of width {width}, "
+                             f"this model's text encoder's")
+        vectors.append(v)
+    tokens = LearnedTokens(vectors).requires_grad_(False)
+    setup.extras["tokens"] = tokens
+    setup.ti_name, setup.ti_vectors = name, loaded.count
+    setup.embeddings = lambda: [embedding(name, tokens)]
+    export = setup.export  # the LoRA file names the embedding it needs beside it
+    setup.export = lambda outdir, stem, meta: export(outdir, stem, {**meta, "t2i_init_embedding": Path(path).name,
+                                                                    "t2i_init_embedding_hash": loaded.hash})
 
 
 def _ti(cfg, model, name, info) -> Setup:
