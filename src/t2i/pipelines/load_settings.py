@@ -50,7 +50,12 @@ class LoadSettings:
                                  "each layer (sequential: least GPU memory, slowest) to the GPU when it runs",
                          group="memory", choices=OFFLOAD, api=None)
     compile: bool = param(False, "torch.compile the UNet (minutes of compiling on first use of each size; needs a "
-                                 "C++ compiler on a CPU)", group="speed", api=None)
+                                 "C++ compiler on a CPU); the compiled code is kept in --compile-cache, so "
+                                 "later runs load it in seconds", group="speed", api=None)
+    compile_cache: str | None = param(None, "folder where --compile keeps compiled UNets between runs, one entry per "
+                                            "architecture, precision, torch version and CPU (default: compile in "
+                                            "t2i's cache folder, ~/.cache/t2i/compile or $T2I_CACHE_DIR/compile); "
+                                            "`off`: keep none", group="speed", api=None)
     vae_decoder: tuple[str, ...] = param(("full",), "'full' (default) or 'tiny FILE': decode with a TAESD-format "
                                                     "tiny decoder (a file such as taesd_decoder.safetensors, or a "
                                                     "diffusers AutoencoderTiny folder): faster, approximate",

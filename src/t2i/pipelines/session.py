@@ -137,5 +137,9 @@ class Session:
             text += f" on {runtime.describe()}"
         if plan is not None:
             text += f", {plan.describe()}"
-        return text + f", loaded in {entry.load_seconds:.1f}s"
+        text += f", loaded in {entry.load_seconds:.1f}s"
+        compiled = entry.compile
+        if compiled is not None and compiled.source != "later":
+            text += " (UNet compile from the cache)" if compiled.source == "cache" else " (UNet compiled now)"
+        return text
 

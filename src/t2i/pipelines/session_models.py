@@ -2,6 +2,7 @@
 load-time options applied once (VAE, LoRA/embedding folders, offload, tiny decoder, compile)."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -10,6 +11,10 @@ from t2i.errors import ParamError
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.schema import validate_strict
 from t2i.pipelines.session_types import ModelEntry, NoteCallback, parameter_bytes
+
+# Phase events of a load at DEBUG level (silent unless a caller enables the logger):
+# benchmarks/cold_start.py times a cold start's phases from them.
+TIMING = logging.getLogger("t2i.timing")
 
 
 def check_device(device: str | None):
@@ -78,6 +83,7 @@ def prepare_model_libraries() -> None:
 def load_entry(settings: LoadSettings, kind: str, notes: NoteCallback) -> ModelEntry:
     validate_strict(settings)
     prepare_model_libraries()
+    TIMING.debug("libraries imported")
     start = time.perf_counter()
     device = check_device(settings.device)
     apply_threads(settings)
@@ -97,6 +103,7 @@ def load_entry(settings: LoadSettings, kind: str, notes: NoteCallback) -> ModelE
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     entry.load_seconds = time.perf_counter() - start
+    TIMING.debug("model loaded")
     entry.bytes = parameter_bytes(getattr(entry.loaded, "model", entry.loaded))
     return entry
 
@@ -129,10 +136,12 @@ def _load_diffusion(settings: LoadSettings, device, notes: NoteCallback) -> Mode
         use_tiny_decoder(loaded, tiny)
         entry.notes.append(f"VAE decoder: tiny ({tiny})")
     if settings.compile:
-        from t2i.speedups import compile_unet
+        from t2i.speedups import compile_unet_cached
 
-        notes("compiling the UNet (torch.compile) ...")
-        seconds = compile_unet(loaded)
-        entry.notes.append(f"UNet compiled: {seconds:.1f} s for the compile and one step at the default size; "
-                           f"other sizes compile again on first use")
+        notes("compiling the UNet (torch.compile; from the compile cache when it has this UNet) ...")
+        report = compile_unet_cached(loaded, settings.compile_cache, notes)
+        entry.compile = report
+        if report.source != "later":
+            entry.notes.append(f"{report.describe()} (compile and one step at {report.shape}); other sizes "
+                               f"compile on first use" + (", then are cached too" if report.cache else ""))
     return entry

@@ -120,6 +120,8 @@ def model_in_use(session, entry, settings: LoadSettings, width: int, height: int
         announce(session, entry, shown)
         with memory_applied(loaded.model, plan, device):
             yield shown
+        if entry.compile is not None and entry.compile.cache is not None:
+            entry.compile.cache.commit()  # a new size compiled during the run joins the compile cache
 
 
 # ----------------------------------------------------------------------------- diffusion pipelines

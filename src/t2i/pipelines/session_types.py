@@ -57,6 +57,7 @@ class ModelEntry:
     bytes: int = 0  # parameter memory, for the cache bound
     notes: list[str] = field(default_factory=list)  # lines for the user, shown with the summary
     announced: bool = False  # the summary line was shown
+    compile: object | None = None  # speedups.CompileReport with --compile: where the compiled UNet came from
 
     @property
     def name(self) -> str:

@@ -1,0 +1,209 @@
+"""`--compile` with the compile cache against eager torch and OpenVINO, one UNet, one run.
+
+1. Compile cost: two fresh processes in turn run `t2i.speedups.compile_unet_cached` (the code
+   behind `t2i generate --compile`) on the same UNet with an empty compile cache folder: the first
+   compiles and records the entry, the second loads it. Reported: the compile call's wall time
+   (compile + one warm-up step) and the whole child process's CPU time (its g++ runs included).
+2. In this process: one UNet step with CFG (batch 2) eager float32, compiled (from the cache; its
+   load timed once more) and OpenVINO (the same UNet through `openvino.convert_model`, compiled
+   for the CPU with its default precision choice, which is reported). Each: warm-up, then the
+   min of --repeats, wall and process CPU time.
+3. Numerics: the same --steps-step DPM++ 2M denoising (CFG 7, fixed noise and context) with each
+   backend; per-step cosine of the latents against eager float32.
+
+    python benchmarks/compile_cache.py --unet default --threads 2 --repeats 5
+    python benchmarks/compile_cache.py --unet sd15 --size 512 --threads 2 --repeats 3
+
+`default`: the bundled model's UNet at its 64 px (16x16 latents). `sd15`: SD 1.5's UNet
+architecture (t2i.evaluate.random_sd, 860 M parameters, random weights: nothing downloaded) at
+--size px. Needs `pip install openvino` (the `bench` extra) for the OpenVINO rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+
+class _Holder(nn.Module):
+    """What compile_unet needs of a t2i model: `.unet`, the default size and the text length."""
+
+    def __init__(self, unet, size: int, scale: int = 8, length: int = 77):
+        super().__init__()
+        self.unet = unet
+        self.config = argparse.Namespace(resolution=size)
+        self.vae_scale_factor = scale
+        self.tokenizer = argparse.Namespace(model_max_length=length)
+
+
+def build(which: str, size: int):
+    """(holder, context length) of the UNet to measure, float32 on the CPU."""
+    if which == "default":
+        from t2i.checkpoints.registry import load_model
+        from t2i.runtime import Runtime
+
+        loaded = load_model(None, Runtime.auto("auto", "cpu"))
+        model = loaded.model
+        length = model.tokenizer.model_max_length
+        return _Holder(model.unet, model.config.resolution, model.vae_scale_factor, length), length
+    from t2i.evaluate.random_sd import random_sd_unet
+
+    return _Holder(random_sd_unet("sd15").eval(), size), 77
+
+
+def child(args) -> None:
+    """One process: compile through the compile cache, print the result as JSON."""
+    from t2i.speedups import compile_unet_cached
+
+    torch.set_num_threads(args.threads)
+    holder, _ = build(args.unet, args.size)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    report = compile_unet_cached(holder, args.cache, notes=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"wall": time.perf_counter() - start_wall, "cpu_main": time.process_time() - start_cpu,
+                      "source": report.source, "shape": report.shape}))
+
+
+def run_child(args) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--size", str(args.size),
+                          "--threads", str(args.threads), "--cache", args.cache], capture_output=True, text=True,
+                         check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_wall"] = time.perf_counter() - start
+    result["process_cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
+
+
+def best(fn, repeats: int) -> tuple[float, float]:
+    """(min wall s, min process CPU s) of `repeats` calls after one warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return min(walls), min(cpus)
+
+
+class _Plain(nn.Module):
+    """The UNet as tensors in, tensor out: what openvino.convert_model traces."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, context):
+        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def denoise(step_fn, latents, steps: int) -> list[torch.Tensor]:
+    """DPM++ 2M with CFG 7 through `step_fn(x2, t) -> eps (2B)`; the latents after each step."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler.set_timesteps(steps)
+    x, out = latents * scheduler.init_noise_sigma, []
+    for t in scheduler.timesteps:
+        eps = step_fn(torch.cat([x, x]), t).float()
+        uncond, cond = eps.chunk(2)
+        x = scheduler.step(uncond + 7.0 * (cond - uncond), t, x).prev_sample
+        out.append(x.clone())
+    return out
+
+
+def cosine(a, b) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unet", choices=("default", "sd15"), default="default")
+    parser.add_argument("--size", type=int, default=512, help="sd15: image size in pixels")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps of the numerics check")
+    parser.add_argument("--cache", help="compile cache folder (default: a fresh temporary one)")
+    parser.add_argument("--no-openvino", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    torch.set_num_threads(args.threads)
+    temp = None
+    if args.cache is None:
+        temp = tempfile.TemporaryDirectory(prefix="t2i-compile-bench-")
+        args.cache = temp.name
+    results = {"unet": args.unet, "threads": args.threads, "torch": torch.__version__,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    results["first_process"] = run_child(args)
+    print("first process", results["first_process"], flush=True)  # partial results survive a timeout
+    results["second_process"] = run_child(args)
+    print(json.dumps(results, indent=1), flush=True)
+
+    from t2i.speedups import compile_unet_cached
+
+    holder, length = build(args.unet, args.size)
+    unet = holder.unet
+    cfg = unet.config
+    latent = holder.config.resolution // holder.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, cfg.in_channels, latent, latent, generator=g)
+    context = torch.randn(2, length, cfg.cross_attention_dim, generator=g)
+    x2, t = torch.cat([latents, latents]), torch.tensor(500)
+
+    def torch_step(x, step_t):
+        with torch.no_grad():
+            return unet(x, step_t, encoder_hidden_states=context).sample
+
+    steps = {}
+    steps["eager fp32"] = best(lambda: torch_step(x2, t), args.repeats)
+    reference = denoise(torch_step, latents, args.steps)
+    print("eager", steps["eager fp32"], flush=True)
+    # OpenVINO before the compile: it converts the plain module (the compile changes it in place)
+
+    if not args.no_openvino:
+        import openvino as ov
+
+        start = time.perf_counter()
+        ov_model = ov.convert_model(_Plain(unet).eval(), example_input=(x2, t, context))
+        convert_s = time.perf_counter() - start
+        start = time.perf_counter()
+        core = ov.Core()
+        compiled_ov = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": args.threads})
+        results["openvino"] = {"version": ov.__version__, "convert_s": convert_s,
+                               "compile_s": time.perf_counter() - start,
+                               "precision": str(compiled_ov.get_property("INFERENCE_PRECISION_HINT"))}
+        request = compiled_ov.create_infer_request()
+
+        def ov_step(x, step_t):
+            request.infer([x.numpy(), step_t.reshape(()).numpy(), context.numpy()])
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        steps["OpenVINO"] = best(lambda: ov_step(x2, t), args.repeats)
+        results["cosine OpenVINO"] = [cosine(a, b) for a, b in zip(denoise(ov_step, latents, args.steps), reference)]
+    start = time.perf_counter()
+    report = compile_unet_cached(holder, args.cache, notes=print)
+    results["third_load_in_process"] = {"wall": time.perf_counter() - start, "source": report.source}
+    steps["t2i --compile"] = best(lambda: torch_step(x2, t), args.repeats)
+    compiled = denoise(torch_step, latents, args.steps)
+    results["cosine t2i --compile"] = [cosine(a, b) for a, b in zip(compiled, reference)]
+    print("compiled", steps["t2i --compile"], flush=True)
+
+    results["step_s"] = {name: {"wall": w, "cpu": c} for name, (w, c) in steps.items()}
+    print(json.dumps(results, indent=1))
+    if temp is not None:
+        temp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
