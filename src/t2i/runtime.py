@@ -4,10 +4,12 @@ Nothing probes hardware at import; `Runtime.auto()` is called by the front ends 
 `describe()` reports what it chose so a user can see it.
 
 The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast path"):
-- CUDA: float16 for the UNet and text encoders, with the VAE in float32 where its config asks
-  for it (`force_upcast`: SD VAEs overflow float16 while decoding), as diffusers' fp16 pipelines
-  do. Measured on an H100 (BENCHMARKS.md, "SD 1.5 on a GPU"): eager float16 ran 1.11x float32 and
-  bfloat16 0.99x, and float16 is the closer to float32 (82 dB against 69 dB PSNR).
+- CUDA: float16 for the UNet, VAE and text encoders. Measured on an H100 (BENCHMARKS.md, "SD 1.5
+  on a GPU"): eager float16 ran 1.11x float32 and bfloat16 0.99x, and float16 is the closer to
+  float32 (82 dB against 69 dB PSNR). The VAE is float16 even where its config asks for float32
+  (`force_upcast`, diffusers' rule: some VAEs overflow float16): a decode or encode whose float16
+  result is not finite is redone in float32 and the VAE kept there (t2i.models.vae_precision, the
+  web UI's automatic upcast), so VAEs that are fine in float16 (most SD 1.x ones) run at its speed.
 - A CPU with AMX: bfloat16 UNet and VAE in channels_last. There bf16 doubles the matmul peak, and
   oneDNN's bf16 convolutions are fast only in NHWC (bf16 in NCHW gains nothing; fp32 in NHWC is
   slower). The text encoder stays float32: it runs once per prompt, so bf16 would only cost
@@ -83,7 +85,8 @@ class Runtime:
         if precision == "full":
             return cls(dev, torch.float32, threads, reason="--precision full")
         if dev.type == "cuda":
-            return cls(dev, torch.float16, threads, reason="CUDA: float16, the fastest eager dtype measured")
+            return cls(dev, torch.float16, threads, reason="CUDA: float16, the fastest eager dtype measured; "
+                       "a VAE that overflows float16 is redone in float32")
         if dev.type == "cpu":
             feature = cpu_native_bf16()
             if feature == "amx_bf16":
@@ -117,13 +120,10 @@ class Runtime:
         """(dtype, memory format) of a model's `component` ("unet", "vae", "text_encoder", ...)
         under this runtime: what `place` gives it, and what loaders cast a file's tensors to
         directly (one cast from the file's dtype, no round trip through float32). `module`: the
-        component (its config decides the VAE's float16 upcast)."""
+        component; unused now: a float16 VAE that overflows is upcast when it does, see
+        t2i.models.vae_precision)."""
         if component in ("unet", "vae"):
-            dtype = self.dtype
-            config = getattr(module, "config", None)
-            if component == "vae" and dtype == torch.float16 and getattr(config, "force_upcast", False):
-                dtype = torch.float32  # as diffusers does: SD VAEs overflow float16 while decoding
-            return dtype, torch.channels_last if self.channels_last else torch.contiguous_format
+            return self.dtype, torch.channels_last if self.channels_last else torch.contiguous_format
         return self.text_dtype or self.dtype, torch.contiguous_format
 
     def place(self, model):

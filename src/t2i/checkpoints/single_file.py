@@ -30,6 +30,7 @@ from t2i.checkpoints.convert import (
 from t2i.checkpoints.detect import UNET_PREFIX, VAE_PREFIX, detect_architecture, resolve_prediction_type
 from t2i.checkpoints.diffusers_folder import ModelLoadError
 from t2i.checkpoints.loaded import LoadedModel, file_hash
+from t2i.checkpoints.preload import take as take_preload
 from t2i.checkpoints.safe_load import load_state_dict_file, read_safetensors_header, same_kind, sniff_format
 from t2i.models.sd import SDModelConfig, StableDiffusionModel
 from t2i.models.text import load_tokenizer
@@ -235,6 +236,8 @@ def load_single_file(path: str | Path, *, config_dir: str | Path | None = None, 
     unet = _empty(lambda: UNet2DConditionModel.from_config(unet_config))
     vae = _empty(lambda: AutoencoderKL.from_config(configs.vae))
     place = _placements(runtime, unet, vae, dtype)
+    # the tensors the CLI cast while the libraries imported, when they are in these very dtypes
+    state = take_preload(path, {part: place(part) for part in ("unet", "vae", "text_encoder")}) or state
     dtype_of = lambda part: place(part)[0]  # noqa: E731
     layout_of = lambda part: place(part)[1]  # noqa: E731
     _fill(unet, "UNet", state, lambda n: unet_target(n, unet_config), path, label, UNET_PREFIX, dtype_of("unet"),
@@ -347,5 +350,10 @@ def load_user_model(path: str | Path, runtime, *, config_dir: str | Path | None 
     for note in model.notes:
         logging.getLogger("t2i").warning("%s: %s", path.name, note)
     runtime = runtime.for_model(model)  # the final precision and layout depend on the model's size
-    return LoadedModel(runtime.place(model), name, file_hash(hashed), path, runtime)
+    runtime.place(model)
+    timing = logging.getLogger("t2i.timing")  # phase events for benchmarks/cold_start.py (DEBUG, silent)
+    timing.debug("weights placed")
+    digest = file_hash(hashed)
+    timing.debug("hashed")
+    return LoadedModel(model, name, digest, path, runtime)
 

@@ -46,12 +46,15 @@ def load_settings(args, **overrides) -> LoadSettings:
 def make_session(args, **overrides):
     """The process's Session, with the load settings of the flags; torch loads here."""
     from t2i.checkpoints.prefetch import prefetch
+    from t2i.checkpoints.preload import start_preload
     from t2i.pipelines.schema import validate_strict
 
     settings = load_settings(args, **overrides)
     validate_strict(settings)  # --threads -1, --precision typo, ...: one clear line before torch loads
     settings.tiny_decoder  # noqa: B018  (a bad --vae-decoder fails before loading anything)
     prefetch(settings.model_path, settings.vae)  # the disk reads the weights while torch imports
+    # and another thread casts a single file's weights into their final dtype meanwhile
+    start_preload(settings.model_path, settings.precision, settings.device, settings.threads)
     from t2i.pipelines.session import Session
 
     return Session(settings, styles_file=getattr(args, "styles_file", None), notes=note)

@@ -1,0 +1,128 @@
+"""Start-up (issue 16, item 2): a single file's weights cast in a thread while the libraries
+import (t2i.checkpoints.preload), used by the loader only when they are exactly what it would
+have made. Tiny files; no timings here (benchmarks/cold_start.py measures them)."""
+import os
+
+import pytest
+import torch
+
+from t2i.checkpoints import preload
+from t2i.errors import ModelLoadError
+from t2i.runtime import Runtime
+
+BF16_CL = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, text_dtype=torch.float32,
+                  reason="test: bf16 + channels_last")
+
+
+@pytest.fixture(scope="module")
+def sd_file(tmp_path_factory):
+    """A tiny SD 1.x single file in float16 (as real checkpoints ship) and its config folder."""
+    from test_sd_checkpoints import tiny_pipeline
+
+    from t2i.checkpoints.convert import save_single_file
+
+    root = tmp_path_factory.mktemp("preload")
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(root / "folder")
+    save_single_file(pipe, root / "tiny.safetensors", dtype=torch.float16)
+    return root / "tiny.safetensors", root / "folder"
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(monkeypatch):
+    monkeypatch.delenv("T2I_NO_PRELOAD", raising=False)
+    yield
+    preload._PENDING.clear()
+
+
+def _pending_state(path):
+    job = preload._PENDING[path.resolve()]
+    job.thread.join()
+    return job.state
+
+
+def _same_model(a, b):
+    for part in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), (part, key)
+            assert sa[key].is_contiguous(memory_format=torch.channels_last) == \
+                sb[key].is_contiguous(memory_format=torch.channels_last), (part, key)
+
+
+@pytest.mark.parametrize("runtime", [Runtime.auto("full", "cpu"), BF16_CL], ids=["float32", "bf16-cl"])
+def test_preloaded_weights_are_used_and_equal_a_direct_load(sd_file, runtime):
+    from t2i.checkpoints.single_file import load_single_file
+
+    path, folder = sd_file
+    assert preload.start_preload(path, runtime=runtime) is not None
+    cast = _pending_state(path)
+    conv = cast["model.diffusion_model.input_blocks.0.0.weight"]
+    assert conv.dtype == runtime.dtype
+    model = load_single_file(path, config_dir=folder, runtime=runtime)
+    assert model.unet.conv_in.weight.data_ptr() == conv.data_ptr()  # the preloaded tensor itself
+    assert not preload._PENDING  # taken once
+    _same_model(model, load_single_file(path, config_dir=folder, runtime=runtime))  # no preload this time
+
+
+def test_a_preload_for_other_dtypes_or_a_changed_file_is_not_used(sd_file, tmp_path):
+    from t2i.checkpoints.single_file import load_single_file
+
+    path, folder = sd_file
+    preload.start_preload(path, "full", "cpu")  # float32 everywhere ...
+    cast = _pending_state(path)
+    model = load_single_file(path, config_dir=folder, runtime=BF16_CL)  # ... but bf16 wanted: cast from the file
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert model.unet.conv_in.weight.data_ptr() != cast["model.diffusion_model.input_blocks.0.0.weight"].data_ptr()
+    _same_model(model, load_single_file(path, config_dir=folder, runtime=BF16_CL))
+    # the file replaced after the preload started: not used
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    preload.start_preload(copy, "full", "cpu")
+    _pending_state(copy)
+    os.utime(copy, ns=(1, 1))
+    assert preload.take(copy, {}) is None
+
+
+def test_nothing_to_preload(sd_file, tmp_path, monkeypatch):
+    path, folder = sd_file
+    assert preload.start_preload(None) is None
+    assert preload.start_preload(folder) is None  # diffusers folders: not preloaded
+    assert preload.start_preload(path, device="cuda") is None
+    assert preload.start_preload(tmp_path / "missing.safetensors") is None
+    lora = tmp_path / "lora.safetensors"  # no UNet tensors: nothing cast
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(lora))
+    preload.start_preload(lora)
+    assert _pending_state(lora) is None
+    monkeypatch.setenv("T2I_NO_PRELOAD", "1")
+    assert preload.start_preload(path) is None
+
+
+def test_a_damaged_file_is_reported_by_the_loader_not_the_preload(tmp_path):
+    from t2i.checkpoints.single_file import load_single_file
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    preload.start_preload(bad)
+    assert _pending_state(bad) is None  # the thread swallowed it
+    with pytest.raises(ModelLoadError):
+        load_single_file(bad)
+
+
+def test_the_cli_starts_the_preload_when_it_makes_its_session(sd_file):
+    """`t2i generate --model FILE` starts the cast before the libraries import (make_session);
+    `--device cuda` does not (the cast would be done on the device anyway)."""
+    from t2i.interfaces.cli import build_parser
+    from t2i.interfaces.cli.common import make_session
+
+    path, _ = sd_file
+    parser = build_parser(only="generate")
+    make_session(parser.parse_args(["generate", "x", "--model", str(path), "--threads", "1"]))
+    assert _pending_state(path)["model.diffusion_model.input_blocks.0.0.weight"].dtype == \
+        Runtime.auto("auto", "cpu").for_model(type("M", (), {"unet": torch.nn.Linear(2, 2)})()).dtype
+    preload._PENDING.clear()
+    make_session(parser.parse_args(["generate", "x", "--model", str(path), "--device", "cuda"]))
+    assert not preload._PENDING
