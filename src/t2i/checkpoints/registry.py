@@ -43,6 +43,9 @@ def load_model(path: str | Path | None = None, runtime: Runtime | None = None) -
         what = "class-conditional" if model.config.conditioning == "class" else "unconditional"
         raise ModelLoadError(f"{folder} is a {what} latent diffusion model: it has no text encoder; sample it "
                              f"with `t2i sample {folder}`" + (" --class NAME" if what == "class-conditional" else ""))
+    if model.config.conditioning == "retrieval":  # its prompt goes through a CLIP and its database
+        raise ModelLoadError(f"{folder} is a retrieval-augmented latent diffusion model: sample it with "
+                             f"`t2i sample {folder} --prompt \"a red circle\"`")
     runtime = runtime.for_model(model)  # the final precision and layout depend on the model's size
     runtime.place(model)
     name = DEFAULT_MODEL_NAME if path is None else folder.name

@@ -15,9 +15,10 @@ from torch import nn
 
 from t2i.config import (BlockDepth, Beta, ClassNames, Groups, Heads, Levels, LevelFlags, Resolution, Timesteps, Width,
                         above, between, check_model_size, from_dict)
-from t2i.models.ldm_conditioning import ClassTokens, LayoutTokens
+from t2i.models.ldm_conditioning import ClassTokens, LayoutTokens, RetrievalTokens
 from t2i.models.sizes import autoencoder_params, cross_transformer, unet_params
 from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
+from t2i.models.vae_precision import run_vae
 
 
 @dataclass
@@ -103,13 +104,16 @@ class LDMConfig:
     # learned token per class, + a null class for guidance), none (unconditional: one learned
     # token), layout (the prompt, then one token per (class, box) object). The tokens of class,
     # none and layout are text.hidden_size wide; only text and layout models have a text encoder.
-    conditioning: Literal["text", "class", "none", "layout"] = "text"
+    # retrieval (RDM): one token per retrieved neighbour's CLIP image embedding (t2i.training.ldm_retrieval).
+    conditioning: Literal["text", "class", "none", "layout", "retrieval"] = "text"
     class_names: ClassNames = ()  # class and layout models: index = class id (set by the recipe from the data)
     max_objects: Annotated[int, between(1, 64)] = 2  # layout models: object tokens per image
+    retrieval_k: Annotated[int, between(1, 64)] = 4  # retrieval models: neighbours per image
+    retrieval_dim: Annotated[int, between(0, 8192)] = 0  # retrieval models: CLIP width (the recipe reads the database's)
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
-        if self.class_names and self.conditioning in ("text", "none"):
+        if self.class_names and self.conditioning in ("text", "none", "retrieval"):
             raise ValueError(f"class_names are for class and layout models; this one is conditioned on "
                              f"{self.conditioning!r}")
         check_model_size("latent diffusion", self.approx_params())
@@ -124,7 +128,8 @@ class LDMConfig:
                            cross_transformer(t.hidden_size))
         vae = autoencoder_params(v.block_out_channels, v.layers_per_block, v.latent_channels)
         tokens = {"text": 0, "class": (len(self.class_names) + 1) * t.hidden_size, "none": t.hidden_size,
-                  "layout": LayoutTokens.approx_params(len(self.class_names), t.hidden_size)}[self.conditioning]
+                  "layout": LayoutTokens.approx_params(len(self.class_names), t.hidden_size),
+                  "retrieval": RetrievalTokens.approx_params(self.retrieval_dim, t.hidden_size)}[self.conditioning]
         return unet + vae + tokens + (t.approx_params() if self.has_text_encoder else 0)
 
     @property
@@ -173,6 +178,11 @@ def build_conditioner(config: LDMConfig) -> nn.Module | None:
         if not config.class_names:
             raise ValueError("a layout model needs class_names (the recipe sets them from the data)")
         return LayoutTokens(len(config.class_names), dim, config.max_objects)
+    if config.conditioning == "retrieval":
+        if not config.retrieval_dim:
+            raise ValueError("a retrieval model needs retrieval_dim, its database's CLIP width (the recipe sets it "
+                             "from retrieval_database)")
+        return RetrievalTokens(config.retrieval_dim, dim)
     return None
 
 
@@ -204,7 +214,8 @@ class VAELatents:
 
     def encode_images(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> scaled latents (B, C, H/f, W/f)."""
-        dist = self.vae.encode(images).latent_dist
+        # a float16 VAE that overflows is run again in float32 (t2i.models.vae_precision)
+        dist = run_vae(self.vae, lambda x: self.vae.encode(x).latent_dist, images, lambda d: d.mean)
         z = dist.sample(generator) if sample else dist.mode()
         return z * self.config.scaling_factor
 
@@ -214,7 +225,7 @@ class VAELatents:
         tiny = getattr(self, "tiny_decoder", None)  # declared by LatentDiffusion and the SD adapter only
         if tiny is not None:
             return tiny(latents)
-        return self.vae.decode(latents / self.config.scaling_factor).sample
+        return run_vae(self.vae, lambda z: self.vae.decode(z / self.config.scaling_factor).sample, latents)
 
 
 class LatentDiffusion(VAELatents, nn.Module):
@@ -266,6 +277,16 @@ class LatentDiffusion(VAELatents, nn.Module):
         if self.config.conditioning != "layout":
             raise ValueError(f"a layout needs a layout model, this one is conditioned on {self.config.conditioning!r}")
         return torch.cat([self.encode_prompts(prompts), self.conditioner(objects)], dim=1)
+
+    def retrieval_context(self, embeddings: torch.Tensor | None, n: int = 1, tokens: int | None = None) -> torch.Tensor:
+        """(B, T, D) tokens of CLIP embeddings (B, T, E) for retrieval models; None: the null
+        tokens (n rows of `tokens`, default retrieval_k), the unconditional side of guidance."""
+        if self.config.conditioning != "retrieval":
+            raise ValueError(f"retrieved neighbours need a retrieval model, this one is conditioned on "
+                             f"{self.config.conditioning!r}")
+        if embeddings is None:
+            return self.conditioner.null(n, tokens or self.config.retrieval_k)
+        return self.conditioner(embeddings)
 
     def scheduler_config(self) -> dict:
         return self.config.schedule.to_diffusers()

@@ -11,6 +11,9 @@
   the encoding GLIGEN uses for its grounding tokens), padded to `max_objects` with a learned
   "no object" token. These tokens follow the text encoder's states (the prompt carries the
   background), so the prompt syntax and the rest of the txt2img path stay as they are.
+- `retrieval` (the LDM README's retrieval-augmented diffusion, RDM): the CLIP embeddings of k
+  retrieved neighbours (or of the prompt's text, which lives in the same space), each projected
+  to one token; a learned null token stands in for them when training drops the condition.
 
 Objects are given as a (B, M, 5) float tensor: class index (-1: no object), x0, y0, x1, y1.
 """
@@ -79,3 +82,29 @@ class LayoutTokens(nn.Module):
         present = labels >= 0
         tokens = self.classes(labels.clamp(min=0)) + self.boxes(box_features(objects[..., 1:]))
         return torch.where(present.unsqueeze(-1), tokens, self.empty.to(tokens.dtype).expand_as(tokens))
+
+
+class RetrievalTokens(nn.Module):
+    """CLIP embeddings (B, T, E) -> tokens (B, T, D): a linear projection then a LayerNorm, so unit
+    CLIP vectors become tokens of the scale a text encoder's normed states have. Neighbours are a
+    set, not a sequence: no position embedding. `null(B, T)`: the dropped-condition tokens."""
+
+    def __init__(self, clip_dim: int, dim: int):
+        super().__init__()
+        self.clip_dim = clip_dim
+        self.proj = nn.Linear(clip_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.null_token = nn.Parameter(torch.randn(dim))
+
+    @staticmethod
+    def approx_params(clip_dim: int, dim: int) -> int:
+        return (clip_dim + 1) * dim + 3 * dim
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        if embeddings.ndim != 3 or embeddings.shape[-1] != self.clip_dim:
+            raise ValueError(f"retrieval embeddings must be (B, T, {self.clip_dim}), got {tuple(embeddings.shape)}")
+        return self.norm(self.proj(embeddings.to(weight.device, weight.dtype)))
+
+    def null(self, batch: int, tokens: int) -> torch.Tensor:
+        return self.null_token.view(1, 1, -1).expand(batch, tokens, -1)

@@ -129,7 +129,7 @@ def _optimise(decode, latents, optimiser, scorer, text, steps, cutouts, generato
 
 # options of the samplers that mean nothing here: an error rather than silently ignored
 _NOT_FOR_CLIP = ("class_name", "prompt", "negative_prompt", "sampler", "eta", "guidance_scale", "top_k", "top_p",
-                 "temperature", "use_cache")
+                 "temperature", "use_cache", "database", "retrieval")
 
 
 def sample_clip_guided(model, params: SampleParams, name: str, scorer=None) -> tuple:

@@ -61,7 +61,7 @@ OPTIONS = {  # sampling options beyond n, seed, class_name, width and height
     "vae": (),
     "ddpm": ("prompt", "negative_prompt", "sampler", "steps", "eta", "guidance_scale"),
     AR: ("prompt", "top_k", "top_p", "temperature", "use_cache"),
-    LDM: ("sampler", "steps", "eta", "guidance_scale"),
+    LDM: ("sampler", "steps", "eta", "guidance_scale", "prompt", "database", "retrieval"),
 }
 
 

@@ -17,7 +17,8 @@ from t2i.pipelines.sample_params import SampleParams
 def _options(params: SampleParams) -> dict:
     return dict(prompt=params.prompt, negative_prompt=params.negative_prompt, sampler=params.sampler,
                 steps=params.steps, eta=params.eta, guidance_scale=params.guidance_scale, top_k=params.top_k,
-                top_p=params.top_p, temperature=params.temperature, use_cache=params.use_cache)
+                top_p=params.top_p, temperature=params.temperature, use_cache=params.use_cache,
+                database=params.database, retrieval=params.retrieval)
 
 
 def sample(loaded: FamilyModel, params: SampleParams, complete: Image.Image | None = None,
@@ -35,5 +36,5 @@ def sample(loaded: FamilyModel, params: SampleParams, complete: Image.Image | No
         "Steps": params.steps, "Sampler": params.sampler, "CFG scale": params.guidance_scale, "Seed": params.seed,
         "Size": images[0].size, "Model": loaded.name, "Family": loaded.family, "Eta": params.eta,
         "Top-k": params.top_k, "Top-p": params.top_p, "Temperature": params.temperature,
-        "Completed": complete_name})
+        "Completed": complete_name, "Retrieval": params.retrieval, "Database": params.database})
     return make_grid(images), info, images

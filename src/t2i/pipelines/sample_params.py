@@ -14,7 +14,7 @@ class SampleParams:
     seed: int = param(0, "image i uses seed + i", group="family", minimum=0, maximum=MAX_SEED, infotext="Seed")
     class_name: str | None = param(None, "class name (class-conditional models; default: cycle through all)",
                                    label="Class", group="family", flag="--class")
-    prompt: str | None = param(None, "the prompt (text-conditional DDPM and AR models)", group="family",
+    prompt: str | None = param(None, "the prompt (text-conditional DDPM, AR and retrieval LDM models)", group="family",
                                infotext="Prompt")
     width: int | None = param(None, "image width (DDPM: any multiple of its size step, larger than trained too)",
                               group="family", minimum=8, maximum=4096, infotext="Size", infotext_part=0)
@@ -39,6 +39,13 @@ class SampleParams:
                                       minimum=0.0, maximum=100.0, infotext="Temperature")
     use_cache: bool | None = param(None, "AR: reuse cached keys/values (--no-cache recomputes every step: slow, "
                                          "same codes)", group="family", flag="--cache")
+    # retrieval-augmented diffusion (t2i.pipelines.rdm): --prompt retrieves the model's neighbours
+    database: str | None = param(None, "retrieval LDM: a database from `t2i rdm build-db` to retrieve from instead "
+                                       "of the model's own", group="family", infotext="Database")
+    retrieval: str | None = param(None, "retrieval LDM: what the prompt's CLIP text embedding gives the model: its "
+                                        "k nearest database images (neighbours, default), itself (text), or itself "
+                                        "and k - 1 neighbours (both)", group="family",
+                                  choices=("neighbours", "text", "both"), infotext="Retrieval")
     # CLIP-guided generation (t2i.pipelines.clip_guided): optimise the model's latent towards a prompt
     clip_guided: str | None = param(None, "CLIP-guided generation: optimise the latent diffusion model's VAE latent "
                                           "(RUN may be `default`) so a CLIP matches this prompt; --steps sets "

@@ -8,7 +8,8 @@ caption dropout so classifier-free guidance works, and min-SNR loss weighting (H
 
 `model.conditioning` picks what the UNet learns from (t2i.training.ldm_conditions): captions
 (text), class labels (class), nothing (none) or object boxes plus the background (layout).
-`vae_from` skips stage 1: the first stage is a trained model's (frozen), so only the UNet trains.
+`retrieval` (t2i.training.ldm_retrieval): the CLIP embeddings of each image's nearest neighbours in
+`retrieval_database`. `vae_from` skips stage 1: the first stage is a trained model's (frozen), so only the UNet trains.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from t2i.models.ldm import LatentDiffusion, LDMConfig
 from t2i.models.text import tokenize
 from t2i.outputs import make_grid
 from t2i.training.ldm_conditions import build_conditions, class_names_of, context_fn, sample_contexts
+from t2i.training.ldm_retrieval import (build_retrieval_context, copy_database_into, prepare_retrieval,
+                                        retrieval_sample_rows)
 from t2i.training.runs import copy_ema
 from t2i.training.trainer import OptimConfig, Trainer
 
@@ -79,6 +82,8 @@ class LDMTrainConfig:
     # a t2i model folder (or "default": the bundled model) whose VAE this run uses, frozen, instead
     # of training stage 1; its VAE config must equal model.vae
     vae_from: str | None = None
+    # retrieval models (model.conditioning: retrieval): the database `t2i rdm build-db` wrote
+    retrieval_database: str | None = None
 
 
 def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -174,15 +179,20 @@ def _encode_and_cache(model: LatentDiffusion, source: ImageSource, cfg: LDMTrain
 
 
 @torch.no_grad()
-def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, outdir: Path) -> Path:
-    """A grid of the sample prompts (one row each, 4 seeds) with the current weights."""
+def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, outdir: Path, rows=None) -> Path:
+    """A grid of the sample prompts (one row each, 4 seeds) with the current weights; `rows`:
+    a callable giving the (cond, uncond) rows instead (retrieval models)."""
     model.eval()
     prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
     seeds = list(range(4))
     shape = (model.latent_channels, model.config.latent_size, model.config.latent_size)
     images = []
-    rows = ([(model.encode_prompts([p]), model.encode_prompts([""])) for p in prompts]
-            if cfg.model.conditioning == "text" else sample_contexts(model))
+    if rows is not None:
+        rows = rows()
+    elif cfg.model.conditioning == "text":
+        rows = [(model.encode_prompts([p]), model.encode_prompts([""])) for p in prompts]
+    else:
+        rows = sample_contexts(model)
     for cond, uncond in rows:
         generators = make_generators(seeds)
         latents = denoise(model.unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
@@ -223,6 +233,10 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     outdir.mkdir(parents=True, exist_ok=True)
     if cfg.model.conditioning in ("class", "layout") and not cfg.model.class_names:
         cfg.model.class_names = class_names_of(cfg)  # recorded in config.yaml and the model's config
+    if cfg.retrieval_database is not None and cfg.model.conditioning != "retrieval":
+        raise ValueError(f"retrieval_database is for model.conditioning: retrieval; this run is "
+                         f"{cfg.model.conditioning!r}")
+    db = prepare_retrieval(cfg) if cfg.model.conditioning == "retrieval" else None  # sets model.retrieval_dim
     save_yaml(cfg, outdir / "config.yaml")
     stop_after = stop_after or {}
     torch.manual_seed(cfg.seed)  # weight initialisation
@@ -249,7 +263,11 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     model.vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
 
-    if cfg.model.conditioning == "text":
+    sample_rows = None
+    if db is not None:
+        context = build_retrieval_context(cfg, db, source.images)
+        sample_rows = lambda: retrieval_sample_rows(model, db, cfg.sample_prompts)  # noqa: E731
+    elif cfg.model.conditioning == "text":
         context = text_context(tokenize(model.tokenizer, list(source.captions)),
                                tokenize(model.tokenizer, [""])[0], cfg.unet.caption_dropout)
     else:
@@ -262,13 +280,15 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     if resume:
         unet_trainer.load()
     loss_fn = unet_loss_fn(latents, context, alphas_cumprod, cfg.unet, cfg.model.schedule.prediction_type)
-    on_sample = lambda step: save_sample_grid(model, cfg, step, outdir)  # noqa: E731
+    on_sample = lambda step: save_sample_grid(model, cfg, step, outdir, sample_rows)  # noqa: E731
     unet_trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after.get("unet"), budget=budget)
     if unet_trainer.step < cfg.unet.steps and not unet_trainer.stopped_on_budget:
         return model
     unet_trainer.apply_ema()
     model.eval().requires_grad_(False)
     save_ldm_folder(model, outdir / "model")
+    if db is not None:
+        copy_database_into(db, outdir / "model")
     return model
 
 
@@ -304,5 +324,7 @@ def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str
     model.vae.register_to_config(scaling_factor=model.config.scaling_factor)
     model.eval().requires_grad_(False)
     save_ldm_folder(model, Path(target), dtype=dtype)
+    if cfg.model.conditioning == "retrieval":
+        copy_database_into(prepare_retrieval(cfg), target)
     return model
 

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "interpolate": ("families", "add_interpolate_command",
                     "a strip of frames between two images through a VAE's latent space"),
     "evaluate": ("evaluate", "add_evaluate_commands", "evaluate models: reconstruction metrics, FID"),
+    "rdm": ("rdm", "add_rdm_commands", "retrieval-augmented diffusion: build a retrieval database of CLIP embeddings"),
     "interrogate": ("interrogate", "add_interrogate_command", "caption images by ranking candidates with a CLIP"),
     "convert": ("models", "add_convert_command", "write a model as an original-layout single file or a diffusers "
                                                 "folder"),

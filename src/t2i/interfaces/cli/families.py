@@ -12,7 +12,8 @@ from t2i.pipelines.sample_params import SampleParams
 
 
 def add_sample_command(sub) -> None:
-    p = sub.add_parser("sample", help="sample a grid from a GAN, VAE, pixel DDPM, VQGAN + AR transformer or class/unconditional LDM",
+    p = sub.add_parser("sample", help="sample a grid from a GAN, VAE, pixel DDPM, VQGAN + AR transformer or "
+                       "class/unconditional/retrieval LDM",
                        description="Sample a grid from a model file or a training run folder (a run still "
                                    "training gives its latest checkpoint's EMA weights).")
     p.add_argument("model", type=str, help="a model .safetensors file or a training run folder")
