@@ -4,20 +4,25 @@ Every family trains on the same data (10,000 single-object `shapes` scenes, conf
 for the same number of CPU-minutes (`t2i train --budget-minutes`, process CPU time at 1 torch
 thread, see t2i.training.budget), then samples `--n` images and is scored on:
 - accuracy by the shapes checker (t2i.evaluate.shapes_checker) on colour and shape: of the
-  requested class for the class-conditional GAN, DDPM and VQGAN+AR (image i asks for class i mod
-  24), of the prompt's object for the text-conditional LDM (single-object captions); the
-  unconditional VAE has none;
+  requested class for the class-conditional GAN, DDPM, VQGAN+AR and class LDM (image i asks for
+  class i mod 24), of the prompt's object for the text-conditional LDM (single-object captions);
+  the unconditional VAE and LDM have none;
 - FID against held-out real single-object images (`shapes` seed 999) with t2i.evaluate.fid
   (features of t2i's own `shapes` network, not Inception: comparable only within this table);
 - sampling speed: images per CPU-second at 1 thread, after a warm-up batch (on an idle core
   this is images/s; CPU time keeps it fair when runs share the machine);
 - parameters of what samples (GAN: the generator; AR: transformer + VQGAN; LDM: UNet + VAE +
-  text encoder), training steps reached and CPU-minutes used.
+  text encoder, or + the learned class tokens), training steps reached and CPU-minutes used.
 VQGAN+AR are two runs: the VQGAN gets `--vqgan-share` of the budget, the transformer the rest
 (its code encoding counts). The LDM splits its budget by `vae_budget_share` in its config.
+`ldm-class` and `ldm-uncond` (issue 17: `model.conditioning: class | none`) are not in the default
+set: they use the bundled model's VAE frozen (`vae_from: default`), so their whole budget goes to
+latent caching and the UNet, and they are compared with `ldm` only with that difference stated.
 
     python benchmarks/family_comparison.py [--budget-minutes 10] [--jobs 2] [--n 500] [--outdir DIR]
     python benchmarks/family_comparison.py --tiny      # seconds-long configs: checks the script only
+    python benchmarks/family_comparison.py --families ldm-class ldm-uncond --jobs 1 --n 300
+    python benchmarks/family_comparison.py ... --reuse-runs   # score runs already trained into --outdir
     python benchmarks/family_comparison.py --device cuda --budget-clock wall --jobs 1   # on a GPU
 
 On a GPU (`--device cuda`: training goes to the GPU by itself, sampling is moved there) the budget
@@ -38,8 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("gan", "vae", "ddpm", "vqgan+ar", "ldm")
-CONDITIONING = {"gan": "class", "vae": "none", "ddpm": "class", "vqgan+ar": "class", "ldm": "text"}
+DEFAULT_FAMILIES = ("gan", "vae", "ddpm", "vqgan+ar", "ldm")
+FAMILIES = DEFAULT_FAMILIES + ("ldm-class", "ldm-uncond")
+CONDITIONING = {"gan": "class", "vae": "none", "ddpm": "class", "vqgan+ar": "class", "ldm": "text",
+                "ldm-class": "class", "ldm-uncond": "none"}
 REAL_SEED, IMAGE_SEED, PROMPT_SEED = 999, 1000, 4242
 # sampling settings per family (full, tiny); the table prints them. Pixel DDPM: 25 DDIM steps, since
 # at 50 its 500 samples alone would take ~50 CPU-minutes
@@ -62,27 +69,29 @@ def _run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {done.returncode}); see {log}")
 
 
-def _train(config: Path, outdir: Path, minutes: float, log: Path, clock: str) -> dict:
-    _run([sys.executable, "-m", "t2i.interfaces.cli", "train", str(config), "--outdir", str(outdir),
-          "--budget-minutes", f"{minutes:.6g}", "--budget-clock", clock, "--threads", "1"], log)
+def _train(config: Path, outdir: Path, minutes: float, log: Path, clock: str, reuse: bool = False) -> dict:
+    # reuse: a run this command trained before (its budget.json is written when training ends)
+    if not (reuse and (outdir / "budget.json").is_file()):
+        _run([sys.executable, "-m", "t2i.interfaces.cli", "train", str(config), "--outdir", str(outdir),
+              "--budget-minutes", f"{minutes:.6g}", "--budget-clock", clock, "--threads", "1"], log)
     return json.loads((outdir / "budget.json").read_text())
 
 
 def train_family(family: str, configs: Path, prefix: str, workdir: Path, minutes: float, vqgan_share: float,
-                 clock: str = "cpu") -> dict:
+                 clock: str = "cpu", reuse: bool = False) -> dict:
     """Train one family (both runs for vqgan+ar); returns {"run": folder to sample, "budgets": [...]}."""
     log = workdir / f"{family}.log"
     if family != "vqgan+ar":
-        budget = _train(configs / f"{prefix}{family}.yaml", workdir / family, minutes, log, clock)
+        budget = _train(configs / f"{prefix}{family}.yaml", workdir / family, minutes, log, clock, reuse)
         return {"run": str(workdir / family), "budgets": [budget]}
     import yaml
 
-    first = _train(configs / f"{prefix}vqgan.yaml", workdir / "vqgan", minutes * vqgan_share, log, clock)
+    first = _train(configs / f"{prefix}vqgan.yaml", workdir / "vqgan", minutes * vqgan_share, log, clock, reuse)
     ar_config = yaml.safe_load((configs / f"{prefix}ar.yaml").read_text())
     ar_config["first_stage"] = str(workdir / "vqgan" / "vqgan.safetensors")
     path = workdir / "ar.yaml"
     path.write_text(yaml.safe_dump(ar_config, sort_keys=False))
-    second = _train(path, workdir / "ar", minutes * (1 - vqgan_share), log, clock)
+    second = _train(path, workdir / "ar", minutes * (1 - vqgan_share), log, clock, reuse)
     return {"run": str(workdir / "ar"), "budgets": [first, second]}
 
 
@@ -115,6 +124,8 @@ def _sample(family: str, run: Path, n: int, mode: str, device: str):
         return draw, [f"a {shapes_class(c)}" for c in captions], params, \
             f"{s['sampler']}, {s['steps']} steps, CFG {s['cfg_scale']:g}, batch 25"
 
+    if family in ("ldm-class", "ldm-uncond"):
+        return _sample_class_ldm(run, n, mode, device)
     from t2i.pipelines.families import load_family_model
 
     loaded = load_family_model(run, device=device)
@@ -142,6 +153,24 @@ def _sample(family: str, run: Path, n: int, mode: str, device: str):
     params = sum(p.numel() for m in (model, vqgan) for p in m.parameters())
     return (lambda k: sample_ar(model, vqgan, k, IMAGE_SEED, batch_size=50)), \
         _class_prompts(model.config.class_names, n), params, "all codes (top-k off, T 1), KV cache, batch 50"
+
+
+def _sample_class_ldm(run: Path, n: int, mode: str, device: str):
+    """Class LDM: image i asks for class i mod K; unconditional: no prompts, no guidance. Same
+    sampler and steps as the text LDM (LDM_SAMPLING), through `t2i sample`'s sampling code."""
+    from t2i.pipelines.ldm_classes import ldm_folder_of, load_class_ldm, sample_ldm
+
+    model = load_class_ldm(ldm_folder_of(run)).to(device)
+    names = model.config.class_names if model.config.conditioning == "class" else ()
+    s = LDM_SAMPLING[mode]
+    scale = s["cfg_scale"] if names else None
+
+    def draw(k):
+        return sample_ldm(model, k, IMAGE_SEED, sampler=s["sampler"], steps=s["steps"], guidance_scale=scale)
+    params = sum(p.numel() for p in model.parameters())  # UNet + VAE + the learned tokens
+    guide = f"CFG {scale:g}" if names else "no guidance"
+    return draw, (_class_prompts(names, n) if names else None), params, \
+        f"{s['sampler']}, {s['steps']} steps, {guide}, batch 16"
 
 
 def evaluate(family: str, run: Path, n: int, mode: str, out: Path, device: str = "cpu") -> None:
@@ -187,7 +216,7 @@ def real_images(n: int, resolution: int):
 def run_family(family: str, args, workdir: Path) -> dict:
     prefix = "tiny-" if args.tiny else ""
     trained = train_family(family, args.configs, prefix, workdir, args.budget_minutes, args.vqgan_share,
-                           args.budget_clock)
+                           args.budget_clock, args.reuse_runs)
     out = workdir / "eval"
     _run([sys.executable, str(Path(__file__).resolve()), "--evaluate", family, trained["run"], "--n", str(args.n),
           "--eval-out", str(out), "--device", args.device] + (["--tiny"] if args.tiny else []),
@@ -239,10 +268,13 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="where sampling runs (cpu, cuda); training uses a GPU if present")
     p.add_argument("--jobs", type=int, default=2, help="families trained and evaluated at once (1 thread each)")
     p.add_argument("--n", type=int, default=None, help="images sampled per family (default 500; tiny 24)")
-    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(DEFAULT_FAMILIES),
+                   help="default: the issue-3 five; ldm-class and ldm-uncond on request")
     p.add_argument("--vqgan-share", type=float, default=0.4, help="share of the vqgan+ar budget for the VQGAN")
     p.add_argument("--configs", type=Path, default=ROOT / "configs" / "compare")
     p.add_argument("--outdir", type=Path, default=Path("/tmp/t2i-family-comparison"))
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="skip training a run whose folder in --outdir already has budget.json; score it")
     p.add_argument("--tiny", action="store_true", help="seconds-long tiny configs (configs/compare/tiny-*.yaml)")
     p.add_argument("--evaluate", nargs=2, metavar=("FAMILY", "RUN"), help=argparse.SUPPRESS)  # worker mode
     p.add_argument("--eval-out", type=Path, help=argparse.SUPPRESS)
