@@ -189,7 +189,7 @@ def _built_params(config) -> int:
     if isinstance(config, LDMConfig):
         modules = [build_unet(config), build_vae(config)]
         modules += [build_text_encoder(config.text)] if config.has_text_encoder else []
-        modules += [build_conditioner(config)] if config.conditioning != "text" else []  # class/none/layout tokens
+        modules += [build_conditioner(config)] if config.conditioning != "text" else []  # class/none/layout/retrieval tokens
     elif isinstance(config, CLIPModelConfig):
         from t2i.models.clip import build_clip
 
@@ -210,6 +210,8 @@ def _shipped_model_configs():
                                         class_names=("a", "b") if model.conditioning == "class" else ())
         if isinstance(model, LDMConfig) and model.conditioning in ("class", "layout"):  # the recipe fills the classes
             model = dataclasses.replace(model, class_names=tuple(f"c{k}" for k in range(24)))
+        if isinstance(model, LDMConfig) and model.conditioning == "retrieval":  # the recipe: the database's width
+            model = dataclasses.replace(model, retrieval_dim=48)
         if model is not None:
             yield path, model
 
