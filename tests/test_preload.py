@@ -31,8 +31,9 @@ def sd_file(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_leftovers(monkeypatch):
     monkeypatch.delenv("T2I_NO_PRELOAD", raising=False)
+    preload.discard_all()  # what in-process CLI runs of other test files left
     yield
-    preload._PENDING.clear()
+    preload.discard_all()
 
 
 def _pending_state(path):
@@ -106,8 +107,8 @@ def test_a_damaged_file_is_reported_by_the_loader_not_the_preload(tmp_path):
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    preload.start_preload(bad)
-    assert _pending_state(bad) is None  # the thread swallowed it
+    preload.start_preload(bad).join()
+    assert not preload._PENDING  # the thread swallowed it and left nothing behind
     with pytest.raises(ModelLoadError):
         load_single_file(bad)
 
@@ -125,4 +126,23 @@ def test_the_cli_starts_the_preload_when_it_makes_its_session(sd_file):
         Runtime.auto("auto", "cpu").for_model(type("M", (), {"unet": torch.nn.Linear(2, 2)})()).dtype
     preload._PENDING.clear()
     make_session(parser.parse_args(["generate", "x", "--model", str(path), "--device", "cuda"]))
+    assert not preload._PENDING
+
+
+def test_a_preload_nobody_takes_does_not_outlive_its_command(sd_file, tmp_path):
+    """One preload at a time; a file that is not an SD checkpoint leaves the table as soon as its
+    thread knows; and a CLI command that ends before loading (here: a bad flag value) drops its own."""
+    from safetensors.torch import save_file
+
+    from t2i.interfaces.cli import main
+
+    path, _ = sd_file
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, lora)
+    preload.start_preload(lora).join()
+    assert not preload._PENDING
+    preload.start_preload(path)
+    second = preload.start_preload(path)  # the first one's job is dropped, not kept beside it
+    assert list(preload._PENDING) == [path.resolve()] and preload._PENDING[path.resolve()].thread is second
+    assert main(["generate", "x", "--model", str(path), "--steps", "0"]) != 0
     assert not preload._PENDING

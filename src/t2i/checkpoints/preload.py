@@ -34,6 +34,9 @@ class Preload:
     thread: threading.Thread | None = None
     state: dict | None = None  # key -> tensor, the components' floating tensors cast
     placements: dict = field(default_factory=dict)  # component -> (dtype, memory format) used
+    # set when nobody will take it: the thread stops at its next tensor (a daemon thread still inside
+    # torch when the interpreter exits aborts the process: "terminate called without an active exception")
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 _LOCK = threading.Lock()
@@ -60,10 +63,30 @@ def start_preload(path, precision: str = "auto", device: str | None = None, thre
     job = Preload(path.resolve(), _stamp(path))
     job.thread = threading.Thread(target=_run, args=(job, precision, device, threads, runtime),
                                   name="t2i-preload", daemon=True)
+    discard_all()  # one preload at a time: an earlier one nobody took is dropped (its memory with it)
     with _LOCK:
         _PENDING[job.path] = job
     job.thread.start()
     return job.thread
+
+
+def discard_all() -> None:
+    """Drop every preload not taken (a command that ended before it loaded its model): called when
+    a CLI command ends, so a process that runs commands in turn never keeps a cast model alive."""
+    with _LOCK:
+        jobs = list(_PENDING.values())
+        _PENDING.clear()
+    for job in jobs:
+        job.cancel.set()
+    for job in jobs:  # stopped at their next tensor (or once `import torch` is done): the exit is clean
+        job.thread.join(timeout=60)
+
+
+def _forget(job: Preload) -> None:
+    """A preload with nothing to offer leaves the table at once."""
+    with _LOCK:
+        if _PENDING.get(job.path) is job:
+            del _PENDING[job.path]
 
 
 def _component(key: str) -> str | None:
@@ -84,18 +107,22 @@ def _run(job: Preload, precision: str, device: str | None, threads: int | None, 
 
         runtime = runtime or Runtime.auto(precision, device, threads)  # no device: CUDA if there is one
         if runtime.device.type != "cpu":  # cast on the GPU by the loader (float16 files: nothing to cast)
-            return
+            return _forget(job)
         metadata = read_safetensors_header(job.path)[1]
         if metadata.get("t2i_family") or metadata.get("t2i_kind"):  # a t2i file: its own loader
+            return _forget(job)
+        if job.cancel.is_set():
             return
         state = load_state_dict_file(job.path)
         unet = [t for k, t in state.items() if _component(k) == "unet"]
         if not unet:
-            return  # not an SD checkpoint (a LoRA, a VAE alone, ...)
+            return _forget(job)  # not an SD checkpoint (a LoRA, a VAE alone, ...)
         final = runtime.for_model(SimpleNamespace(unet=SimpleNamespace(parameters=lambda: iter(unet))))
         placements = {name: final.placement(name) for name, _ in COMPONENT_PREFIXES}
         cast = {}
         for key, tensor in state.items():
+            if job.cancel.is_set():
+                return
             name = _component(key)
             if name is not None and tensor.is_floating_point():
                 dtype, layout = placements[name]
@@ -104,6 +131,7 @@ def _run(job: Preload, precision: str, device: str | None, threads: int | None, 
         job.placements, job.state = placements, cast
     except Exception:  # noqa: BLE001  the loader reads the file again and reports what is wrong
         job.state = None
+        _forget(job)
 
 
 def take(path, placements: dict) -> dict | None:

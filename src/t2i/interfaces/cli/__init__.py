@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from t2i.checkpoints.preload import discard_all
+
+        discard_all()  # weights cast for a model the command never loaded (it failed first) go now
     return 0
 
 

@@ -21,8 +21,17 @@ IMAGE_FORMATS = ("png", "jpg", "webp")
 DIFFUSION_SKIP = ("first_stage",)
 
 
+def write_line(text: str, stream=None) -> None:
+    """`text` and its newline in one write: processes that share a pipe (`accelerate launch`, which
+    makes the streams unbuffered) then never splice one's line into another's, as print's two
+    writes (text, then the newline) can."""
+    stream = stream or sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
 def note(line: str) -> None:
-    print(line, file=sys.stderr)
+    write_line(line, sys.stderr)
 
 
 def add_load_arguments(p, skip: tuple[str, ...] = DIFFUSION_SKIP) -> None:
@@ -81,7 +90,7 @@ class OutputWriter:
         else:
             path = next_image_path(self.outdir, seed, output.prompt, self.ext)
         path = path.with_name(output.prefix + path.name)
-        print(write_image(output.image, path, output.infotext))
+        write_line(str(write_image(output.image, path, output.infotext)))
         self.written.append(path)
 
 
