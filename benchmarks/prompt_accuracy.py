@@ -19,19 +19,28 @@ import torch
 
 def generate_many(loaded, prompts, seeds, sampler, steps, cfg_scale, batch_size):
     """Batches of different prompts in one UNet call (the pipeline takes one prompt per run)."""
+    model = loaded.model
+
+    def contexts(chunk):
+        return model.encode_prompts(chunk), model.encode_prompts([""] * len(chunk))
+
+    return denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size)
+
+
+def denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size):
+    """`contexts(chunk) -> (cond, uncond)`; one UNet call per batch of different prompts (any
+    conditioning: text, retrieved neighbours, ...)."""
     from t2i.diffusion.samplers import make_scheduler, resolve_sampler
     from t2i.diffusion.sampling import denoise, draw_noise, make_generators
     from t2i.pipelines.txt2img import latents_to_images
 
-    model = loaded.model
     name, schedule = resolve_sampler(sampler)
     size = model.config.latent_size
     images = []
     for i in range(0, len(prompts), batch_size):
         chunk, chunk_seeds = prompts[i:i + batch_size], seeds[i:i + batch_size]
         with torch.no_grad():
-            cond = model.encode_prompts(chunk)
-            uncond = model.encode_prompts([""] * len(chunk))
+            cond, uncond = contexts(chunk)
         generators = make_generators(chunk_seeds)
         noise = draw_noise(generators, (model.latent_channels, size, size))
         latents = denoise(model.unet, make_scheduler(name, schedule, model.scheduler_config()), noise, cond, uncond,

@@ -14,27 +14,7 @@ import argparse
 import time
 
 import torch
-
-
-def _denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size):
-    """`contexts(chunk) -> (cond, uncond)`; one UNet call per batch of different prompts."""
-    from t2i.diffusion.samplers import make_scheduler, resolve_sampler
-    from t2i.diffusion.sampling import denoise, draw_noise, make_generators
-    from t2i.pipelines.txt2img import latents_to_images
-
-    name, schedule = resolve_sampler(sampler)
-    size = model.config.latent_size
-    images = []
-    for i in range(0, len(prompts), batch_size):
-        chunk, chunk_seeds = prompts[i:i + batch_size], seeds[i:i + batch_size]
-        with torch.no_grad():
-            cond, uncond = contexts(chunk)
-        generators = make_generators(chunk_seeds)
-        noise = draw_noise(generators, (model.latent_channels, size, size))
-        latents = denoise(model.unet, make_scheduler(name, schedule, model.scheduler_config()), noise, cond, uncond,
-                          steps=steps, cfg_scale=cfg_scale, generators=generators)
-        images += latents_to_images(model, latents)
-    return images
+from prompt_accuracy import denoise_batches  # benchmarks/ is on sys.path when run as a script
 
 
 def _shapes_probs(source: str) -> tuple[float, float]:
@@ -69,7 +49,7 @@ def main() -> None:
 
     def run(label, model, contexts):
         cpu = time.process_time()
-        images = _denoise_batches(model, contexts, prompts, seeds, args.sampler, args.steps, args.cfg,
+        images = denoise_batches(model, contexts, prompts, seeds, args.sampler, args.steps, args.cfg,
                                   args.batch_size)
         cpu = time.process_time() - cpu
         rows.append((label, score([check(im, p) for im, p in zip(images, prompts)]), cpu))

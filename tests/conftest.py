@@ -57,3 +57,17 @@ def restorer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("faces")
     torch.save(net.state_dict(), folder / "restoreformer.pth")
     return folder
+
+
+@pytest.fixture(scope="session")
+def sd_file(tmp_path_factory):
+    """A tiny SD 1.x single file in float16 (as real checkpoints ship) and its config folder."""
+    from test_sd_checkpoints import tiny_pipeline
+
+    from t2i.checkpoints.convert import save_single_file
+
+    root = tmp_path_factory.mktemp("sd-file")
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(root / "folder")
+    save_single_file(pipe, root / "tiny.safetensors", dtype=torch.float16)
+    return root / "tiny.safetensors", root / "folder"

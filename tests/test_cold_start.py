@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from t2i.checkpoints.hash_cache import cache_dir, sha256_of
@@ -84,20 +83,6 @@ def test_prefetch_reads_files_and_model_folders(tmp_path):
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert prefetch(tmp_path / "missing.safetensors", None) is None
-
-
-@pytest.fixture(scope="module")
-def sd_file(tmp_path_factory):
-    """A tiny SD 1.x single file in float16 (as real checkpoints ship) and its config folder."""
-    from test_sd_checkpoints import tiny_pipeline
-
-    from t2i.checkpoints.convert import save_single_file
-
-    root = tmp_path_factory.mktemp("cold")
-    pipe = tiny_pipeline()
-    pipe.save_pretrained(root / "folder")
-    save_single_file(pipe, root / "tiny.safetensors", dtype=torch.float16)
-    return root / "tiny.safetensors", root / "folder"
 
 
 BF16_CL = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, text_dtype=torch.float32,

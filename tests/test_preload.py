@@ -14,20 +14,6 @@ BF16_CL = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, text_
                   reason="test: bf16 + channels_last")
 
 
-@pytest.fixture(scope="module")
-def sd_file(tmp_path_factory):
-    """A tiny SD 1.x single file in float16 (as real checkpoints ship) and its config folder."""
-    from test_sd_checkpoints import tiny_pipeline
-
-    from t2i.checkpoints.convert import save_single_file
-
-    root = tmp_path_factory.mktemp("preload")
-    pipe = tiny_pipeline()
-    pipe.save_pretrained(root / "folder")
-    save_single_file(pipe, root / "tiny.safetensors", dtype=torch.float16)
-    return root / "tiny.safetensors", root / "folder"
-
-
 @pytest.fixture(autouse=True)
 def no_leftovers(monkeypatch):
     monkeypatch.delenv("T2I_NO_PRELOAD", raising=False)
