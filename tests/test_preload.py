@@ -16,7 +16,7 @@ BF16_CL = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, text_
 
 @pytest.fixture(autouse=True)
 def no_leftovers(monkeypatch):
-    monkeypatch.delenv("T2I_NO_PRELOAD", raising=False)
+    monkeypatch.setenv("T2I_PRELOAD", "1")  # opt-in (off by default)
     preload.discard_all()  # what in-process CLI runs of other test files left
     yield
     preload.discard_all()
@@ -82,9 +82,9 @@ def test_nothing_to_preload(sd_file, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(lora))
-    preload.start_preload(lora)
-    assert _pending_state(lora) is None
-    monkeypatch.setenv("T2I_NO_PRELOAD", "1")
+    preload.start_preload(lora).join()
+    assert not preload._PENDING  # nothing to offer: it left the table
+    monkeypatch.delenv("T2I_PRELOAD")  # the default: off
     assert preload.start_preload(path) is None
 
 

@@ -12,8 +12,12 @@ Only a `.safetensors` file on the CPU, and only the tensors of the UNet, VAE and
 (not EMA copies or anything else a file carries). The loader still checks everything: it uses
 the preloaded tensors only when the dtype and layout of every component are the ones it chose
 (else it casts from the file as usual), and a preload that failed for any reason is ignored
-(the loader then reports the problem itself). Nothing happens at import; T2I_NO_PRELOAD=1 turns
-it off (benchmarks/cold_start.py measures with and without).
+(the loader then reports the problem itself). Nothing happens at import.
+
+**Off unless T2I_PRELOAD=1.** Measured on a quiet 2-core Xeon (BENCHMARKS.md, "Cold start"), the
+cast competes with the imports for the cores and memory bandwidth: 15.3 s to the first UNet step
+with it against 14.5 s without, and more CPU time. It is kept as an opt-in for machines with
+cores to spare, where it has not been measured yet.
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def start_preload(path, precision: str = "auto", device: str | None = None, thre
     """Start casting `path`'s weights in a daemon thread, for the runtime `Runtime.auto(precision,
     device, threads)` would choose (or `runtime`); returns the thread (None when there is nothing
     to do: not a `.safetensors` file, or not on the CPU)."""
-    if os.environ.get("T2I_NO_PRELOAD"):  # off: for measuring, or a machine short of memory
+    if os.environ.get("T2I_PRELOAD") != "1":  # opt-in: no gain measured on 2 cores (module docstring)
         return None
     if not path or (device is not None and not str(device).startswith("cpu")):
         return None
