@@ -139,6 +139,9 @@ class CompileCache:
     model: str = ""
     shapes: list[str] = field(default_factory=list)  # input shapes compiled, for people reading the record
     notes: Callable[[str], None] = print
+    # (path, size, mtime) of the files at the last commit: a run that compiled nothing new (the usual
+    # case, committed after every run) is then seen without hashing the entry again
+    committed: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None, unet, notes: Callable[[str], None], *,
@@ -209,19 +212,25 @@ class CompileCache:
         used next time; the run itself is unaffected)."""
         if shape and shape not in self.shapes:
             self.shapes.append(shape)
-        files = {rel: digest for rel, path in _files(self.folder / INDUCTOR).items()
-                 if (digest := _sha256(path)) is not None}
+        found = _files(self.folder / INDUCTOR)
+        try:
+            stamps = {rel: (path.stat().st_size, path.stat().st_mtime_ns) for rel, path in found.items()}
+        except OSError:  # a file removed meanwhile (another process's clean-up): hash what is there
+            stamps = None
+        if stamps is not None and stamps == self.committed.get("stamps") and self.shapes == self.committed.get("shapes"):
+            return True
+        files = {rel: digest for rel, path in found.items() if (digest := _sha256(path)) is not None}
         record_file = self.folder / RECORD
         try:
             old = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else None
         except (OSError, ValueError):
             old = None
-        if isinstance(old, dict) and old.get("files") == files and old.get("shapes") == self.shapes:
-            return True
-        try:
-            write_json(record_file, {"version": VERSION, "key": self.key, "model": self.model,
-                                     "shapes": self.shapes, "files": files}, sort_keys=True)
-        except (OSError, OutputError) as error:  # a full disk, a read-only folder
-            self.notes(f"note: compile cache {self.folder} not recorded ({error}); the next run compiles again")
-            return False
+        if not (isinstance(old, dict) and old.get("files") == files and old.get("shapes") == self.shapes):
+            try:
+                write_json(record_file, {"version": VERSION, "key": self.key, "model": self.model,
+                                         "shapes": self.shapes, "files": files}, sort_keys=True)
+            except (OSError, OutputError) as error:  # a full disk, a read-only folder
+                self.notes(f"note: compile cache {self.folder} not recorded ({error}); the next run compiles again")
+                return False
+        self.committed = {"stamps": stamps, "shapes": list(self.shapes)}
         return True
