@@ -14,7 +14,7 @@ from test_trainer import tiny_train_config
 from t2i.checkpoints.diffusers_folder import T2I_CONFIG
 from t2i.checkpoints.registry import load_model
 from t2i.data.shapes import ShapesDataset
-from t2i.models.ldm_conditioning import LayoutTokens, box_features, null_objects
+from t2i.models.ldm_conditioning import LayoutChannels, LayoutTokens, box_features, layout_map, null_objects
 from t2i.pipelines.generation_params import Txt2ImgParams
 from t2i.pipelines.layout import layout_rows, parse_layout
 from t2i.pipelines.params import ParamError
@@ -33,6 +33,19 @@ def layout_run(tmp_path_factory):
     cfg.model = replace(cfg.model, conditioning="layout")
     cfg.data = replace(cfg.data, p_two=0.5)
     outdir = tmp_path_factory.mktemp("ldm-layout")
+    train_ldm(cfg, outdir)
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def layout_map_run(tmp_path_factory):
+    """A tiny layout model that also takes its boxes as UNet input channels (`layout_map`)."""
+    from t2i.training.ldm import train_ldm
+
+    cfg = tiny_train_config(vae_steps=2, unet_steps=4)
+    cfg.model = replace(cfg.model, conditioning="layout", layout_map=True)
+    cfg.data = replace(cfg.data, p_two=0.5)
+    outdir = tmp_path_factory.mktemp("ldm-layout-map")
     train_ldm(cfg, outdir)
     return outdir
 
@@ -116,3 +129,80 @@ def test_cli_generate_with_a_layout(layout_run, tmp_path):
     out = subprocess.run([*cli, "--layout", "red circle@0.1,0.1,0.4"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "layout part 'red circle@0.1,0.1,0.4'" in out.stderr and "4 numbers" in out.stderr
+
+
+def test_layout_map_is_each_classes_box_coverage_per_cell():
+    objects = null_objects(2, 2)
+    objects[0, 0] = torch.tensor([1, 0.0, 0.0, 0.5, 0.5])  # class 1: the top-left quarter, exactly 2x2 cells
+    objects[0, 1] = torch.tensor([0, 0.625, 0.5, 1.0, 0.875])  # class 0: cell edges at 1/4 steps, half cells
+    objects[1, 0] = torch.tensor([2, 0.1, 0.1, 0.2, 0.2])  # a box inside one cell
+    grid = layout_map(objects, num_classes=3, height=4, width=4)
+    assert grid.shape == (2, 3, 4, 4)
+    expected = torch.zeros(4, 4)
+    expected[:2, :2] = 1
+    assert torch.equal(grid[0, 1], expected)
+    assert grid[0, 0, 2].tolist() == pytest.approx([0, 0, 0.5, 1])  # x 0.625..1 over the cells of row 2
+    assert grid[0, 0, 3].tolist() == pytest.approx([0, 0, 0.25, 0.5])  # row 3 half covered (y to 0.875)
+    assert grid[0, 2].sum() == 0 and grid[1, :2].sum() == 0  # no boxes of those classes; empty slots add nothing
+    assert grid[1, 2, 0, 0] == pytest.approx(0.16)  # (0.1 * 4) ** 2 of the cell
+    assert grid[1, 2].sum() == pytest.approx(0.16)
+
+
+class _RecordingUNet(torch.nn.Module):
+    config = {"in_channels": 6}
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.seen = x
+        return x
+
+
+def test_layout_channels_give_the_uncond_half_an_empty_map():
+    objects = null_objects(1, 2)
+    objects[0, 0] = torch.tensor([1, 0.0, 0.0, 0.5, 0.5])
+    unet = _RecordingUNet()
+    wrapped = LayoutChannels(unet, objects, num_classes=2, batch_size=3)
+    x = torch.randn(6, 4, 4, 4)  # guided: [uncond, cond] of 3 images each
+    wrapped(x, torch.tensor(5), encoder_hidden_states=torch.zeros(6, 1, 8))
+    assert unet.seen.shape == (6, 6, 4, 4) and torch.equal(unet.seen[:, :4], x)
+    assert unet.seen[:3, 4:].sum() == 0  # uncond: no layout
+    assert torch.equal(unet.seen[3:, 5], layout_map(objects, 2, 4, 4)[0, 1].expand(3, -1, -1))
+    wrapped(x[:3], torch.tensor(5), encoder_hidden_states=torch.zeros(3, 1, 8))  # unguided: cond only
+    assert unet.seen.shape == (3, 6, 4, 4) and unet.seen[:, 5].sum() == 3 * 4
+    with pytest.raises(ValueError, match="batch of 4"):
+        wrapped(x[:4], torch.tensor(5), encoder_hidden_states=torch.zeros(4, 1, 8))
+
+
+def test_layout_map_model_trains_loads_strictly_and_its_boxes_steer_it(layout_map_run):
+    saved = json.loads((layout_map_run / "model" / T2I_CONFIG).read_text())["config"]
+    assert saved["layout_map"] is True
+    unet_config = json.loads((layout_map_run / "model" / "unet" / "config.json").read_text())
+    assert unet_config["in_channels"] == 4 + 24  # latents + one map channel per class
+    loaded = load_model(layout_map_run / "model", Runtime.auto("full", "cpu"))
+    base = dict(prompt="on a white background", steps=2, seed=3, sampler="Euler", cfg_scale=3.0)
+    one = txt2img(loaded, Txt2ImgParams(**base, layout=LAYOUT, batch_size=2))
+    moved = txt2img(loaded, Txt2ImgParams(**base, layout="red circle@0.5,0.5,0.9,0.9; blue square@0.6,0.5,0.9,0.8",
+                                          batch_size=2))
+    unguided = txt2img(loaded, Txt2ImgParams(**{**base, "cfg_scale": 1.0}, layout=LAYOUT))
+    assert len(one.images) == 2 and unguided.images[0].size == (32, 32)
+    assert not np.array_equal(np.asarray(one.images[0]), np.asarray(moved.images[0]))  # only a box moved
+
+
+def test_layout_map_model_refuses_what_would_drop_its_layout(layout_map_run):
+    from t2i.pipelines.generation_params import Img2ImgParams
+    from t2i.pipelines.img2img import img2img
+
+    loaded = load_model(layout_map_run / "model", Runtime.auto("full", "cpu"))
+    base = dict(prompt="on a white background", steps=2, seed=3, layout=LAYOUT)
+    with pytest.raises(ParamError, match="hires fix"):
+        txt2img(loaded, Txt2ImgParams(**base, enable_hr=True, hr_scale=2.0))
+    with pytest.raises(ParamError, match="DeepCache"):
+        txt2img(loaded, Txt2ImgParams(**base, deepcache_interval=2))
+    with pytest.raises(ParamError, match="txt2img only"):
+        img2img(loaded, Img2ImgParams(prompt="on a white background", steps=2), Image.new("RGB", (32, 32)))
+
+
+def test_layout_map_needs_a_layout_model():
+    from t2i.models.ldm import LDMConfig
+
+    with pytest.raises(ValueError, match="layout_map is for layout models"):
+        LDMConfig(layout_map=True)

@@ -15,7 +15,7 @@ from torch import nn
 
 from t2i.config import (BlockDepth, Beta, ClassNames, Groups, Heads, Levels, LevelFlags, Resolution, Timesteps, Width,
                         above, between, check_model_size, from_dict)
-from t2i.models.ldm_conditioning import ClassTokens, LayoutTokens, RetrievalTokens
+from t2i.models.ldm_conditioning import ClassTokens, LayoutChannels, LayoutTokens, RetrievalTokens
 from t2i.models.sizes import autoencoder_params, cross_transformer, unet_params
 from t2i.models.text import TextEncoderConfig, build_text_encoder, load_tokenizer, tokenize
 from t2i.models.vae_precision import run_vae
@@ -108,6 +108,8 @@ class LDMConfig:
     conditioning: Literal["text", "class", "none", "layout", "retrieval"] = "text"
     class_names: ClassNames = ()  # class and layout models: index = class id (set by the recipe from the data)
     max_objects: Annotated[int, between(1, 64)] = 2  # layout models: object tokens per image
+    # layout models: the boxes also as extra UNet input channels, one per class (t2i.models.ldm_conditioning)
+    layout_map: bool = False
     retrieval_k: Annotated[int, between(1, 64)] = 4  # retrieval models: neighbours per image
     retrieval_dim: Annotated[int, between(0, 8192)] = 0  # retrieval models: CLIP width (the recipe reads the database's)
 
@@ -116,7 +118,14 @@ class LDMConfig:
         if self.class_names and self.conditioning in ("text", "none", "retrieval"):
             raise ValueError(f"class_names are for class and layout models; this one is conditioned on "
                              f"{self.conditioning!r}")
+        if self.layout_map and self.conditioning != "layout":
+            raise ValueError(f"layout_map is for layout models; this one is conditioned on {self.conditioning!r}")
         check_model_size("latent diffusion", self.approx_params())
+
+    @property
+    def map_channels(self) -> int:
+        """The UNet's input channels beyond the latents: one per class for layout-map models."""
+        return len(self.class_names) if self.layout_map else 0
 
     @property
     def has_text_encoder(self) -> bool:
@@ -130,7 +139,8 @@ class LDMConfig:
         tokens = {"text": 0, "class": (len(self.class_names) + 1) * t.hidden_size, "none": t.hidden_size,
                   "layout": LayoutTokens.approx_params(len(self.class_names), t.hidden_size),
                   "retrieval": RetrievalTokens.approx_params(self.retrieval_dim, t.hidden_size)}[self.conditioning]
-        return unet + vae + tokens + (t.approx_params() if self.has_text_encoder else 0)
+        map_input = 9 * self.map_channels * u.block_out_channels[0]  # the wider first convolution
+        return unet + map_input + vae + tokens + (t.approx_params() if self.has_text_encoder else 0)
 
     @property
     def latent_size(self) -> int:
@@ -196,7 +206,7 @@ def build_unet(config: LDMConfig):
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.cross_attention))
     return UNet2DConditionModel(
         sample_size=config.latent_size,
-        in_channels=config.vae.latent_channels,
+        in_channels=config.vae.latent_channels + config.map_channels,
         out_channels=config.vae.latent_channels,
         down_block_types=down,
         up_block_types=up,
@@ -277,6 +287,13 @@ class LatentDiffusion(VAELatents, nn.Module):
         if self.config.conditioning != "layout":
             raise ValueError(f"a layout needs a layout model, this one is conditioned on {self.config.conditioning!r}")
         return torch.cat([self.encode_prompts(prompts), self.conditioner(objects)], dim=1)
+
+    def layout_unet(self, objects: torch.Tensor, batch_size: int) -> nn.Module:
+        """The UNet to sample `objects` (1 or B, M, 5) with: this one, or for layout-map models the
+        UNet with their map appended to every call's input (LayoutChannels)."""
+        if not self.config.layout_map:
+            return self.unet
+        return LayoutChannels(self.unet, objects, len(self.config.class_names), batch_size)
 
     def retrieval_context(self, embeddings: torch.Tensor | None, n: int = 1, tokens: int | None = None) -> torch.Tensor:
         """(B, T, D) tokens of CLIP embeddings (B, T, E) for retrieval models; None: the null

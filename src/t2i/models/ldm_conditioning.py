@@ -11,6 +11,11 @@
   the encoding GLIGEN uses for its grounding tokens), padded to `max_objects` with a learned
   "no object" token. These tokens follow the text encoder's states (the prompt carries the
   background), so the prompt syntax and the rest of the txt2img path stay as they are.
+  With `layout_map` the UNet also sees the boxes as extra input channels, one per class, each
+  latent cell holding the share of it that the class's boxes cover (`layout_map`; the LDM paper's
+  concat conditioning, as its semantic-synthesis models take a map). Cross-attention alone has to
+  learn where each cell is before it can match cells to boxes (the UNet has no position
+  encoding); the map hands it that, so the model learns boxes far sooner (BENCHMARKS.md).
 - `retrieval` (the LDM README's retrieval-augmented diffusion, RDM): the CLIP embeddings of k
   retrieved neighbours (or of the prompt's text, which lives in the same space), each projected
   to one token; a learned null token stands in for them when training drops the condition.
@@ -39,6 +44,54 @@ def box_features(boxes: torch.Tensor, frequencies: int = FOURIER_FREQUENCIES) ->
     scales = (2.0 ** torch.arange(frequencies, dtype=boxes.dtype, device=boxes.device)) * math.pi
     angles = boxes.unsqueeze(-1) * scales  # (..., 4, F)
     return torch.cat([boxes, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+
+
+def layout_map(objects: torch.Tensor, num_classes: int, height: int, width: int) -> torch.Tensor:
+    """Objects (B, M, 5) -> (B, num_classes, height, width): channel k of cell (i, j) is the share
+    of that cell which boxes of class k cover (summed over objects, at most 1). Exact area
+    coverage, not a hard mask, so a box edge inside a latent cell still moves the map."""
+    objects = objects.float()
+    batch, count = objects.shape[:2]
+    labels = objects[..., 0].long()
+    x0, y0, x1, y1 = (objects[..., i].clamp(0, 1) for i in range(1, 5))
+
+    def overlap(lo: torch.Tensor, hi: torch.Tensor, cells: int) -> torch.Tensor:  # (B, M, cells)
+        edges = torch.arange(cells + 1, dtype=torch.float32, device=objects.device) / cells
+        start, end = edges[:-1], edges[1:]
+        covered = torch.minimum(hi.unsqueeze(-1), end) - torch.maximum(lo.unsqueeze(-1), start)
+        return covered.clamp(min=0) * cells
+
+    cover = overlap(y0, y1, height).unsqueeze(-1) * overlap(x0, x1, width).unsqueeze(-2)  # (B, M, h, w)
+    present = (labels >= 0) & (labels < num_classes)
+    onehot = torch.zeros(batch, count, num_classes, device=objects.device)
+    onehot[present] = nn.functional.one_hot(labels[present], num_classes).float()
+    return torch.einsum("bmk,bmhw->bkhw", onehot, cover).clamp(max=1)
+
+
+class LayoutChannels(nn.Module):
+    """A layout-map UNet seen as an ordinary one: every call gets `objects`' map (t2i's
+    `layout_map`, at the call's latent size) appended to its input channels. Under classifier-free
+    guidance the batch is [uncond, cond] (t2i.diffusion.sampling.CFGDenoiser): the uncond half gets
+    an empty map, as training's dropped layouts had. A wrapper, not a patch: it owns no weights.
+
+    objects: (1 or B, M, 5); batch_size: the images per call (B)."""
+
+    def __init__(self, unet: nn.Module, objects: torch.Tensor, num_classes: int, batch_size: int):
+        super().__init__()
+        self.unet, self.config = unet, unet.config
+        self.objects, self.num_classes, self.batch_size = objects, num_classes, batch_size
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs):
+        b = self.batch_size
+        cond = layout_map(self.objects, self.num_classes, x.shape[-2], x.shape[-1]).to(x.device, x.dtype)
+        cond = cond.expand(b, -1, -1, -1) if cond.shape[0] == 1 else cond
+        if x.shape[0] == 2 * b:
+            extra = torch.cat([torch.zeros_like(cond), cond])
+        elif x.shape[0] == b:
+            extra = cond
+        else:
+            raise ValueError(f"a layout UNet for {b} images got a batch of {x.shape[0]}")
+        return self.unet(torch.cat([x, extra], dim=1), t, encoder_hidden_states=encoder_hidden_states, **kwargs)
 
 
 class ClassTokens(nn.Module):

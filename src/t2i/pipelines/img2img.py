@@ -43,6 +43,7 @@ from t2i.pipelines.imageops import (
     resize_image,
     snap_size,
 )
+from t2i.pipelines.layout import check_layout_map_use
 from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 from t2i.pipelines.txt2img import (
     GenerationParams,
@@ -69,6 +70,7 @@ def as_image_list(images, what: str = "image") -> list[Image.Image]:
 def resolve_img2img_params(params: GenerationParams, loaded, size: tuple[int, int]) -> GenerationParams:
     """`resolve_params`, with width and height defaulting to `size` (rounded down to a multiple of
     the model's VAE factor) instead of the model's resolution."""
+    check_layout_map_use(loaded.model, params, "img2img or inpainting")
     factor = loaded.model.vae_scale_factor
     width = params.width or snap_size(size[0], factor)
     height = params.height or snap_size(size[1], factor)

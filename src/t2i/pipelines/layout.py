@@ -5,8 +5,9 @@ A layout is `;`-separated objects `CLASS@x0,y0,x1,y1`, the box corners as fracti
 t2i.models.ldm_conditioning) reads the prompt for the background and one token per object; the
 unconditional side of guidance is the negative prompt with no objects.
 
-    objects = parse_layout("red circle@0.1,0.1,0.4,0.4; blue square@0.6,0.5,0.9,0.8")
-    cond, uncond = layout_conditioning(model, "on a white background", "", objects)
+    layout = "red circle@0.1,0.1,0.4,0.4; blue square@0.6,0.5,0.9,0.8"
+    cond, uncond, objects = layout_conditioning(model, "on a white background", "", layout)
+    unet = model.layout_unet(objects, batch_size)  # layout-map models: the boxes as input channels too
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ def layout_rows(objects: list[LayoutObject], class_names: tuple[str, ...], max_o
 
 
 def layout_conditioning(model, prompt: str, negative_prompt: str, layout: str):
-    """(cond, uncond) context tensors (1, T + M, D) of a layout model: prompt + objects, and the
-    negative prompt with no objects."""
+    """(cond, uncond, objects): the context tensors (1, T + M, D) of a layout model (prompt +
+    objects, and the negative prompt with no objects) and the objects (1, M, 5) themselves."""
     import torch
 
     from t2i.models.ldm_conditioning import null_objects
@@ -84,4 +85,20 @@ def layout_conditioning(model, prompt: str, negative_prompt: str, layout: str):
     with torch.no_grad():
         cond = model.layout_context([prompt], objects)
         uncond = model.layout_context([negative_prompt], null_objects(1, cfg.max_objects))
-    return cond, uncond
+    return cond, uncond, objects
+
+
+def check_layout_map_use(model, params, what: str = "txt2img") -> None:
+    """ParamError for what a layout-map model (its boxes are UNet input channels) cannot run:
+    img2img and inpainting, the hires fix's second pass and DeepCache, which call the UNet
+    without its layout."""
+    if not getattr(model.config, "layout_map", False):
+        return
+    if what != "txt2img":
+        raise ParamError(f"this layout-to-image model takes its boxes as UNet input channels and runs txt2img "
+                         f"only, not {what}; use `t2i generate PROMPT --layout ...`")
+    if getattr(params, "enable_hr", False):
+        raise ParamError("the hires fix is not available for this layout-to-image model (its second pass has no "
+                         "layout); turn it off and upscale the result with `t2i upscale`")
+    if getattr(params, "deepcache_interval", 1) > 1:
+        raise ParamError("DeepCache is not available for this layout-to-image model; use deepcache_interval 1")

@@ -25,7 +25,7 @@ from t2i.models.tiling import circular_padding
 from t2i.pipelines.fast import apply_fast
 from t2i.pipelines.generation_params import MAX_SEED, GenerationParams, Txt2ImgParams
 from t2i.pipelines.hires import check_hires, hires_fix, hires_infotext
-from t2i.pipelines.layout import layout_conditioning, parse_layout
+from t2i.pipelines.layout import check_layout_map_use, layout_conditioning, parse_layout
 from t2i.pipelines.params import ParamError
 from t2i.pipelines.progress import GenerationControl, ProgressCallback, ProgressTracker
 from t2i.pipelines.schema import validate_strict as validate
@@ -58,6 +58,7 @@ def resolve_params(params: GenerationParams, loaded) -> GenerationParams:
                          "configs/shapes-ldm-layout.yaml); this model is conditioned on text only")
     if getattr(params, "layout", ""):
         parse_layout(params.layout)  # malformed: a ParamError before any work
+    check_layout_map_use(model, params)
     factor = model.vae_scale_factor
     width = params.width or model.config.resolution
     height = params.height or model.config.resolution
@@ -194,15 +195,19 @@ def _txt2img(loaded, params: Txt2ImgParams, callback: StepCallback | None, embed
     with torch.no_grad():
         # Prompt syntax (weights, long prompts, BREAK, [a:b:when], [a|b], AND); each text is
         # encoded once for every batch, a plain prompt before sampling.
+        objects = None
         if getattr(model.config, "conditioning", "text") == "layout":  # prompt + object tokens, plain text
-            cond, uncond = layout_conditioning(model, params.prompt, params.negative_prompt, params.layout)
+            cond, uncond, objects = layout_conditioning(model, params.prompt, params.negative_prompt, params.layout)
         else:
             encoder = PromptEncoder.from_model(model, clip_skip=params.clip_skip, embeddings=embeddings)
             cond = encoder.conditioning(params.prompt)
             uncond = (encoder.conditioning(params.negative_prompt, negative=True)
                       if params.cfg_scale != 1 or cond.needs_uncond else None)
     shape = (model.latent_channels, params.height // model.vae_scale_factor, params.width // model.vae_scale_factor)
-    unet = txt2img_unet(model, params.batch_size, params.height, params.width)  # inpainting UNets: all repainted
+    if objects is not None:  # layout-map models also take the boxes as input channels
+        unet = model.layout_unet(objects, params.batch_size)
+    else:
+        unet = txt2img_unet(model, params.batch_size, params.height, params.width)  # inpainting UNets: all repainted
     hires = getattr(params, "enable_hr", False)
     # progress counts one sampling pass per batch, two with the hires fix
     tracker = ProgressTracker(model, params.n_iter, 2 if hires else 1, callback=callback, progress=progress,

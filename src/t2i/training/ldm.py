@@ -127,7 +127,8 @@ def text_context(ids: torch.Tensor, empty_ids: torch.Tensor, dropout: float):
 
 def unet_loss_fn(latents: torch.Tensor, context, alphas_cumprod: torch.Tensor, cfg: UNetStageConfig,
                  prediction_type: str):
-    """`context(modules, idx, generator)`: the (B, T, D) states the UNet attends to for images idx."""
+    """`context(modules, idx, generator)`: the (B, T, D) states the UNet attends to for images idx,
+    or (those, (B, K, h, w) channels appended to the UNet's input) for layout-map models."""
     snr = alphas_cumprod / (1 - alphas_cumprod)
 
     def loss_fn(modules, step, generator):
@@ -137,12 +138,16 @@ def unet_loss_fn(latents: torch.Tensor, context, alphas_cumprod: torch.Tensor, c
         idx = torch.randint(0, len(latents), (n,), generator=generator)
         z0 = latents[idx]
         hidden = context(modules, idx, generator)
+        extra = None
+        if isinstance(hidden, tuple):  # layout-map models: (context, extra input channels)
+            hidden, extra = hidden
         t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
-        pred = unet(zt.to(device), t.to(device), hidden).sample
+        zt = zt.to(device) if extra is None else torch.cat([zt.to(device), extra.to(device)], dim=1)
+        pred = unet(zt, t.to(device), hidden).sample
         per_sample = (pred.float() - target.to(device)).pow(2).mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma > 0:
             s = snr[t].to(device)
@@ -193,9 +198,10 @@ def save_sample_grid(model: LatentDiffusion, cfg: LDMTrainConfig, step: int, out
         rows = [(model.encode_prompts([p]), model.encode_prompts([""])) for p in prompts]
     else:
         rows = sample_contexts(model)
-    for cond, uncond in rows:
+    for cond, uncond, *objects in rows:  # layout rows add their objects
         generators = make_generators(seeds)
-        latents = denoise(model.unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
+        unet = model.layout_unet(objects[0], len(seeds)) if objects else model.unet
+        latents = denoise(unet, make_scheduler("DDIM", "Automatic", model.scheduler_config()),
                           draw_noise(generators, shape), cond, uncond, steps=cfg.sample_steps,
                           cfg_scale=cfg.sample_cfg_scale, generators=generators)
         param = next(model.vae.parameters())

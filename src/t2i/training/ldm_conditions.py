@@ -19,7 +19,7 @@ import torch
 
 from t2i.data.labels import SHAPES_CLASSES, folder_classes
 from t2i.data.shapes import ShapesDataset, article
-from t2i.models.ldm_conditioning import null_objects
+from t2i.models.ldm_conditioning import layout_map, null_objects
 from t2i.models.text import tokenize
 
 
@@ -86,7 +86,8 @@ def build_conditions(cfg, model, count: int) -> Conditions:
 
 def context_fn(model, conditions: Conditions, dropout: float):
     """`context(modules, idx, generator) -> (B, T, D)`: what the UNet cross-attends to for the
-    training images `idx`, with the recipe's condition dropout."""
+    training images `idx`, with the recipe's condition dropout; for layout-map models the pair
+    (that, the (B, K, h, w) layout map its input channels get)."""
     kind = model.config.conditioning
     null = getattr(model.conditioner, "null_class", None)
 
@@ -103,7 +104,11 @@ def context_fn(model, conditions: Conditions, dropout: float):
         tokens[drop | (torch.rand(n, generator=generator) < dropout)] = conditions.empty_ids
         device = next(modules["unet"].parameters()).device
         text = modules["text_encoder"](tokens.to(device)).last_hidden_state
-        return torch.cat([text, conditioner(objects)], dim=1)
+        hidden = torch.cat([text, conditioner(objects)], dim=1)
+        if not model.config.layout_map:
+            return hidden
+        size = model.config.latent_size  # a dropped layout is an empty map, as guidance's uncond half
+        return hidden, layout_map(objects, len(model.config.class_names), size, size).to(device)
 
     return context
 
@@ -116,7 +121,8 @@ SAMPLE_LAYOUTS = (  # the training grid's layouts: one object, then two
 
 @torch.no_grad()
 def sample_contexts(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(cond, uncond) rows of the training sample grid for a class, unconditional or layout model."""
+    """(cond, uncond) rows of the training sample grid for a class, unconditional or layout model;
+    a layout model's rows add their objects (1, M, 5), for `LatentDiffusion.layout_unet`."""
     kind = model.config.conditioning
     if kind == "none":
         return [(model.class_context(None), model.class_context(None))]
@@ -129,5 +135,5 @@ def sample_contexts(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
         for k, (name, box) in enumerate(objects[:model.config.max_objects]):
             layout[0, k] = torch.tensor([SHAPES_CLASSES.index(name), *box])
         rows.append((model.layout_context([prompt], layout),
-                     model.layout_context([""], null_objects(1, model.config.max_objects))))
+                     model.layout_context([""], null_objects(1, model.config.max_objects)), layout))
     return rows
