@@ -10,6 +10,10 @@ Each step decodes the latent through the model's decoder and scores several rand
 cropped views of the image (VQGAN-CLIP's "cutouts"): a change that only fools CLIP at one exact
 pixel alignment does not survive them, so the optimisation has to change what the image shows.
 `history` holds the mean cosine similarity of the views at each step (before its update).
+
+That is `--clip-guidance-method optimize`. The default, `diffusion-x0` (or `diffusion`), samples
+the diffusion model itself with an empty prompt and steers it with the same views' CLIP gradient
+instead (t2i.pipelines.clip_guided_diffusion): its images stay scenes, the optimised latent's do not.
 """
 from __future__ import annotations
 
@@ -25,6 +29,12 @@ from t2i.metadata import build_infotext
 from t2i.models.clip import IMAGE_MEAN, IMAGE_STD
 from t2i.models.common import to_pil_images
 from t2i.outputs import make_grid
+from t2i.pipelines.clip_guided_diffusion import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCALE,
+    clip_guided_diffusion,
+)
+from t2i.pipelines.clip_guided_diffusion import DEFAULT_STEPS as DIFFUSION_STEPS
 from t2i.pipelines.sample_params import SampleParams
 
 DEFAULT_STEPS = 50
@@ -127,26 +137,58 @@ def _optimise(decode, latents, optimiser, scorer, text, steps, cutouts, generato
             on_step(step + 1, history[-1])
 
 
+def view_similarity(scorer, text: torch.Tensor, seed: int, cutouts: int = CUTOUTS) -> Callable:
+    """images in [0, 1] (B, 3, H, W) -> the mean cosine similarity of `cutouts` random views
+    with the unit text embedding `text`; the views' randomness seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def similarity(images: torch.Tensor) -> torch.Tensor:
+        feats = _image_features(scorer, _views(images, scorer.image_size, cutouts, generator))
+        return (feats @ text.to(feats.dtype)).mean()
+    return similarity
+
+
 # options of the samplers that mean nothing here: an error rather than silently ignored
 _NOT_FOR_CLIP = ("class_name", "prompt", "negative_prompt", "sampler", "eta", "guidance_scale", "top_k", "top_p",
-                 "temperature", "use_cache", "database", "retrieval")
+                 "temperature", "use_cache", "database", "retrieval", "clip_guidance_scale")
+# the diffusion method samples (--sampler, --eta apply) and has no Adam (--clip-lr, --clip-init do not)
+_NOT_FOR_DIFFUSION = ("class_name", "prompt", "negative_prompt", "guidance_scale", "top_k", "top_p", "temperature",
+                      "use_cache", "database", "retrieval", "clip_lr", "clip_init")
+METHODS = ("optimize", "diffusion", "diffusion-x0")
+DEFAULT_METHOD = "diffusion-x0"  # measured: BENCHMARKS.md, "CLIP-guided generation"
 
 
-def sample_clip_guided(model, params: SampleParams, name: str, scorer=None) -> tuple:
-    """`t2i sample RUN --clip-guided PROMPT`: (grid, infotext, images) from a latent diffusion
-    model's VAE latent (`model`: a LatentDiffusion or anything with decode_latents,
-    vae_scale_factor, latent_channels and config.resolution)."""
-    given = [f"--{k.replace('_', '-')}" for k in _NOT_FOR_CLIP if getattr(params, k) is not None]
+def _refuse(params: SampleParams, names: tuple[str, ...], why: str) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in names if getattr(params, k) is not None]
     if given:
-        raise ParamError(f"{', '.join(given)} do not apply to --clip-guided (it optimises a latent, no sampler)")
-    steps = params.steps or DEFAULT_STEPS
-    lr = params.clip_lr if params.clip_lr is not None else DEFAULT_LR
-    init = params.clip_init or "noise"
+        raise ParamError(f"{', '.join(given)} do not apply to --clip-guided {why}")
+
+
+def _size(model, params: SampleParams) -> tuple[int, int]:
     factor, res = model.vae_scale_factor, model.config.resolution
     width, height = params.width or res, params.height or res
     for label, value in (("width", width), ("height", height)):
         if value % factor:
             raise ParamError(f"--{label} must be a multiple of {factor} for this model, got {value}")
+    return width, height
+
+
+def sample_clip_guided(model, params: SampleParams, name: str, scorer=None) -> tuple:
+    """`t2i sample RUN --clip-guided PROMPT`: (grid, infotext, images) from a latent diffusion
+    model (`model`: a LatentDiffusion; the optimize method takes anything with decode_latents,
+    vae_scale_factor, latent_channels and config.resolution), by CLIP-guided diffusion sampling
+    (default) or by optimising its VAE latent (--clip-guidance-method optimize)."""
+    method = params.clip_guidance_method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise ParamError(f"--clip-guidance-method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method.startswith("diffusion"):
+        return _sample_diffusion(model, params, name, scorer, method)
+    _refuse(params, _NOT_FOR_CLIP, "with the optimize method (it optimises a latent, no sampler)")
+    steps = params.steps or DEFAULT_STEPS
+    lr = params.clip_lr if params.clip_lr is not None else DEFAULT_LR
+    init = params.clip_init or "noise"
+    width, height = _size(model, params)
+    factor = model.vae_scale_factor
     scorer = scorer or load_scorer(params.clip_model)
     param = next(model.vae.parameters())
     shape = (model.latent_channels, height // factor, width // factor)
@@ -155,6 +197,48 @@ def sample_clip_guided(model, params: SampleParams, name: str, scorer=None) -> t
                                   params.clip_guided, params.n, params.seed, steps, lr, init, freeze=(decoder,))
     info = build_infotext(params.clip_guided, "", {
         "Steps": steps, "Seed": params.seed, "Size": images[0].size, "Model": name, "CLIP-guided": params.clip_guided,
-        "CLIP lr": lr, "CLIP init": init, "CLIP model": params.clip_model,
+        "CLIP method": method, "CLIP lr": lr, "CLIP init": init, "CLIP model": params.clip_model,
         "CLIP similarity": f"{history[0]:.3f} -> {history[-1]:.3f}"})
     return make_grid(images), info, images
+
+
+def _sample_diffusion(model, params: SampleParams, name: str, scorer, method: str) -> tuple:
+    _refuse(params, _NOT_FOR_DIFFUSION, "with the diffusion method (an empty-prompt sampler steered by CLIP)")
+    if not params.clip_guided.strip():
+        raise ParamError("--clip-guided needs a prompt to steer towards, e.g. --clip-guided \"a red circle\"")
+    if not hasattr(model, "unet") or not hasattr(model, "scheduler_config"):
+        raise ParamError(f"--clip-guidance-method diffusion samples a latent diffusion model; {name} has no UNet")
+    steps = params.steps or DIFFUSION_STEPS
+    scale = params.clip_guidance_scale if params.clip_guidance_scale is not None else DEFAULT_SCALE
+    sampler, eta = params.sampler or DEFAULT_SAMPLER, params.eta or 0.0
+    width, height = _size(model, params)
+    factor = model.vae_scale_factor
+    shape = (model.latent_channels, height // factor, width // factor)
+    scorer = scorer or load_scorer(params.clip_model)
+    text = scorer.embed_texts([params.clip_guided])[0]
+    param = next(model.vae.parameters())
+
+    def decode(z):
+        return model.decode_latents(z.to(param.device, param.dtype))
+
+    decoder = model if isinstance(model, torch.nn.Module) else model.vae
+    images, starts, ends = [], [], []
+    with _frozen(scorer.model, decoder, model.unet):
+        for i in range(params.n):  # image i from seed + i, whatever n is
+            latents, history = clip_guided_diffusion(
+                model, lambda seed: view_similarity(scorer, text, seed), shape, params.seed + i, steps=steps,
+                scale=scale, sampler=sampler, eta=eta, decode=decode,
+                gradient="x0" if method == "diffusion-x0" else "full")
+            with torch.no_grad():
+                images += to_pil_images(decode(latents).float().clamp(-1, 1))
+            if history:
+                starts.append(history[0])
+                ends.append(history[-1])
+    fields = {"Steps": steps, "Sampler": sampler, "Seed": params.seed, "Size": images[0].size, "Model": name,
+              "CLIP-guided": params.clip_guided, "CLIP method": method, "CLIP scale": scale,
+              "CLIP model": params.clip_model}
+    if params.eta is not None:
+        fields["Eta"] = eta
+    if starts:
+        fields["CLIP similarity"] = f"{sum(starts) / len(starts):.3f} -> {sum(ends) / len(ends):.3f}"
+    return make_grid(images), build_infotext(params.clip_guided, "", fields), images

@@ -46,13 +46,26 @@ class SampleParams:
                                         "k nearest database images (neighbours, default), itself (text), or itself "
                                         "and k - 1 neighbours (both)", group="family",
                                   choices=("neighbours", "text", "both"), infotext="Retrieval")
-    # CLIP-guided generation (t2i.pipelines.clip_guided): optimise the model's latent towards a prompt
-    clip_guided: str | None = param(None, "CLIP-guided generation: optimise the latent diffusion model's VAE latent "
-                                          "(RUN may be `default`) so a CLIP matches this prompt; --steps sets "
-                                          "the Adam steps (default 50)", group="family", infotext="CLIP-guided")
-    clip_lr: float | None = param(None, "CLIP guidance: Adam's learning rate on the latent (default 0.1)",
-                                  group="family", minimum=1e-6, maximum=100.0, infotext="CLIP lr")
-    clip_init: str | None = param(None, "CLIP guidance: start from noise (default, one per seed) or a blank latent",
-                                  group="family", choices=("noise", "blank"), infotext="CLIP init")
+    # CLIP-guided generation (t2i.pipelines.clip_guided): a prompt that reaches the image only through a CLIP
+    clip_guided: str | None = param(None, "CLIP-guided generation from a latent diffusion model (RUN may be "
+                                          "`default`): the prompt steers it only through a CLIP; "
+                                          "--clip-guidance-method says how", group="family", infotext="CLIP-guided")
+    clip_lr: float | None = param(None, "CLIP guidance, optimize method: Adam's learning rate on the latent "
+                                        "(default 0.1)", group="family", minimum=1e-6, maximum=100.0,
+                                  infotext="CLIP lr")
+    clip_init: str | None = param(None, "CLIP guidance, optimize method: start from noise (default, one per seed) "
+                                        "or a blank latent", group="family", choices=("noise", "blank"),
+                                  infotext="CLIP init")
     clip_model: str | None = param(None, "CLIP guidance: a transformers CLIPModel folder (default: t2i's bundled "
                                          "CLIP)", group="family", infotext="CLIP model")
+    clip_guidance_method: str | None = param(None, "CLIP guidance: sample the diffusion model with an empty "
+                                                   "prompt, steered by CLIP's gradient at the predicted x0 "
+                                                   "(diffusion-x0, default) or through the UNet too (diffusion); "
+                                                   "--sampler, --eta, --steps apply (default DDIM, 20 steps). Or "
+                                                   "optimize the VAE latent with Adam (optimize; --steps: Adam "
+                                                   "steps, default 50)", group="family",
+                                             choices=("optimize", "diffusion", "diffusion-x0"), infotext="CLIP method")
+    clip_guidance_scale: float | None = param(None, "CLIP guidance, diffusion method: how hard CLIP's gradient "
+                                                    "steers the sampler, relative to the noise prediction "
+                                                    "(0: plain empty-prompt sampling; default 0.3)",
+                                              group="family", minimum=0.0, maximum=1e6, infotext="CLIP scale")

@@ -43,7 +43,7 @@ def _sample_clip_guided(session, params: SampleParams, images, settings, emit) -
     announce(session, entry)
     model = entry.loaded.model
     if not hasattr(model, "decode_latents"):
-        raise ParamError(f"--clip-guided optimises a latent diffusion model's VAE latent; {entry.name} is a "
+        raise ParamError(f"--clip-guided needs a latent diffusion model; {entry.name} is a "
                          f"{getattr(entry.loaded, 'family', 'other')} model (give `default` or an LDM run)")
     with entry.lock:
         grid, info, samples = sample_clip_guided(model, params, entry.name)
