@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--save-failures", default=None, help="folder for images that failed the check")
-    parser.add_argument("--lora", default=None, help="a LoRA file merged at weight 1 (e.g. an LCM-LoRA)")
+    parser.add_argument("--lora", default=None, help="a LoRA file merged at --lora-weight (e.g. an LCM-LoRA)")
+    parser.add_argument("--lora-weight", type=float, default=1.0,
+                        help="the LoRA's weight, as <lora:NAME:W> (the shipped LCM-LoRA has 0.8 baked in: 1 = 0.8)")
     parser.add_argument("--fast", action="store_true",
                         help="as `t2i generate --fast`: the model's LCM-LoRA, LCM sampler, 4 steps, CFG 1")
     args = parser.parse_args()
@@ -77,17 +79,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     loaded = t2i.load(args.model, precision="full")
-    if args.lora:  # merged for the whole run, as a generation with <lora:NAME:1> merges it
+    if args.lora:  # merged for the whole run, as a generation with <lora:NAME:W> merges it
         from contextlib import ExitStack
 
         from t2i.extra_networks.library import activate_extra_networks
         from t2i.pipelines.txt2img import Txt2ImgParams
 
         stack = ExitStack()
-        stack.enter_context(activate_extra_networks(loaded, Txt2ImgParams(loras={args.lora: 1.0})))
+        stack.enter_context(activate_extra_networks(loaded, Txt2ImgParams(loras={args.lora: args.lora_weight})))
     prompts = evaluation_prompts(args.n, args.prompt_seed)
     seeds = [args.image_seed + i for i in range(args.n)]
-    print(f"model {loaded.name} ({loaded.hash}){' + LoRA ' + args.lora if args.lora else ''}, {args.n} prompts, "
+    print(f"model {loaded.name} ({loaded.hash}){f' + LoRA {args.lora} at {args.lora_weight:g}' if args.lora else ''}, {args.n} prompts, "
           f"{args.sampler}, {args.steps} steps, torch threads {torch.get_num_threads()}")
     rows = []
     for cfg in args.cfg:
