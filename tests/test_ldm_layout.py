@@ -206,3 +206,62 @@ def test_layout_map_needs_a_layout_model():
 
     with pytest.raises(ValueError, match="layout_map is for layout models"):
         LDMConfig(layout_map=True)
+
+
+def _layout_map_model(config):
+    from t2i.data.labels import SHAPES_CLASSES
+    from t2i.models.ldm import LatentDiffusion
+
+    return LatentDiffusion(replace(config, conditioning="layout", layout_map=True, class_names=SHAPES_CLASSES))
+
+
+def test_init_from_starts_a_layout_map_model_as_the_source_model(tiny_model_dir):
+    """init_from: the source's UNet and text encoder, the map's input channels at zero, so with an
+    empty layout the new model predicts exactly what the source does."""
+    from conftest import tiny_ldm_config
+    from t2i.checkpoints.diffusers_folder import load_ldm_folder
+    from t2i.training.ldm_init import init_from_model
+
+    torch.manual_seed(1)
+    model = _layout_map_model(tiny_ldm_config())
+    init_from_model(model, str(tiny_model_dir))
+    source = load_ldm_folder(tiny_model_dir)
+    conv = model.unet.conv_in.weight
+    assert torch.equal(conv[:, :4], source.unet.conv_in.weight) and conv[:, 4:].abs().sum() == 0
+    theirs = source.unet.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.unet.state_dict().items() if k != "conv_in.weight")
+    assert all(torch.equal(v, source.text_encoder.state_dict()[k]) for k, v in model.text_encoder.state_dict().items())
+    x, t, context = torch.randn(2, 4, 4, 4), torch.tensor(500), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        empty = model.layout_unet(null_objects(1, 2), 2)(x, t, encoder_hidden_states=context).sample
+        assert torch.allclose(empty, source.unet(x, t, encoder_hidden_states=context).sample, atol=1e-6)
+        placed = null_objects(1, 2)
+        placed[0, 0] = torch.tensor([0, 0.0, 0.0, 0.5, 0.5])
+        out = model.layout_unet(placed, 2)(x, t, encoder_hidden_states=context).sample
+        assert torch.equal(out, empty)  # zero weights: the map has no effect until training moves them
+
+
+def test_init_from_a_model_of_another_shape_is_a_load_error(tiny_model_dir):
+    from conftest import tiny_ldm_config
+    from t2i.errors import ModelLoadError
+    from t2i.models.ldm import UNetConfig
+    from t2i.training.ldm_init import init_from_model
+
+    other = replace(tiny_ldm_config(), unet=UNetConfig(block_out_channels=(8, 16), cross_attention=(False, True),
+                                                       norm_num_groups=8))
+    with pytest.raises(ModelLoadError, match="init_from needs the same unet config"):
+        init_from_model(_layout_map_model(other), str(tiny_model_dir))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        init_from_model(_layout_map_model(tiny_ldm_config()), str(tiny_model_dir / "nowhere"))
+
+
+def test_a_run_started_from_a_model_keeps_its_latent_scaling(tiny_model_dir, tmp_path):
+    from t2i.training.ldm import train_ldm
+
+    source = json.loads((tiny_model_dir / T2I_CONFIG).read_text())["config"]["scaling_factor"]
+    cfg = tiny_train_config(vae_steps=2, unet_steps=2)
+    cfg.model = replace(cfg.model, conditioning="layout", layout_map=True)
+    cfg.vae_from = cfg.init_from = str(tiny_model_dir)
+    train_ldm(cfg, tmp_path)
+    saved = json.loads((tmp_path / "model" / T2I_CONFIG).read_text())["config"]
+    assert saved["scaling_factor"] == source

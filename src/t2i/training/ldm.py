@@ -36,6 +36,7 @@ from t2i.models.ldm import LatentDiffusion, LDMConfig
 from t2i.models.text import tokenize
 from t2i.outputs import make_grid
 from t2i.training.ldm_conditions import build_conditions, class_names_of, context_fn, sample_contexts
+from t2i.training.ldm_init import init_from_model, source_scaling_factor
 from t2i.training.ldm_retrieval import (build_retrieval_context, copy_database_into, prepare_retrieval,
                                         retrieval_sample_rows)
 from t2i.training.runs import copy_ema
@@ -82,6 +83,9 @@ class LDMTrainConfig:
     # a t2i model folder (or "default": the bundled model) whose VAE this run uses, frozen, instead
     # of training stage 1; its VAE config must equal model.vae
     vae_from: str | None = None
+    # a t2i model folder (or "default") whose UNet and text encoder this run starts from (fine-tunes),
+    # and whose latent scaling it keeps; configs must match (t2i.training.ldm_init)
+    init_from: str | None = None
     # retrieval models (model.conditioning: retrieval): the database `t2i rdm build-db` wrote
     retrieval_database: str | None = None
 
@@ -264,7 +268,7 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     model.vae.requires_grad_(False).eval()
 
     latents = cached if cached is not None else _encode_and_cache(model, source, cfg, outdir)
-    scale = 1.0 / latents.std().item()
+    scale = source_scaling_factor(cfg.init_from) if cfg.init_from else 1.0 / latents.std().item()
     model.config.scaling_factor = scale
     model.vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
@@ -281,6 +285,8 @@ def train_ldm(cfg: LDMTrainConfig, outdir: str | Path, resume: bool = False,
     from diffusers import DDPMScheduler
 
     alphas_cumprod = DDPMScheduler.from_config(model.scheduler_config()).alphas_cumprod.float()
+    if cfg.init_from is not None:  # before the trainer: a resumed run's checkpoint then replaces these
+        init_from_model(model, cfg.init_from)
     unet_trainer = Trainer("unet", trained_modules(model), cfg.unet,
                            outdir, cfg.seed + 1, run_config, accelerator=vae_trainer.accelerator)
     if resume:
