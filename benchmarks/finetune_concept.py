@@ -10,7 +10,9 @@ the VAE could teach pink. Stars survive its encode/decode round trip.
 Data: ~20 `shapes` scenes whose (first) object is a star (outer diameter = the object's side, inner
 radius 0.382 of the outer: the regular pentagram outline), drawn as SHAPES.md draws the others
 (4x supersampled, box-filtered) and captioned in the shapes grammar ("a small red star in the top
-left on a black background"). After each method:
+left on a black background"). `--star-sizes large` (or `medium large`) draws single-object scenes
+with the star at those sizes only ("a large red star ..."), since the bundled VAE keeps only large and
+some medium stars star-shaped; the concept prompts stay the same mix. After each method:
 
 - concept: 100 prompts asking for a star (fresh scenes); images kept in OUT/METHOD-concept/. "Star appears": the checker
   (t2i.evaluate.shapes_checker.analyse_image) finds an object of the star's colour whose coverage
@@ -74,8 +76,10 @@ STAR_RATIO, STRICT_RATIO = -0.25, 1 / 6
 # ----------------------------------------------------------------------------- data
 
 
-def star_scenes(n: int, seed: int):
-    """`shapes` scenes (SHAPES.md's distribution) whose first object is a star."""
+def star_scenes(n: int, seed: int, sizes: tuple[str, ...] | None = None):
+    """`shapes` scenes (SHAPES.md's distribution) whose first object is a star. `sizes` (e.g.
+    ("large",)) keeps single-object scenes only (two-object scenes draw side 0.3, smaller than
+    medium) with the star at one of those sizes; None is SHAPES.md's mix, as the concept prompts."""
     from dataclasses import replace
 
     from t2i.data.shapes import sample_scene
@@ -83,9 +87,25 @@ def star_scenes(n: int, seed: int):
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng) if sizes is None else _resized(sample_scene(rng, p_two=0.0), sizes, rng)
         scenes.append(replace(scene, objects=(replace(scene.objects[0], shape=CONCEPT),) + scene.objects[1:]))
     return scenes
+
+
+def _resized(scene, sizes: tuple[str, ...], rng: np.random.Generator):
+    """A single-object scene at one of `sizes`, its caption still true: a caption with position
+    and background but no size word reads as medium (SHAPES.md), so a large or small object's
+    caption then states its size."""
+    from dataclasses import replace
+
+    from t2i.data.shapes import SIZES
+
+    size = scene.size if scene.size in sizes else sizes[int(rng.integers(len(sizes)))]
+    stated = scene.stated
+    if stated == {"position", "background"} and size != "medium":
+        stated = stated | {"size"}
+    obj = replace(scene.objects[0], side=SIZES[size])
+    return replace(scene, objects=(obj,), size=size, stated=frozenset(stated))
 
 
 def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
@@ -113,9 +133,9 @@ def draw(scene, resolution: int = 64) -> Image.Image:
     return image.resize((resolution, resolution), Image.BOX)
 
 
-def write_dataset(folder: Path, n: int, seed: int) -> None:
+def write_dataset(folder: Path, n: int, seed: int, sizes: tuple[str, ...] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i, scene in enumerate(star_scenes(n, seed)):
+    for i, scene in enumerate(star_scenes(n, seed, sizes)):
         draw(scene).save(folder / f"star-{i:03d}.png")
         (folder / f"star-{i:03d}.txt").write_text(scene.caption + "\n")
 
@@ -278,13 +298,18 @@ def main() -> None:
                         help="continue the run in OUT/METHOD to --steps (t2i's exact resume; with the constant "
                              "learning rate of these runs that equals a run started with those steps); "
                              "CPU-minutes then count the added steps only")
+    parser.add_argument("--star-sizes", nargs="+", default=None, choices=("small", "medium", "large"),
+                        help="draw the training pictures' stars at these sizes only, single-object scenes "
+                             "(default: SHAPES.md's mix of sizes and two-object scenes); the concept prompts "
+                             "stay the mix. The pictures go to OUT/pictures-SIZES instead of OUT/pictures")
     parser.add_argument("--rescore", action="store_true",
                         help="only re-score the saved concept images of OUT (after a change to the star checker)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = args.out / "pictures"
+    sizes = tuple(args.star_sizes) if args.star_sizes else None
+    data = args.out / ("pictures" if sizes is None else "pictures-" + "-".join(sizes))
     if not data.is_dir():
-        write_dataset(data, args.images, seed=2024)
+        write_dataset(data, args.images, seed=2024, sizes=sizes)
     concept_scenes = star_scenes(args.prompts, seed=777)
     ordinary = evaluation_prompts(args.prompts, seed=4242)
     base = load_model(None, Runtime.auto("full", "cpu")).model
@@ -329,7 +354,8 @@ def main() -> None:
         make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
         save_images(found.pop("concept_images"), args.out / f"{method}-concept")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
-        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown}
+        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
+                           **({"star_sizes": list(sizes)} if sizes else {})}
         results_path.write_text(json.dumps(results, indent=2))
         print(json.dumps({method: results[method]}), flush=True)
     c = results["ceiling"]
