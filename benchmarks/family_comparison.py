@@ -44,9 +44,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAMILIES = ("gan", "vae", "ddpm", "vqgan+ar", "ldm")
-FAMILIES = DEFAULT_FAMILIES + ("ldm-class", "ldm-uncond")
+# ldm-class-ft: the class model started from the bundled text model's UNet (init_from: default)
+FAMILIES = DEFAULT_FAMILIES + ("ldm-class", "ldm-uncond", "ldm-class-ft")
 CONDITIONING = {"gan": "class", "vae": "none", "ddpm": "class", "vqgan+ar": "class", "ldm": "text",
-                "ldm-class": "class", "ldm-uncond": "none"}
+                "ldm-class": "class", "ldm-uncond": "none", "ldm-class-ft": "class"}
 REAL_SEED, IMAGE_SEED, PROMPT_SEED = 999, 1000, 4242
 # sampling settings per family (full, tiny); the table prints them. Pixel DDPM: 25 DDIM steps, since
 # at 50 its 500 samples alone would take ~50 CPU-minutes
@@ -124,7 +125,7 @@ def _sample(family: str, run: Path, n: int, mode: str, device: str):
         return draw, [f"a {shapes_class(c)}" for c in captions], params, \
             f"{s['sampler']}, {s['steps']} steps, CFG {s['cfg_scale']:g}, batch 25"
 
-    if family in ("ldm-class", "ldm-uncond"):
+    if family in ("ldm-class", "ldm-uncond", "ldm-class-ft"):
         return _sample_class_ldm(run, n, mode, device)
     from t2i.pipelines.families import load_family_model
 
