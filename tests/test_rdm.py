@@ -86,6 +86,21 @@ def test_search_returns_the_nearest_entries_best_first_and_can_leave_one_out(tmp
         db.search(torch.ones(1, 4), 1)
 
 
+def test_faiss_and_torch_search_find_the_same_neighbours():
+    """faiss (installed by the test extra) and the torch fallback are both exact: same neighbours."""
+    from t2i.checkpoints.retrieval_db import _topk, faiss_available
+
+    assert faiss_available()
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(3000, 48, generator=generator), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(70, 48, generator=generator), dim=1)
+    by_faiss = _topk(keys, queries, 5, use_faiss=True)
+    by_torch = _topk(keys, queries, 5, use_faiss=False)
+    assert torch.equal(by_faiss[1], by_torch[1])
+    assert torch.allclose(by_faiss[0], by_torch[0], atol=1e-5)
+    assert torch.all(by_faiss[0][:, :-1] >= by_faiss[0][:, 1:])
+
+
 def test_built_database_finds_each_image_itself_and_training_leaves_it_out(rdm_run):
     db = load_database(rdm_run / "shapes.db.safetensors")
     assert len(db) == 64 and db.dim == 16 and db.ids[5] == "shapes:0:5"

@@ -89,9 +89,15 @@ def load_embedder(clip: str | Path | None = None) -> CLIPEmbedder:
     return CLIPEmbedder(model, tokenizer, source)
 
 
-def _topk(keys: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k inner products: faiss when importable, else torch in chunks of queries."""
-    if importlib.util.find_spec("faiss") is not None:
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def _topk(keys: torch.Tensor, queries: torch.Tensor, k: int,
+          use_faiss: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k inner products: faiss when importable (or `use_faiss`), else torch in chunks of
+    queries. Both are exact, so they agree but for the order of equal scores."""
+    if faiss_available() if use_faiss is None else use_faiss:
         import faiss  # optional accelerator: an exact flat inner-product index
 
         index = faiss.IndexFlatIP(keys.shape[1])
