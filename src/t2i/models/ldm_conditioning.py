@@ -80,11 +80,18 @@ class LayoutChannels(nn.Module):
         super().__init__()
         self.unet, self.config = unet, unet.config
         self.objects, self.num_classes, self.batch_size = objects, num_classes, batch_size
+        self._maps: dict[tuple, torch.Tensor] = {}  # one map per latent size, device and dtype: not per step
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[-2], x.shape[-1], x.device, x.dtype)
+        if key not in self._maps:
+            cond = layout_map(self.objects, self.num_classes, key[0], key[1]).to(x.device, x.dtype)
+            self._maps[key] = cond.expand(self.batch_size, -1, -1, -1) if cond.shape[0] == 1 else cond
+        return self._maps[key]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs):
         b = self.batch_size
-        cond = layout_map(self.objects, self.num_classes, x.shape[-2], x.shape[-1]).to(x.device, x.dtype)
-        cond = cond.expand(b, -1, -1, -1) if cond.shape[0] == 1 else cond
+        cond = self._map(x)
         if x.shape[0] == 2 * b:
             extra = torch.cat([torch.zeros_like(cond), cond])
         elif x.shape[0] == b:
