@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from t2i.atomic import TMP_PREFIX
 from t2i.errors import ParamError
 from t2i.interfaces.cli import build_parser
 from t2i.pipelines.generation_params import Img2ImgParams, InpaintParams, OutpaintParams, Txt2ImgParams
@@ -227,10 +228,13 @@ def test_ctrl_c_keeps_the_images_already_written(tmp_path):
 
     out = tmp_path / "out"
     proc = _t2i("generate", "a red circle", "--seed", "3", "--steps", "8", "--n-iter", "60", "--outdir", out)
+    def finished():  # an image renamed into place: a temporary file (TMP_PREFIX) is still being written
+        return out.is_dir() and any(not p.name.startswith(TMP_PREFIX) for p in out.glob("*.png"))
+
     deadline = time.time() + 240
-    while time.time() < deadline and not (out.is_dir() and any(out.glob("*.png"))):
+    while time.time() < deadline and not finished():
         time.sleep(0.2)
-    assert out.is_dir() and any(out.glob("*.png")), proc.communicate()[1]
+    assert finished(), proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
