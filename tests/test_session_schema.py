@@ -227,7 +227,12 @@ def test_ctrl_c_keeps_the_images_already_written(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = _t2i("generate", "a red circle", "--seed", "3", "--steps", "8", "--n-iter", "60", "--outdir", out)
+
+    def default_sigint():  # as at a terminal: a shell's background job would pass SIGINT on ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = _t2i("generate", "a red circle", "--seed", "3", "--steps", "8", "--n-iter", "60", "--outdir", out,
+                preexec_fn=default_sigint)
     def finished():  # an image renamed into place: a temporary file (TMP_PREFIX) is still being written
         return out.is_dir() and any(not p.name.startswith(TMP_PREFIX) for p in out.glob("*.png"))
 
