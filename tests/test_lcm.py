@@ -94,6 +94,71 @@ def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise(weigh
     assert off.weight.grad is not None and off.weight.grad.abs() > 0  # gradients reach the student only
 
 
+class RecordingDenoiser(PointDenoiser):
+    """A PointDenoiser that keeps the timesteps it was called with."""
+
+    def __init__(self, alphas, target, wrong=0.0):
+        super().__init__(alphas, target, wrong)
+        self.seen = []
+
+    def forward(self, x, t, context):
+        self.seen.append(t.clone())
+        return super().forward(x, t, context)
+
+
+def test_focus_timesteps_draw_the_sampler_points_and_keep_the_rest_uniform():
+    from t2i.training.lcm import LCMOptimConfig, draw_timesteps
+
+    grid = solver_timesteps(1000, 50)
+    focus = (999, 759, 499, 259)
+    only = draw_timesteps(grid, 64, torch.Generator().manual_seed(0),
+                          LCMOptimConfig(focus_timesteps=focus, focus_share=1.0))
+    assert set(only.tolist()) == set(focus)  # all four, nothing else
+    half = draw_timesteps(grid, 64, torch.Generator().manual_seed(0),
+                          LCMOptimConfig(focus_timesteps=focus, focus_share=0.5))
+    assert set(half[:32].tolist()) <= set(focus) and len(set(half[32:].tolist()) - set(focus)) > 10
+    assert set(half.tolist()) <= set(grid.tolist())
+    # no focus: the original recipe's draw, generator state included (old runs resume identically)
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain = draw_timesteps(grid, 16, g, LCMOptimConfig(focus_share=0.0))
+    torch.testing.assert_close(plain, grid[torch.randint(0, len(grid), (16,), generator=ref)])
+    assert torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=ref))
+
+
+def test_loss_with_full_focus_evaluates_the_student_only_at_the_focus_points():
+    from diffusers import DDPMScheduler
+
+    from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
+
+    alphas = DDPMScheduler(**SCHEDULE).alphas_cumprod.float()
+    target = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    model = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
+                            scheduler_config=lambda: dict(SCHEDULE))
+    cfg = LCMOptimConfig(batch_size=32, loss="l2", guidance_min=1.0, guidance_max=1.0,
+                         focus_timesteps=(999, 499), focus_share=1.0)
+    fn = lcm_loss_fn(model, PointDenoiser(alphas, target), target.expand(8, -1, -1, -1).clone(), ["x"] * 8,
+                     cfg, "epsilon")
+    student = RecordingDenoiser(alphas, target, 0.3)
+    fn({"unet": student}, 0, torch.Generator().manual_seed(0))
+    called = torch.cat(student.seen).tolist()  # the target's t_{n-1}, then the prediction's t_n
+    assert set(called) == {999, 499, 979, 479}
+    assert called[32:].count(999) > 0 and called[32:].count(499) > 0
+
+
+def test_focus_settings_are_checked():
+    from t2i.training.lcm import LCMOptimConfig, LCMTrainConfig, check_settings, check_teacher
+
+    with pytest.raises(ValueError, match="focus_timesteps is empty"):
+        check_settings(LCMTrainConfig(optim=LCMOptimConfig(focus_share=0.5)))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        check_settings(LCMTrainConfig(optim=LCMOptimConfig(focus_timesteps=(999,), focus_share=1.5)))
+    check_settings(LCMTrainConfig(optim=LCMOptimConfig(focus_timesteps=(999, 759, 499, 259), focus_share=0.5)))
+    teacher = SimpleNamespace(scheduler_config=lambda: dict(SCHEDULE))
+    with pytest.raises(ValueError, match=r"\[750\] are not on the 50-point solver grid"):
+        check_teacher(teacher, 50, (999, 750, 499))
+    assert check_teacher(teacher, 50, (999, 759, 499, 259)) == "epsilon"
+
+
 def test_consistency_output_at_zero_is_the_input():
     x = torch.randn(2, 4, 4, 4)
     out = consistency_output(torch.randn_like(x), x, torch.tensor([0, 0]), torch.tensor(0.9999), "epsilon")

@@ -5,7 +5,8 @@ LCM-LoRA trains it (Luo et al. 2023, "LCM-LoRA"): the teacher is the model itsel
 the same model with trainable LoRA layers, and the consistency function's formulas
 (t2i.diffusion.lcm) are the LCM sampler's. One step, for a batch of the data's latents z0:
 
-1. a solver grid point t_n (every k = 1000 / 50 timesteps) and t_{n-1} = t_n - k (0 at the end);
+1. a solver grid point t_n (every k = 1000 / 50 timesteps; uniform, or a share of the batch at the
+   sampler's timesteps: `optim.focus_timesteps`) and t_{n-1} = t_n - k (0 at the end);
    z_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise;
 2. the teacher's classifier-free guided DDIM step from t_n to t_{n-1}, at a CFG scale drawn from
    [guidance_min, guidance_max] (web UI convention: 1 = no guidance);
@@ -80,6 +81,15 @@ class LCMOptimConfig(OptimConfig):
     # x0 estimate divides the noise error by 0.006), the highest timesteps otherwise dominate the
     # loss with errors the LCM sampler mostly discards (it re-noises x0 right away).
     weighting: Literal["none", "signal"] = "none"
+    # `focus_share` of each batch draws t_n from `focus_timesteps` (solver grid points) instead of
+    # uniformly from the grid. Why: an n-step LCM sampler evaluates the consistency function only
+    # at its n timesteps (4 steps of the 50-point grid: 999, 759, 499, 259), while uniform draws
+    # spend 46 of every 50 samples elsewhere. The rest of the batch stays uniform, so the
+    # consistency chain (each target is the student one grid point lower) is still trained
+    # everywhere: with focus_share 1 the bundled model's LoRA collapsed (92% -> 34% on a selection
+    # set), and 0.5 showed no gain over uniform draws (BENCHMARKS.md, "Few-step generation").
+    focus_timesteps: tuple[int, ...] = ()
+    focus_share: Annotated[float, between(0.0, 1.0)] = 0.0
     encode_batch_size: BatchSize = 64
 
 
@@ -107,11 +117,39 @@ def check_settings(cfg: LCMTrainConfig) -> None:
         raise ValueError(f"optim.loss must be one of {', '.join(LOSSES)}, got {o.loss!r}")
     if o.guidance_min > o.guidance_max:
         raise ValueError(f"optim.guidance_min ({o.guidance_min}) must not exceed optim.guidance_max ({o.guidance_max})")
+    if o.focus_share > 0 and not o.focus_timesteps:
+        raise ValueError(f"optim.focus_share is {o.focus_share} but optim.focus_timesteps is empty: list the "
+                         "sampler's timesteps (4-step LCM: [999, 759, 499, 259]) or set focus_share: 0")
+    if not 0.0 <= o.focus_share <= 1.0:
+        raise ValueError(f"optim.focus_share must be between 0 and 1, got {o.focus_share}")
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name:
         raise ValueError(f"name must be a plain file name (no folders), got {cfg.name!r}")
 
 
-def check_teacher(model, solver_steps: int) -> str:
+def check_focus(focus_timesteps: tuple[int, ...], num_train_timesteps: int, solver_steps: int) -> None:
+    """Focus timesteps must be points of the solver grid: the distillation only ever steps from a
+    grid point to the one below, so another timestep would have no target."""
+    grid = set(solver_timesteps(num_train_timesteps, solver_steps).tolist())
+    off = [t for t in focus_timesteps if t not in grid]
+    if off:
+        k = num_train_timesteps // solver_steps
+        raise ValueError(f"optim.focus_timesteps {off} are not on the {solver_steps}-point solver grid "
+                         f"({k - 1}, {2 * k - 1}, ..., {num_train_timesteps - 1}, every {k}); the 4-step "
+                         "LCM sampler's are 999, 759, 499, 259 for 1000 training timesteps")
+
+
+def draw_timesteps(grid: torch.Tensor, n: int, generator: torch.Generator, cfg: LCMOptimConfig) -> torch.Tensor:
+    """n solver grid points t_n for one batch: round(focus_share * n) from cfg.focus_timesteps, the rest
+    uniform over `grid`. With no focus, the draw (and the generator's state) is the original recipe's."""
+    m = round(cfg.focus_share * n) if cfg.focus_timesteps else 0
+    uniform = grid[torch.randint(0, len(grid), (n - m,), generator=generator)]
+    if not m:
+        return uniform
+    focus = torch.tensor(cfg.focus_timesteps, dtype=grid.dtype)
+    return torch.cat([focus[torch.randint(0, len(focus), (m,), generator=generator)], uniform])
+
+
+def check_teacher(model, solver_steps: int, focus_timesteps: tuple[int, ...] = ()) -> str:
     """The teacher's prediction type; ValueError for what this recipe cannot distil."""
     if getattr(model, "text_encoder_2", None) is not None:
         raise ValueError("LCM distillation here takes models with one text encoder (SD 1.x/2.x, t2i's own); "
@@ -123,6 +161,7 @@ def check_teacher(model, solver_steps: int) -> str:
     if schedule["num_train_timesteps"] % solver_steps:
         raise ValueError(f"optim.solver_steps {solver_steps} must divide the teacher's "
                          f"{schedule['num_train_timesteps']} training timesteps")
+    check_focus(focus_timesteps, schedule["num_train_timesteps"], solver_steps)
     return prediction
 
 
@@ -169,6 +208,7 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
     """The Trainer's loss: one consistency distillation step (see the module docstring)."""
     alphas = torch.tensor(_alphas_cumprod(model), dtype=torch.float32)
     grid = solver_timesteps(len(alphas), cfg.solver_steps)
+    check_focus(cfg.focus_timesteps, len(alphas), cfg.solver_steps)
     k = len(alphas) // cfg.solver_steps
     with torch.no_grad():
         empty = model.encode_prompts([""])  # (1, T, D): the teacher's unconditional context
@@ -179,7 +219,7 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
         n = cfg.batch_size
         idx = torch.randint(0, len(latents), (n,), generator=generator)
         z0 = latents[idx].to(device)
-        t = grid[torch.randint(0, len(grid), (n,), generator=generator)]
+        t = draw_timesteps(grid, n, generator, cfg)
         t_prev = (t - k).clamp(min=0)
         noise = torch.randn(z0.shape, generator=generator).to(device)
         scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(n, generator=generator)
@@ -240,7 +280,7 @@ def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, sto
     check_settings(cfg)
     save_run_config({"family": "lcm", **to_dict(cfg)}, outdir)  # `t2i train outdir/config.yaml` reruns it
     model = load_model(_teacher_path(cfg.teacher), Runtime.auto("full")).model
-    prediction = check_teacher(model, cfg.optim.solver_steps)
+    prediction = check_teacher(model, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
     model.requires_grad_(False).eval()
     latents, captions = cached_latents(model, cfg, outdir / "cache")
     teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
