@@ -99,7 +99,7 @@ def generate(model, prompts: list[str], seeds: list[int], embeddings=None, batch
     return images
 
 
-def applied(method: str, output: Path, base, concept: str, pivot: Path | None = None):
+def applied(method: str, output: Path, base, concept: str, pivot: Path | None = None, lora_weight: float = 1.0):
     """(model, embeddings, context) that generate with the method's result (and a LoRA's
     --init-embedding, as `t2i generate` would be given both)."""
     from t2i.checkpoints.registry import load_model
@@ -121,18 +121,18 @@ def applied(method: str, output: Path, base, concept: str, pivot: Path | None = 
     if method == "lora":
         from t2i.extra_networks.embeddings import load_embedding
 
-        return base, [load_embedding(pivot, concept)] if pivot else None, merged_lora(base, output)
+        return base, [load_embedding(pivot, concept)] if pivot else None, merged_lora(base, output, lora_weight)
     return base, None, nullcontext()
 
 
 class merged_lora:
-    def __init__(self, model, path: Path):
-        self.model, self.path = model, path
+    def __init__(self, model, path: Path, weight: float = 1.0):
+        self.model, self.path, self.weight = model, path, weight
 
     def __enter__(self):
         from t2i.extra_networks.lora import LoraTargets, merge_loras, read_lora
 
-        self.backups = merge_loras(LoraTargets(self.model), [(read_lora(self.path), 1.0, 1.0)])
+        self.backups = merge_loras(LoraTargets(self.model), [(read_lora(self.path), self.weight, self.weight)])
 
     def __exit__(self, *exc):
         from t2i.extra_networks.lora import restore_weights
@@ -218,6 +218,9 @@ def main() -> None:
     parser.add_argument("--balanced", action="store_true",
                         help="draw the training pictures as large, medium and small single-object scenes and "
                              "two-object scenes in turn (OUT/pictures-balanced) instead of SHAPES.md's random mix")
+    parser.add_argument("--lora-weight", type=float, default=1.0,
+                        help="lora: the weight it is used at (as <lora:NAME:W>); the results are kept as lora@W. "
+                             "With --resume and the --steps of a finished run, only re-evaluates it")
     parser.add_argument("--class-prompts", type=int, default=CLASS_PROMPTS, help="prior preservation: ordinary prompts")
     parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior preservation: images of them")
     parser.add_argument("--rescore", action="store_true",
@@ -272,15 +275,17 @@ def main() -> None:
         output = t2i.finetune(method, model="default", data=data, outdir=outdir, name=concept, sample_every=0,
                               log_every=100, resume=args.resume, **options)
         minutes = (time.process_time() - start) / 60
-        model, embeddings, context = applied(method, output, base, concept, args.init_embedding if method == "lora" else None)
+        model, embeddings, context = applied(method, output, base, concept, args.init_embedding if method == "lora" else None,
+                                             args.lora_weight)
+        key = method if method != "lora" or args.lora_weight == 1.0 else f"lora@{args.lora_weight:g}"
         found = evaluate(model, embeddings, context, scenes, ordinary, seed=90_000, visible=visible)
-        make_grid(found.pop("examples"), cols=8).save(args.out / f"{method}-examples.png")
-        save_images(found.pop("concept_images"), args.out / f"{method}-concept")
+        make_grid(found.pop("examples"), cols=8).save(args.out / f"{key}-examples.png")
+        save_images(found.pop("concept_images"), args.out / f"{key}-concept")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
-        results[method] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
+        results[key] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
                            **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {})}
         results_path.write_text(json.dumps(results, indent=2))
-        print(json.dumps({method: results[method]}), flush=True)
+        print(json.dumps({key: results[key]}), flush=True)
     c = results["ceiling"]
     print(f"\nceiling: the check finds the {concept} in the VAE round trip of {c['visible']} of the {c['of']} prompts' "
           f"own drawings; 'where visible' is the {concept} rate on those prompts")
@@ -292,7 +297,7 @@ def main() -> None:
     if "class_images" in results:
         print(f"class images: {results['class_images']['count']} in {results['class_images']['cpu_minutes']:.1f} "
               f"CPU-minutes (shared by the methods with prior preservation)")
-    for method in METHODS:
+    for method in [k for k in results if k.split("@")[0] in METHODS]:
         if method in results:
             r = results[method]
             drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
