@@ -138,8 +138,7 @@ def is_ring(image: Image.Image, obj, background: str) -> bool:
         patch = pixels[max(row - r, 0):row + r + 1, max(col - r, 0):col + r + 1].reshape(-1, 3).mean(0)
         return float(np.sum((patch - inside) ** 2)) < float(np.sum((patch - outside) ** 2))
 
-    hole_px = max(RING_INNER * half * width * 0.4, 0.0)
-    if nearer_object(obj.cx, obj.cy, hole_px):
+    if nearer_object(obj.cx, obj.cy, radius_px=0.4 * RING_INNER * half * width):  # well inside the hole
         return False
     band = (1 + RING_INNER) / 2 * half
     angles = [2 * math.pi * k / RING_BAND_POINTS for k in range(RING_BAND_POINTS)]
