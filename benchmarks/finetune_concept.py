@@ -297,13 +297,12 @@ def main() -> None:
     if "class_images" in results:
         print(f"class images: {results['class_images']['count']} in {results['class_images']['cpu_minutes']:.1f} "
               f"CPU-minutes (shared by the methods with prior preservation)")
-    for method in [k for k in results if k.split("@")[0] in METHODS]:
-        if method in results:
-            r = results[method]
-            drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
-            size = f"{r['bytes'] / 2**20:.2f} MiB" if r["bytes"] >= 2**20 else f"{r['bytes'] / 1024:.1f} KiB"
-            print(f"| {method} | {r['appears']:.0%} | {r.get('appears_strict', 0):.0%} | {r.get('appears_visible', 0):.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
-                  f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size} |")
+    for method in [k for k in results if k.split("@")[0] in METHODS]:  # lora@W: a LoRA used at weight W
+        r = results[method]
+        drop = (b["ordinary_correct"] - r["ordinary_correct"]) * 100
+        size = f"{r['bytes'] / 2**20:.2f} MiB" if r["bytes"] >= 2**20 else f"{r['bytes'] / 1024:.1f} KiB"
+        print(f"| {method} | {r['appears']:.0%} | {r.get('appears_strict', 0):.0%} | {r.get('appears_visible', 0):.0%} | {r['concept_correct']:.0%} | {r['ordinary_correct']:.0%} | "
+              f"{drop:+.0f} pts | {r['cpu_minutes']:.1f} | {size} |")
 
 
 if __name__ == "__main__":
