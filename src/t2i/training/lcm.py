@@ -208,7 +208,6 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
     """The Trainer's loss: one consistency distillation step (see the module docstring)."""
     alphas = torch.tensor(_alphas_cumprod(model), dtype=torch.float32)
     grid = solver_timesteps(len(alphas), cfg.solver_steps)
-    check_focus(cfg.focus_timesteps, len(alphas), cfg.solver_steps)
     k = len(alphas) // cfg.solver_steps
     with torch.no_grad():
         empty = model.encode_prompts([""])  # (1, T, D): the teacher's unconditional context
