@@ -10,9 +10,15 @@
    min of --repeats, wall and process CPU time.
 3. Numerics: the same --steps-step DPM++ 2M denoising (CFG 7, fixed noise and context) with each
    backend; per-step cosine of the latents against eager float32.
+4. With --vae: one VAE decode of the same latents, eager float32 against OpenVINO (each precision),
+   and the decoded images' cosine against eager.
+
+OpenVINO runs once per --openvino-precision: `auto` lets its CPU plugin choose (bf16 where the CPU
+has it), `f32` forces float32 (INFERENCE_PRECISION_HINT), the precision t2i uses on CPUs without AMX.
 
     python benchmarks/compile_cache.py --unet default --threads 2 --repeats 5
     python benchmarks/compile_cache.py --unet sd15 --size 512 --threads 2 --repeats 3
+    python benchmarks/compile_cache.py --unet sd15 --size 256 --steps 3 --openvino-precision auto f32 --vae
 
 `default`: the bundled model's UNet at its 64 px (16x16 latents). `sd15`: SD 1.5's UNet
 architecture (t2i.evaluate.random_sd, 860 M parameters, random weights: nothing downloaded) at
@@ -121,6 +127,68 @@ def denoise(step_fn, latents, steps: int) -> list[torch.Tensor]:
     return out
 
 
+def openvino_callable(module: nn.Module, example: tuple, threads: int, precision: str):
+    """(fn(*tensors) -> tensor, facts) for `module` converted by openvino.convert_model and compiled
+    for the CPU at `precision` ("auto": the plugin's own choice)."""
+    import openvino as ov
+
+    start = time.perf_counter()
+    converted = ov.convert_model(module, example_input=example)
+    convert_s = time.perf_counter() - start
+    config = {"INFERENCE_NUM_THREADS": threads}
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    start = time.perf_counter()
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    facts = {"version": ov.__version__, "convert_s": convert_s, "compile_s": time.perf_counter() - start,
+             "precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    request = compiled.create_infer_request()
+
+    def call(*tensors):
+        request.infer([x.reshape(()).numpy() if x.dim() == 0 else x.numpy() for x in tensors])
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return call, facts
+
+
+class _Decoder(nn.Module):
+    """The VAE's decode as tensor in, tensor out (latents already divided by the scaling factor)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+def vae_decode(args, latents: torch.Tensor) -> dict:
+    """One decode of `latents` (batch 1): eager float32 and OpenVINO at each precision; min wall and
+    CPU s of --repeats after a warm-up, and each image's cosine against eager."""
+    if args.unet == "default":
+        from t2i.checkpoints.registry import load_model
+        from t2i.runtime import Runtime
+
+        vae = load_model(None, Runtime.auto("auto", "cpu")).model.vae
+    else:
+        from t2i.evaluate.random_sd import random_sd_vae
+
+        vae = random_sd_vae("sd15")
+    decoder = _Decoder(vae.float().eval())
+    z = latents / vae.config.scaling_factor
+    with torch.no_grad():
+        reference = decoder(z)
+        out = {"eager fp32": best(lambda: decoder(z), args.repeats)}
+    print("VAE eager", out["eager fp32"], flush=True)
+    for precision in [] if args.no_openvino else args.openvino_precision:
+        call, facts = openvino_callable(decoder, (z,), args.threads, precision)
+        name = "OpenVINO" if precision == "auto" else f"OpenVINO {precision}"
+        out[name] = best(lambda: call(z), args.repeats)
+        out[f"{name} facts"] = {**facts, "cosine": cosine(call(z), reference)}
+        print("VAE", name, out[name], flush=True)
+    return out
+
+
 def cosine(a, b) -> float:
     return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
@@ -134,6 +202,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps of the numerics check")
     parser.add_argument("--cache", help="compile cache folder (default: a fresh temporary one)")
     parser.add_argument("--no-openvino", action="store_true")
+    parser.add_argument("--openvino-precision", nargs="+", default=["auto"], choices=("auto", "f32", "bf16"),
+                        help="OpenVINO inference precisions to measure (auto: its CPU plugin's own choice)")
+    parser.add_argument("--vae", action="store_true", help="also time one VAE decode: eager against OpenVINO")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,25 +243,15 @@ def main() -> None:
     # OpenVINO before the compile: it converts the plain module (the compile changes it in place)
 
     if not args.no_openvino:
-        import openvino as ov
-
-        start = time.perf_counter()
-        ov_model = ov.convert_model(_Plain(unet).eval(), example_input=(x2, t, context))
-        convert_s = time.perf_counter() - start
-        start = time.perf_counter()
-        core = ov.Core()
-        compiled_ov = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": args.threads})
-        results["openvino"] = {"version": ov.__version__, "convert_s": convert_s,
-                               "compile_s": time.perf_counter() - start,
-                               "precision": str(compiled_ov.get_property("INFERENCE_PRECISION_HINT"))}
-        request = compiled_ov.create_infer_request()
-
-        def ov_step(x, step_t):
-            request.infer([x.numpy(), step_t.reshape(()).numpy(), context.numpy()])
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
-
-        steps["OpenVINO"] = best(lambda: ov_step(x2, t), args.repeats)
-        results["cosine OpenVINO"] = [cosine(a, b) for a, b in zip(denoise(ov_step, latents, args.steps), reference)]
+        for precision in args.openvino_precision:
+            name = "OpenVINO" if precision == "auto" else f"OpenVINO {precision}"
+            ov_step, results[name] = openvino_callable(_Plain(unet).eval(), (x2, t, context), args.threads, precision)
+            steps[name] = best(lambda: ov_step(x2, t, context), args.repeats)
+            results[f"cosine {name}"] = [cosine(a, b) for a, b in
+                                         zip(denoise(lambda x, s: ov_step(x, s, context), latents, args.steps), reference)]
+            print(name, steps[name], flush=True)
+    if args.vae:
+        results["vae_decode_s"] = vae_decode(args, reference[-1])
     start = time.perf_counter()
     report = compile_unet_cached(holder, args.cache, notes=print)
     results["third_load_in_process"] = {"wall": time.perf_counter() - start, "source": report.source}
