@@ -27,6 +27,7 @@ architecture (t2i.evaluate.random_sd, 860 M parameters, random weights: nothing 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -205,6 +206,13 @@ def main() -> None:
     parser.add_argument("--openvino-precision", nargs="+", default=["auto"], choices=("auto", "f32", "bf16"),
                         help="OpenVINO inference precisions to measure (auto: its CPU plugin's own choice)")
     parser.add_argument("--vae", action="store_true", help="also time one VAE decode: eager against OpenVINO")
+    parser.add_argument("--frozen", action="store_true",
+                        help="also time torch.compile with Inductor's freezing (weights folded in as constants, "
+                             "convolution weights prepacked) on a copy of the UNet, compiled in this process "
+                             "without the compile cache; t2i's --compile does not freeze")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="skip the two compile processes (item 1): only the step, numerics and decode rows; "
+                             "the in-process compile then fills or reads --cache")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -216,10 +224,11 @@ def main() -> None:
         args.cache = temp.name
     results = {"unet": args.unet, "threads": args.threads, "torch": torch.__version__,
                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    results["first_process"] = run_child(args)
-    print("first process", results["first_process"], flush=True)  # partial results survive a timeout
-    results["second_process"] = run_child(args)
-    print(json.dumps(results, indent=1), flush=True)
+    if not args.steps_only:
+        results["first_process"] = run_child(args)
+        print("first process", results["first_process"], flush=True)  # partial results survive a timeout
+        results["second_process"] = run_child(args)
+        print(json.dumps(results, indent=1), flush=True)
 
     from t2i.speedups import compile_unet_cached
 
@@ -252,6 +261,21 @@ def main() -> None:
             print(name, steps[name], flush=True)
     if args.vae:
         results["vae_decode_s"] = vae_decode(args, reference[-1])
+    if args.frozen:
+        frozen_unet = copy.deepcopy(unet)
+
+        def frozen_step(x, step_t):
+            with torch.no_grad():
+                return frozen_unet(x, step_t, encoder_hidden_states=context).sample
+
+        frozen_unet.compile(options={"freezing": True})
+        start = time.perf_counter()
+        frozen_step(x2, t)
+        results["frozen_compile_s"] = time.perf_counter() - start
+        steps["torch.compile, freezing"] = best(lambda: frozen_step(x2, t), args.repeats)
+        results["cosine torch.compile, freezing"] = [cosine(a, b) for a, b in
+                                                     zip(denoise(frozen_step, latents, args.steps), reference)]
+        print("frozen", steps["torch.compile, freezing"], flush=True)
     start = time.perf_counter()
     report = compile_unet_cached(holder, args.cache, notes=print)
     results["third_load_in_process"] = {"wall": time.perf_counter() - start, "source": report.source}

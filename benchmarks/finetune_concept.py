@@ -223,6 +223,10 @@ def main() -> None:
                              "With --resume and the --steps of a finished run, only re-evaluates it")
     parser.add_argument("--class-prompts", type=int, default=CLASS_PROMPTS, help="prior preservation: ordinary prompts")
     parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior preservation: images of them")
+    parser.add_argument("--eval-set", type=int, default=0,
+                        help="score on another set of concept and ordinary prompts and image seeds (K > 0: every "
+                             "seed moves by K); results go to OUT/results-setK.json and images to *-setK folders. "
+                             "With --resume and the --steps of a finished run, only re-evaluates it (and the base)")
     parser.add_argument("--rescore", action="store_true",
                         help="only re-score the saved concept images of OUT (after a change to the concept check)")
     args = parser.parse_args()
@@ -234,24 +238,27 @@ def main() -> None:
     data = args.out / ("pictures-balanced" if args.balanced else "pictures" if sizes is None else "pictures-" + "-".join(sizes))
     if not data.is_dir():
         write_dataset(data, concept, args.images, seed=2024, sizes=sizes, balanced=args.balanced)
-    scenes = concept_scenes(concept, args.prompts, seed=777)
-    ordinary = evaluation_prompts(args.prompts, seed=4242)
+    # --eval-set K: a second, independent set (a check on a result chosen with the first)
+    suffix = f"-set{args.eval_set}" if args.eval_set else ""
+    image_seed = 90_000 + 1000 * args.eval_set
+    scenes = concept_scenes(concept, args.prompts, seed=777 + args.eval_set)
+    ordinary = evaluation_prompts(args.prompts, seed=4242 + args.eval_set)
     base = load_model(None, Runtime.auto("full", "cpu")).model
     results = {}
-    results_path = args.out / "results.json"
+    results_path = args.out / f"results{suffix}.json"
     if results_path.is_file():
         results = json.loads(results_path.read_text())
     visible = visible_concepts(base, scenes)
     results["ceiling"] = {"visible": int(sum(visible)), "of": len(visible)}
     if args.rescore:
-        for key in [k for k in results if (args.out / f"{k}-concept").is_dir()]:
-            images = [Image.open(args.out / f"{key}-concept" / f"{i:03d}.png").convert("RGB") for i in range(len(visible))]
+        for key in [k for k in results if (args.out / f"{k}-concept{suffix}").is_dir()]:
+            images = [Image.open(args.out / f"{key}-concept{suffix}" / f"{i:03d}.png").convert("RGB") for i in range(len(visible))]
             results[key].update(concept_scores(images, scenes, visible))
         results_path.write_text(json.dumps(results, indent=2))
         args.methods = []
     if "base" not in results:
-        found = evaluate(base, None, nullcontext(), scenes, ordinary, seed=90_000, visible=visible)
-        save_images(found.pop("concept_images"), args.out / "base-concept")
+        found = evaluate(base, None, nullcontext(), scenes, ordinary, seed=image_seed, visible=visible)
+        save_images(found.pop("concept_images"), args.out / f"base-concept{suffix}")
         results["base"] = {k: v for k, v in found.items() if k != "examples"}
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
     prior = {}
@@ -278,9 +285,9 @@ def main() -> None:
         model, embeddings, context = applied(method, output, base, concept, args.init_embedding if method == "lora" else None,
                                              args.lora_weight)
         key = method if method != "lora" or args.lora_weight == 1.0 else f"lora@{args.lora_weight:g}"
-        found = evaluate(model, embeddings, context, scenes, ordinary, seed=90_000, visible=visible)
-        make_grid(found.pop("examples"), cols=8).save(args.out / f"{key}-examples.png")
-        save_images(found.pop("concept_images"), args.out / f"{key}-concept")
+        found = evaluate(model, embeddings, context, scenes, ordinary, seed=image_seed, visible=visible)
+        make_grid(found.pop("examples"), cols=8).save(args.out / f"{key}-examples{suffix}.png")
+        save_images(found.pop("concept_images"), args.out / f"{key}-concept{suffix}")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
         results[key] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
                            **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {})}
