@@ -74,6 +74,23 @@ CLASS_PROMPTS, CLASS_IMAGES = 40, 80
 # ----------------------------------------------------------------------------- generation
 
 
+def write_shapes_images(folder: Path, n: int, seed: int) -> None:
+    """`n` scenes of the built-in shapes dataset with their caption sidecars (once: a folder that
+    exists is kept). A seed the evaluation prompts and the concept pictures do not use."""
+    from t2i.data.shapes import draw_scene, sample_scene, scene_caption
+
+    if folder.is_dir():
+        return
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        scene = sample_scene(rng)
+        draw_scene(scene).save(partial / f"shapes-{i:04d}.png")
+        (partial / f"shapes-{i:04d}.txt").write_text(scene_caption(scene) + "\n")
+    partial.rename(folder)
+
+
 @torch.no_grad()
 def generate(model, prompts: list[str], seeds: list[int], embeddings=None, batch: int = 50, steps: int = 20,
              cfg_scale: float = 7.0) -> list[Image.Image]:
@@ -223,6 +240,10 @@ def main() -> None:
                              "With --resume and the --steps of a finished run, only re-evaluates it")
     parser.add_argument("--class-prompts", type=int, default=CLASS_PROMPTS, help="prior preservation: ordinary prompts")
     parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior preservation: images of them")
+    parser.add_argument("--class-source", choices=("model", "shapes"), default="model",
+                        help="prior preservation's images: the base model's drawings of --class-prompts (DreamBooth's "
+                             "way), or --class-images scenes of the built-in shapes dataset with their captions "
+                             "(real regularisation images, kohya's way: the data the bundled model learned from)")
     parser.add_argument("--eval-set", type=int, default=0,
                         help="score on another set of concept and ordinary prompts and image seeds (K > 0: every "
                              "seed moves by K); results go to OUT/results-setK.json and images to *-setK folders. "
@@ -262,7 +283,11 @@ def main() -> None:
         results["base"] = {k: v for k, v in found.items() if k != "examples"}
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
     prior = {}
-    if not args.no_prior and args.methods:
+    if not args.no_prior and args.methods and args.class_source == "shapes":
+        class_dir = args.out / f"class_shapes-{args.class_images}"
+        write_shapes_images(class_dir, args.class_images, seed=31_337)
+        prior = {"class_dir": str(class_dir)}  # a captioned folder with no class prompts: used as it is
+    elif not args.no_prior and args.methods:
         from t2i.training.finetune.sampling import make_class_images
 
         prompts = evaluation_prompts(args.class_prompts, seed=99)
