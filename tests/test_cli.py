@@ -53,6 +53,21 @@ def test_user_errors_print_one_line_without_traceback(tiny_model_dir, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_data_export_writes_captioned_images_and_keeps_a_full_folder(tmp_path):
+    out = cli("data", "export", "shapes", "--n", 5, "--seed", 3, "-o", tmp_path / "reg")
+    assert out.returncode == 0, out.stderr
+    images = sorted((tmp_path / "reg").glob("*.png"))
+    assert len(images) == 5 and all(Image.open(p).size == (64, 64) for p in images)
+    captions = [p.with_suffix(".txt").read_text().strip() for p in images]
+    from t2i.data.shapes import ShapesDataset
+
+    assert captions == [ShapesDataset(length=5, seed=3)[i]["caption"] for i in range(5)]
+    again = cli("data", "export", "shapes", "--n", 2, "-o", tmp_path / "reg")  # not empty: refused, kept
+    assert again.returncode != 0 and "not an empty folder" in again.stderr and "Traceback" not in again.stderr
+    assert len(list((tmp_path / "reg").iterdir())) == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["reg"]  # no partial folder left behind
+
+
 def test_data_preview(tmp_path):
     out = cli("data", "preview", "shapes", "--n", 8, "-o", tmp_path / "grid.png", "--captions")
     assert out.returncode == 0, out.stderr

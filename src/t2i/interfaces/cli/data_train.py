@@ -1,4 +1,5 @@
-"""`t2i data preview` (the built-in dataset) and `t2i train` (a model from a YAML config)."""
+"""`t2i data preview` and `t2i data export` (the built-in dataset) and `t2i train` (a model from a
+YAML config)."""
 from __future__ import annotations
 
 import sys
@@ -16,6 +17,18 @@ def add_data_command(sub) -> None:
     preview.add_argument("-o", "--output", type=Path, default=Path("shapes.png"))
     preview.add_argument("--captions", action="store_true", help="also print the captions")
     preview.set_defaults(run=_run_data_preview)
+    export = data_sub.add_parser(
+        "export", help="write dataset samples as PNG files with caption sidecars (a folder t2i finetune reads)",
+        description="Write --n samples of the built-in dataset as NAME.png + NAME.txt. With the bundled model, "
+                    "such a folder is real regularisation images for fine-tuning: `t2i finetune ... --class-dir "
+                    "DIR` trains on them beside your pictures (prior preservation) instead of on the base "
+                    "model's own drawings.")
+    export.add_argument("dataset", choices=("shapes",))
+    export.add_argument("-o", "--output", type=Path, required=True, help="a new (or empty) folder")
+    export.add_argument("--n", type=int, default=400, help="number of samples (default: %(default)s)")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--resolution", type=int, default=64)
+    export.set_defaults(run=_run_data_export)
 
 
 def _run_data_preview(args) -> None:
@@ -32,6 +45,37 @@ def _run_data_preview(args) -> None:
     if args.captions:
         print(captions)
     print(args.output)
+
+
+def _run_data_export(args) -> None:
+    import os
+    import shutil
+
+    from t2i.data.shapes import ShapesDataset
+
+    if args.n < 1:
+        raise ValueError("--n must be at least 1")
+    if args.resolution < 8:
+        raise ValueError("--resolution must be at least 8 pixels")
+    target = args.output
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"{target} already exists and is not an empty folder; choose a new --output")
+    # written beside the target, then renamed: a stopped export leaves no half-filled folder
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    partial.mkdir(parents=True)
+    try:
+        dataset = ShapesDataset(length=args.n, seed=args.seed, resolution=args.resolution)
+        for i in range(args.n):
+            sample = dataset[i]
+            sample["image"].save(partial / f"shapes-{i:05d}.png")
+            (partial / f"shapes-{i:05d}.txt").write_text(sample["caption"] + "\n", encoding="utf-8")
+        if target.is_dir():
+            target.rmdir()  # empty (checked above)
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"{args.n} images with captions in {target}")
 
 
 def add_train_command(sub) -> None:
