@@ -55,8 +55,7 @@ def _run_data_export(args) -> None:
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
-    if args.resolution < 8:
-        raise ValueError("--resolution must be at least 8 pixels")
+    dataset = ShapesDataset(length=args.n, seed=args.seed, resolution=args.resolution)  # checks the resolution
     target = args.output
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} already exists and is not an empty folder; choose a new --output")
@@ -64,7 +63,6 @@ def _run_data_export(args) -> None:
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     partial.mkdir(parents=True)
     try:
-        dataset = ShapesDataset(length=args.n, seed=args.seed, resolution=args.resolution)
         for i in range(args.n):
             sample = dataset[i]
             sample["image"].save(partial / f"shapes-{i:05d}.png")
