@@ -76,7 +76,9 @@ CLASS_PROMPTS, CLASS_IMAGES = 40, 80
 
 def write_shapes_images(folder: Path, n: int, seed: int) -> None:
     """`n` scenes of the built-in shapes dataset with their caption sidecars (once: a folder that
-    exists is kept). A seed the evaluation prompts and the concept pictures do not use."""
+    exists is kept). A seed the evaluation prompts and the concept pictures do not use. Same
+    distribution as `t2i data export shapes`, other scenes (one generator here, one per index
+    there); kept as it is so the BENCHMARKS rows made with it reproduce."""
     from t2i.data.shapes import draw_scene, sample_scene, scene_caption
 
     if folder.is_dir():
