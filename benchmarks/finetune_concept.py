@@ -33,6 +33,8 @@ merged at weight 1, the embedding named after the concept (so it replaces the wo
 hypernetwork at multiplier 1, the DreamBooth/full model folders. The hypernetwork and LoRA stay
 active for the ordinary prompts too. `--init-embedding FILE` (pivotal tuning) trains the LoRA with a
 concept embedding (a ti run's OUT/ti/star.safetensors) standing for the word and generates with both.
+`--init-word circle` (DreamBooth, full) trains from a copy of the bundled model whose concept word's
+token embedding starts as circle's (BENCHMARKS: it made the ring rarer, 51 -> 34%).
 
     nice python benchmarks/finetune_concept.py --out /tmp/ftbench [--concept ring] [--methods lora ti] [--threads 1]
 """
@@ -200,6 +202,33 @@ def save_images(images: list[Image.Image], folder: Path) -> None:
         image.save(folder / f"{i:03d}.png")
 
 
+def base_with_word_from(folder: Path, word: str, init_word: str) -> Path:
+    """A copy of the bundled model in which `word`'s token embedding is `init_word`'s (the mean of
+    its tokens'), so a new word starts as a known one ("ring" from "circle"); made once."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTokenizer
+
+    from t2i.checkpoints.registry import bundled_model_dir
+
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(bundled_model_dir(), partial)
+    tokenizer = CLIPTokenizer.from_pretrained(partial / "tokenizer")
+    weights_path = partial / "text_encoder" / "model.safetensors"
+    weights = load_file(weights_path)
+    key = next(k for k in weights if k.endswith("token_embedding.weight"))
+    source = weights[key][tokenizer(init_word, add_special_tokens=False).input_ids].mean(0)
+    for token in tokenizer(word, add_special_tokens=False).input_ids:
+        weights[key][token] = source
+    save_file(weights, weights_path)
+    partial.rename(folder)
+    return folder
+
+
 def size_of(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -250,6 +279,9 @@ def main() -> None:
                         help="score on another set of concept and ordinary prompts and image seeds (K > 0: every "
                              "seed moves by K); results go to OUT/results-setK.json and images to *-setK folders. "
                              "With --resume and the --steps of a finished run, only re-evaluates it (and the base)")
+    parser.add_argument("--init-word", default=None,
+                        help="dreambooth/full: train from a copy of the bundled model whose concept word starts "
+                             "as this word (its token embedding copied, e.g. circle for ring; OUT/base-CONCEPT-as-WORD)")
     parser.add_argument("--rescore", action="store_true",
                         help="only re-score the saved concept images of OUT (after a change to the concept check)")
     args = parser.parse_args()
@@ -302,11 +334,15 @@ def main() -> None:
         prior = {"class_prompts": prompts, "class_images": args.class_images, "class_dir": str(class_dir)}
     for method in args.methods:
         outdir = args.out / method
+        start_model = "default"
+        if args.init_word and method in ("dreambooth", "full"):
+            start_model = str(base_with_word_from(args.out / f"base-{concept}-as-{args.init_word}", concept,
+                                                  args.init_word))
         options = {**OPTIONS[method], **(prior if method != "ti" else {}), **extra,
                    **({"steps": args.steps} if args.steps else {}),
                    **({"init_embedding": str(args.init_embedding)} if args.init_embedding and method == "lora" else {})}
         start = time.process_time()
-        output = t2i.finetune(method, model="default", data=data, outdir=outdir, name=concept, sample_every=0,
+        output = t2i.finetune(method, model=start_model, data=data, outdir=outdir, name=concept, sample_every=0,
                               log_every=100, resume=args.resume, **options)
         minutes = (time.process_time() - start) / 60
         model, embeddings, context = applied(method, output, base, concept, args.init_embedding if method == "lora" else None,
@@ -317,7 +353,8 @@ def main() -> None:
         save_images(found.pop("concept_images"), args.out / f"{key}-concept{suffix}")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
         results[key] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
-                           **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {})}
+                           **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {}),
+                        **({"init_word": args.init_word} if start_model != "default" else {})}
         results_path.write_text(json.dumps(results, indent=2))
         print(json.dumps({key: results[key]}), flush=True)
     c = results["ceiling"]
