@@ -174,6 +174,34 @@ def test_dreambooth_and_full_write_model_folders(tiny_model_dir, shapes_folder, 
     assert config["ema_decay"] == 0.9 and config["method"] == "full"
 
 
+def test_dreambooth_with_captions_trains_what_full_trains(tiny_model_dir, shapes_folder, tmp_path):
+    """DreamBooth without an instance prompt is full fine-tuning with prior preservation, and on a
+    small model both default to the same EMA: BENCHMARKS reports DreamBooth's run by this identity."""
+    from safetensors.torch import load_file
+
+    from t2i.training.finetune import config_with
+    from t2i.training.finetune.config import DEFAULTS
+    from t2i.training.finetune.loop import finetune
+
+    assert DEFAULTS[("dreambooth", "small")] == DEFAULTS[("full", "small")]
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    for p in sorted(shapes_folder.glob("p[0-2].*")):
+        (classes / p.name).write_bytes(p.read_bytes())
+    weights = {}
+    for method in ("dreambooth", "full"):
+        cfg = config_with({"method": method, "model": str(tiny_model_dir), "data": str(shapes_folder),
+                           "outdir": str(tmp_path / method), "steps": 3, "batch_size": 2, "lr": 1e-3,
+                           "sample_every": 0, "log_every": 0, "train_text_encoder": True,
+                           "class_dir": str(classes)}, {})
+        folder = finetune(cfg)
+        weights[method] = {part: load_file(str(next((folder / part).glob("*.safetensors"))))
+                           for part in ("unet", "text_encoder")}
+    for part, full in weights["full"].items():
+        dreambooth = weights["dreambooth"][part]
+        assert full.keys() == dreambooth.keys() and all(torch.equal(full[k], dreambooth[k]) for k in full), part
+
+
 def test_config_file_flags_override_and_user_errors(tiny_model_dir, shapes_folder, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"method": "ti", "model": str(tiny_model_dir), "data": str(shapes_folder),

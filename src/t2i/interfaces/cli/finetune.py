@@ -52,8 +52,8 @@ FLAGS: dict[str, tuple[str, dict, str]] = {
     "--gradient-checkpointing": ("gradient_checkpointing", {"action": "store_true"}, "less memory, ~30%% slower"),
     "--min-snr-gamma": ("min_snr_gamma", {}, "min-SNR loss weighting (0 = plain MSE; default 5)"),
     "--noise-offset": ("noise_offset", {}, "noise offset (e.g. 0.05: darker darks, brighter brights)"),
-    "--ema-decay": ("ema_decay", {}, "EMA of the trained weights (default: full 0.99 on small models, else 0.999; "
-                                     "other methods off)"),
+    "--ema-decay": ("ema_decay", {}, "EMA of the trained weights (default on small models: full and dreambooth "
+                                     "0.99; on large: full 0.999; otherwise off)"),
     "--train-text-encoder": ("train_text_encoder", {"action": "store_true"},
                              "lora: LoRA on the text encoder(s) too; dreambooth/full: train the text encoder(s)"),
     "--checkpoint-every": ("checkpoint_every", {}, "steps between checkpoints (default: 4 per run)"),

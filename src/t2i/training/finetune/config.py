@@ -113,7 +113,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     min_snr_gamma: Annotated[float, at_least(0.0)] = 5.0  # 0 = plain MSE
     noise_offset: Annotated[float, between(0.0, 1.0)] = 0.0
-    ema_decay: Optional[Decay] = None  # None: for full 0.99 (small models) or 0.999, off otherwise
+    ema_decay: Optional[Decay] = None  # None: 0.99 for full and dreambooth on small models, 0.999 for full on large, else off
     train_text_encoder: bool = False  # lora: LoRA on the text encoder(s) too; dreambooth/full: train them
 
     # progress and outputs
@@ -145,7 +145,9 @@ class FinetuneConfig:
 DEFAULTS = {
     ("lora", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("lora", "large"): dict(steps=1500, batch_size=1, lr=1e-4, warmup_steps=50),
-    ("dreambooth", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20),
+    # EMA as full's: without it, DreamBooth on the bundled model lost 17-23 points of ordinary prompts
+    # where full lost 1-9 (BENCHMARKS.md, fine-tuning, "DreamBooth and a second seed")
+    ("dreambooth", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99),
     ("dreambooth", "large"): dict(steps=800, batch_size=1, lr=5e-6, warmup_steps=0),
     ("ti", "small"): dict(steps=1000, batch_size=16, lr=1e-2, warmup_steps=20),
     ("ti", "large"): dict(steps=3000, batch_size=1, lr=5e-3, warmup_steps=0),
