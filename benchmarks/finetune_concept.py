@@ -353,7 +353,7 @@ def main() -> None:
         save_images(found.pop("concept_images"), args.out / f"{key}-concept{suffix}")
         shown = {k: v for k, v in options.items() if k != "class_prompts"}
         results[key] = {**found, "cpu_minutes": minutes, "bytes": size_of(output), "options": shown,
-                           **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {}),
+                        **({"sizes": list(sizes)} if sizes else {}), **({"balanced": True} if args.balanced else {}),
                         **({"init_word": args.init_word} if start_model != "default" else {})}
         results_path.write_text(json.dumps(results, indent=2))
         print(json.dumps({key: results[key]}), flush=True)
