@@ -146,7 +146,7 @@ DEFAULTS = {
     ("lora", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("lora", "large"): dict(steps=1500, batch_size=1, lr=1e-4, warmup_steps=50),
     # EMA as full's: without it, DreamBooth on the bundled model lost 17-23 points of ordinary prompts
-    # where full lost 1-9 (BENCHMARKS.md, fine-tuning, "DreamBooth and a second seed")
+    # where full lost 1-9 (BENCHMARKS.md, fine-tuning, "DreamBooth and more training seeds")
     ("dreambooth", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99),
     ("dreambooth", "large"): dict(steps=800, batch_size=1, lr=5e-6, warmup_steps=0),
     ("ti", "small"): dict(steps=1000, batch_size=16, lr=1e-2, warmup_steps=20),
