@@ -142,19 +142,20 @@ class FinetuneConfig:
 # bundled 4 M-parameter model), "large": Stable Diffusion sizes. The small ones come from a few
 # runs of benchmarks/finetune_concept.py (BENCHMARKS.md: they are a starting point, not tuned
 # optima); the large ones are the usual values of kohya's and diffusers' scripts.
+# a short run's EMA must forget its start sooner than SD's 0.999 does
+_FULL_SMALL = dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99)
 DEFAULTS = {
     ("lora", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("lora", "large"): dict(steps=1500, batch_size=1, lr=1e-4, warmup_steps=50),
-    # EMA as full's: without it, DreamBooth on the bundled model lost 17-23 points of ordinary prompts
-    # where full lost 1-9 (BENCHMARKS.md, fine-tuning, "DreamBooth and more training seeds")
-    ("dreambooth", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99),
+    # full's recipe, EMA included: without it, DreamBooth on the bundled model lost 14-23 points of
+    # ordinary prompts where full lost 1-9 (BENCHMARKS.md, fine-tuning, "DreamBooth and more training seeds")
+    ("dreambooth", "small"): _FULL_SMALL,
     ("dreambooth", "large"): dict(steps=800, batch_size=1, lr=5e-6, warmup_steps=0),
     ("ti", "small"): dict(steps=1000, batch_size=16, lr=1e-2, warmup_steps=20),
     ("ti", "large"): dict(steps=3000, batch_size=1, lr=5e-3, warmup_steps=0),
     ("hypernetwork", "small"): dict(steps=1000, batch_size=16, lr=1e-3, warmup_steps=20),
     ("hypernetwork", "large"): dict(steps=3000, batch_size=1, lr=1e-5, warmup_steps=0),
-    # a short run's EMA must forget its start sooner than SD's 0.999 does
-    ("full", "small"): dict(steps=600, batch_size=16, lr=1e-4, warmup_steps=20, ema_decay=0.99),
+    ("full", "small"): _FULL_SMALL,
     ("full", "large"): dict(steps=2000, batch_size=1, lr=1e-6, warmup_steps=50, ema_decay=0.999),
 }
 
