@@ -208,8 +208,9 @@ def main() -> None:
     parser.add_argument("--vae", action="store_true", help="also time one VAE decode: eager against OpenVINO")
     parser.add_argument("--frozen", action="store_true",
                         help="also time torch.compile with Inductor's freezing (weights folded in as constants, "
-                             "convolution weights prepacked) on a copy of the UNet, compiled in this process "
-                             "without the compile cache; t2i's --compile does not freeze")
+                             "convolution weights prepacked; t2i's Inductor settings otherwise) on a copy of the "
+                             "UNet, compiled in this process without the compile cache; t2i's --compile does not "
+                             "freeze")
     parser.add_argument("--steps-only", action="store_true",
                         help="skip the two compile processes (item 1): only the step, numerics and decode rows; "
                              "the in-process compile then fills or reads --cache")
@@ -230,7 +231,7 @@ def main() -> None:
         results["second_process"] = run_child(args)
         print(json.dumps(results, indent=1), flush=True)
 
-    from t2i.speedups import compile_unet_cached
+    from t2i.speedups import compile_unet_cached, inductor_options
 
     holder, length = build(args.unet, args.size)
     unet = holder.unet
@@ -268,7 +269,7 @@ def main() -> None:
             with torch.no_grad():
                 return frozen_unet(x, step_t, encoder_hidden_states=context).sample
 
-        frozen_unet.compile(options={"freezing": True})
+        frozen_unet.compile(options={**inductor_options(torch.device("cpu")), "freezing": True})  # t2i's + freezing
         start = time.perf_counter()
         frozen_step(x2, t)
         results["frozen_compile_s"] = time.perf_counter() - start

@@ -44,7 +44,11 @@ def compile_unet(loaded, *, warmup_batch: int | None = 2, mode: str | None = Non
     device = next(model.unet.parameters()).device
     if device.type == "cpu":
         _check_cpp_compiler()
-    model.unet.compile(mode=mode)
+    options = inductor_options(device)
+    if mode or not options:  # torch.compile takes a mode or options, not both
+        model.unet.compile(mode=mode)
+    else:
+        model.unet.compile(options=options)
     unet = model.unet
     config = unet.config
     if not warmup_batch or config.addition_embed_type not in (None, "text_time"):
@@ -61,6 +65,14 @@ def compile_unet(loaded, *, warmup_batch: int | None = 2, mode: str | None = Non
         unet(zeros(config.in_channels, size, size), torch.tensor(500, device=device),
              encoder_hidden_states=zeros(_context_length(model), config.cross_attention_dim), **extra)
     return time.perf_counter() - start
+
+
+def inductor_options(device: torch.device) -> dict:
+    """Inductor settings for the UNet on `device`. On a CPU, Inductor must keep the memory layout
+    t2i chose (t2i.runtime: channels_last only with bf16, where it is faster): its own layout
+    optimisation turns float32 convolutions channels_last, which made the compiled SD 1.5 UNet
+    slower than eager on a CPU without AMX (BENCHMARKS.md, "`--compile` ... layout")."""
+    return {"layout_optimization": False} if device.type == "cpu" else {}
 
 
 def _context_length(model) -> int:

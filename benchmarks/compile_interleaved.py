@@ -1,0 +1,83 @@
+"""One UNet step with CFG (batch 2) by four backends in turn, round after round, in one process:
+OpenVINO float32, eager float32, t2i's `--compile` and torch.compile with Inductor's default
+options (what t2i's `--compile` used before it kept t2i's memory layout).
+
+compile_cache.py times each backend's repeats back to back; on a machine whose speed drifts (a
+shared host), a backend then gets a fast or a slow stretch of its own and the ratios move by tens
+of percent between runs. Here every round times each backend once, so a drift hits all of them;
+the min and median over the rounds are reported, wall seconds.
+
+    python benchmarks/compile_interleaved.py --unet sd15 --size 256 --threads 2 --rounds 8 --cache DIR
+
+`--cache`: t2i's compile cache folder (a fresh temporary one by default: t2i's `--compile` then
+compiles in this process). Needs openvino (the `bench` extra) unless --no-openvino.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+from compile_cache import _Plain, build, openvino_callable
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unet", choices=("default", "sd15"), default="sd15")
+    parser.add_argument("--size", type=int, default=256, help="sd15: image size in pixels")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--cache", help="t2i compile cache folder (default: a fresh temporary one)")
+    parser.add_argument("--no-openvino", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from t2i.speedups import compile_unet_cached
+
+    holder, length = build(args.unet, args.size)
+    unet = holder.unet
+    cfg = unet.config
+    latent = holder.config.resolution // holder.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, latent, latent, generator=g)
+    t = torch.tensor(500)
+    context = torch.randn(2, length, cfg.cross_attention_dim, generator=g)
+
+    eager = copy.deepcopy(unet)
+    backends = {}
+    if not args.no_openvino:  # converted from the plain module, before any compile
+        ov_step, facts = openvino_callable(_Plain(eager).eval(), (x, t, context), args.threads, "f32")
+        print("OpenVINO", facts, flush=True)
+        backends["OpenVINO f32"] = lambda: ov_step(x, t, context)
+    backends["eager float32"] = lambda: eager(x, t, encoder_hidden_states=context).sample
+    defaults = copy.deepcopy(unet)
+    defaults.compile()  # Inductor's default options; compiled on its first call below
+    with tempfile.TemporaryDirectory(prefix="t2i-compile-bench-") as temp:
+        report = compile_unet_cached(holder, args.cache or temp, notes=print)
+        print(report.describe(), flush=True)
+        backends["t2i --compile"] = lambda: unet(x, t, encoder_hidden_states=context).sample
+        backends["torch.compile, Inductor defaults"] = lambda: defaults(x, t, encoder_hidden_states=context).sample
+        times = {name: [] for name in backends}
+        with torch.no_grad():
+            for fn in backends.values():  # warm-up (and the defaults' compile)
+                fn()
+            for _ in range(args.rounds):
+                for name, fn in backends.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+    results = {"unet": args.unet, "size": args.size, "threads": args.threads, "rounds": args.rounds,
+               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "step_wall_s": {name: {"min": min(v), "median": statistics.median(v), "all": v}
+                               for name, v in times.items()}}
+    print(json.dumps(results, indent=1))
+    for name, v in times.items():
+        print(f"{name}: min {min(v):.3f} s, median {statistics.median(v):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
