@@ -65,6 +65,22 @@ def build(which: str, size: int):
     return _Holder(random_sd_unet("sd15").eval(), size), 77
 
 
+def add_unet_arguments(parser: argparse.ArgumentParser, unet: str, size: int) -> None:
+    """--unet, --size and --threads, with these defaults (shared with compile_interleaved.py)."""
+    parser.add_argument("--unet", choices=("default", "sd15"), default=unet)
+    parser.add_argument("--size", type=int, default=size, help="sd15: image size in pixels")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def step_inputs(holder, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents of one image, text context of batch 2), fixed seeds: what every backend is timed on."""
+    cfg = holder.unet.config
+    latent = holder.config.resolution // holder.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, cfg.in_channels, latent, latent, generator=g)
+    return latents, torch.randn(2, length, cfg.cross_attention_dim, generator=g)
+
+
 def child(args) -> None:
     """One process: compile through the compile cache, print the result as JSON."""
     from t2i.speedups import compile_unet_cached
@@ -196,9 +212,7 @@ def cosine(a, b) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--unet", choices=("default", "sd15"), default="default")
-    parser.add_argument("--size", type=int, default=512, help="sd15: image size in pixels")
-    parser.add_argument("--threads", type=int, default=2)
+    add_unet_arguments(parser, "default", 512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps of the numerics check")
     parser.add_argument("--cache", help="compile cache folder (default: a fresh temporary one)")
@@ -235,11 +249,7 @@ def main() -> None:
 
     holder, length = build(args.unet, args.size)
     unet = holder.unet
-    cfg = unet.config
-    latent = holder.config.resolution // holder.vae_scale_factor
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, cfg.in_channels, latent, latent, generator=g)
-    context = torch.randn(2, length, cfg.cross_attention_dim, generator=g)
+    latents, context = step_inputs(holder, length)
     x2, t = torch.cat([latents, latents]), torch.tensor(500)
 
     def torch_step(x, step_t):

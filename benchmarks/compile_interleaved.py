@@ -23,14 +23,12 @@ import time
 
 import torch
 
-from compile_cache import _Plain, build, openvino_callable
+from compile_cache import _Plain, add_unet_arguments, build, openvino_callable, step_inputs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--unet", choices=("default", "sd15"), default="sd15")
-    parser.add_argument("--size", type=int, default=256, help="sd15: image size in pixels")
-    parser.add_argument("--threads", type=int, default=2)
+    add_unet_arguments(parser, "sd15", 256)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--cache", help="t2i compile cache folder (default: a fresh temporary one)")
     parser.add_argument("--no-openvino", action="store_true")
@@ -40,12 +38,8 @@ def main() -> None:
 
     holder, length = build(args.unet, args.size)
     unet = holder.unet
-    cfg = unet.config
-    latent = holder.config.resolution // holder.vae_scale_factor
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cfg.in_channels, latent, latent, generator=g)
-    t = torch.tensor(500)
-    context = torch.randn(2, length, cfg.cross_attention_dim, generator=g)
+    latents, context = step_inputs(holder, length)
+    x, t = torch.cat([latents, latents]), torch.tensor(500)
 
     eager = copy.deepcopy(unet)
     backends = {}

@@ -71,7 +71,7 @@ def inductor_options(device: torch.device) -> dict:
     """Inductor settings for the UNet on `device`. On a CPU, Inductor must keep the memory layout
     t2i chose (t2i.runtime: channels_last only with bf16, where it is faster): its own layout
     optimisation turns float32 convolutions channels_last, which made the compiled SD 1.5 UNet
-    slower than eager on a CPU without AMX (BENCHMARKS.md, "`--compile` ... layout")."""
+    slower than eager on a CPU without AMX (BENCHMARKS.md, "Why compiled was slower than eager")."""
     return {"layout_optimization": False} if device.type == "cpu" else {}
 
 
