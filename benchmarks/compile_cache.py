@@ -221,10 +221,10 @@ def main() -> None:
                         help="OpenVINO inference precisions to measure (auto: its CPU plugin's own choice)")
     parser.add_argument("--vae", action="store_true", help="also time one VAE decode: eager against OpenVINO")
     parser.add_argument("--frozen", action="store_true",
-                        help="also time torch.compile with Inductor's freezing (weights folded in as constants, "
-                             "convolution weights prepacked; t2i's Inductor settings otherwise) on a copy of the "
-                             "UNet, compiled in this process without the compile cache; t2i's --compile does not "
-                             "freeze")
+                        help="also time torch.compile with Inductor's `freezing` option (t2i's Inductor settings "
+                             "otherwise; in torch 2.13 the weights stayed graph inputs, BENCHMARKS.md) on a copy of "
+                             "the UNet, compiled in this process without the compile cache; t2i's --compile does "
+                             "not freeze")
     parser.add_argument("--steps-only", action="store_true",
                         help="skip the two compile processes (item 1): only the step, numerics and decode rows; "
                              "the in-process compile then fills or reads --cache")
