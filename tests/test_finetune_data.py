@@ -137,3 +137,59 @@ def test_buckets_keep_the_aspect_ratio():
     assert make_buckets(512, 64) == [(512, 512), (448, 576), (576, 448), (640, 384), (384, 640)]
     with pytest.raises(ValueError, match="multiple of 16"):
         make_buckets(72, 16)
+
+
+def test_mirrored_captions_trade_left_and_right():
+    from t2i.training.finetune.data import mirror_caption
+
+    assert mirror_caption("a small red ring in the top left on a black background") == \
+        "a small red ring in the top right on a black background"
+    assert mirror_caption("Left of a RIGHT tree, the leftmost one, looking rightward") == \
+        "Right of a LEFT tree, the rightmost one, looking leftward"
+    # words that merely contain the letters stay
+    assert mirror_caption("a bright, upright leftover") == "a bright, upright leftover"
+
+
+def test_a_flipped_image_trains_on_its_mirrored_caption():
+    """The loss function's draws: a flipped row's caption index moves to the mirrored copy, an
+    unflipped row keeps its own, and both happen."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from t2i.training.finetune.config import FinetuneConfig
+    from t2i.training.finetune.data import Bucket, TrainData
+    from t2i.training.finetune.loop import make_loss_fn
+
+    n = 4
+    latents = torch.zeros(n, 4, 2, 2)
+    bucket = Bucket(size=(8, 8), mean=latents, std=latents, captions=torch.arange(n), weights=torch.ones(n),
+                    original_sizes=torch.zeros(n, 2), crops=torch.zeros(n, 2),
+                    mean_flip=latents + 1e4, std_flip=latents)  # a flipped row's noisy latent is far from 0
+    data = TrainData(captions=[f"caption {i} on the left" for i in range(n)], buckets=[bucket], preflight=None)
+    model = SimpleNamespace(scheduler_config=lambda: {"num_train_timesteps": 10},
+                            config=SimpleNamespace(scaling_factor=1.0))
+    captions, flipped = [], []
+
+    class Text:
+        def group(self, caps, device):
+            captions.append(caps.clone())
+            return {}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, groups):
+            zt = groups[0]["zt"]
+            flipped.append(zt.flatten(1).abs().amax(1) > 100)
+            return [torch.zeros_like(zt)]
+
+    cfg = FinetuneConfig(method="full", flip=True, caption_dropout=0.0, batch_size=n, min_snr_gamma=0.0)
+    loss_fn = make_loss_fn(cfg, model, Text(), data, None, (0, n), n, (0, 1), mirrored_offset=n + 1)
+    for step in range(6):
+        loss_fn({"net": Net()}, step, None)
+    caps, flips = torch.cat(captions), torch.cat(flipped)
+    assert flips.any() and (~flips).any()
+    assert torch.equal(caps >= n + 1, flips)

@@ -36,7 +36,10 @@ FLAGS: dict[str, tuple[str, dict, str]] = {
     "--no-buckets": ("buckets", {"action": "store_false"}, "centre-crop every image to a square instead of "
                                                            "aspect-ratio buckets"),
     "--max-aspect": ("max_aspect", {}, "largest bucket aspect ratio (default 2)"),
-    "--flip": ("flip", {"action": "store_true"}, "random horizontal flips"),
+    "--flip": ("flip", {"action": "store_true"}, "random horizontal flips; a mirrored image's caption trades "
+                                                 "\"left\" and \"right\""),
+    "--flip-keeps-captions": ("flip_swaps_sides", {"action": "store_false"},
+                              "with --flip: leave \"left\" and \"right\" in mirrored images' captions as written"),
     "--caption-dropout": ("caption_dropout", {}, "share of images trained with an empty caption"),
     "--steps": ("steps", {}, "optimizer steps (default: per method and model size)"),
     "--batch-size": ("batch_size", {}, "images per step and process"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,18 @@ from t2i.data.captioned import Entry, scan_folder
 from t2i.data.preflight import Preflight, preflight
 
 CACHE_VERSION = 1
+_SIDES = re.compile(r"\b(left|right)(?=\b|most\b|ward)", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally mirrored picture: "left" and "right" trade places (as whole
+    words or in leftmost/rightward), keeping their case; every other word stays."""
+    def swap(match: re.Match) -> str:
+        word = match.group(1)
+        other = "right" if word.lower() == "left" else "left"
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+
+    return _SIDES.sub(swap, caption)
 
 
 @dataclass

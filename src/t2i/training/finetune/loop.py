@@ -26,7 +26,7 @@ from torch import Tensor
 
 from t2i.config import to_dict
 from t2i.training.finetune.config import FinetuneConfig, resolve_defaults
-from t2i.training.finetune.data import TrainData, load_train_data
+from t2i.training.finetune.data import TrainData, load_train_data, mirror_caption
 from t2i.training.finetune.methods import Setup, prepare
 from t2i.training.finetune.net import FinetuneNet
 from t2i.training.trainer import OptimConfig, Trainer, step_generator
@@ -141,7 +141,10 @@ def _draw(data: TrainData, n: int, g: torch.Generator, timesteps: int) -> dict:
 
 
 def make_loss_fn(cfg: FinetuneConfig, model, text: TextSource, data: TrainData, class_data: TrainData | None,
-                 caption_offsets: tuple[int, int], empty_caption: int, world: tuple[int, int]):
+                 caption_offsets: tuple[int, int], empty_caption: int, world: tuple[int, int],
+                 mirrored_offset: int | None = None):
+    """`mirrored_offset`: where the mirrored captions start in `text`'s list (flip with sides
+    swapped); a flipped image's caption index moves there."""
     alphas, prediction = _schedule(model)
     snr = alphas / (1 - alphas)
     scale = float(model.config.scaling_factor)
@@ -154,17 +157,20 @@ def make_loss_fn(cfg: FinetuneConfig, model, text: TextSource, data: TrainData, 
     def rows(sample: dict, lo: int, hi: int, device, caption_offset: int) -> tuple[dict, Tensor, Tensor]:
         bucket, idx = sample["bucket"], sample["idx"][lo:hi]
         mean, std = bucket.mean[idx], bucket.std[idx]
+        caps = bucket.captions[idx] + caption_offset
         if cfg.flip and bucket.mean_flip is not None:
-            flip = sample["flip"][lo:hi].view(-1, 1, 1, 1)
+            flipped = sample["flip"][lo:hi]
+            flip = flipped.view(-1, 1, 1, 1)
             mean = torch.where(flip, bucket.mean_flip[idx], mean)
             std = torch.where(flip, bucket.std_flip[idx], std)
+            if mirrored_offset is not None:
+                caps = torch.where(flipped, caps + mirrored_offset, caps)
         z0 = (mean + std * sample["eps"][lo:hi]) * scale
         noise = sample["noise"][lo:hi] + cfg.noise_offset * sample["offset"][lo:hi]
         t = sample["t"][lo:hi]
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         target = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
-        caps = bucket.captions[idx] + caption_offset
         caps = torch.where(sample["drop"][lo:hi] < cfg.caption_dropout, torch.full_like(caps, empty_caption), caps)
         group = {"zt": zt.to(device), "t": t.to(device), **text.group(caps, device)}
         if sdxl:
@@ -270,6 +276,10 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
             if setup.text_params and hasattr(encoder, "gradient_checkpointing_enable"):
                 encoder.gradient_checkpointing_enable()
     captions = data.captions + (class_data.captions if class_data else []) + [""]
+    mirrored_offset = None
+    if cfg.flip and cfg.flip_swaps_sides:  # mirrored captions after the others: caption i's is i + offset
+        mirrored_offset = len(captions)
+        captions = captions + [mirror_caption(c) for c in captions]
     text = TextSource(model, net, captions, setup, outdir / "cache" / "text.pt", is_main, model_id)
     optim = OptimConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                         min_lr_ratio=0.0, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
@@ -281,8 +291,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
     if resume and not trainer.load():
         log(f"no checkpoint in {outdir}: starting from the beginning")
     offsets = (0, len(data.captions))
-    loss_fn = make_loss_fn(cfg, model, text, data, class_data, offsets, len(captions) - 1,
-                           (acc.process_index, acc.num_processes))
+    empty = offsets[1] + (len(class_data.captions) if class_data else 0)
+    loss_fn = make_loss_fn(cfg, model, text, data, class_data, offsets, empty,
+                           (acc.process_index, acc.num_processes), mirrored_offset)
     prompts = _sample_prompts(cfg, data)
 
     def on_sample(step: int) -> None:
