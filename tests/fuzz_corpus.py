@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import resource
-import shutil
 import sys
 import time
 import traceback
@@ -26,7 +25,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzz_mutations import build, mutations  # noqa: E402
+from fuzz_mutations import mutations  # noqa: E402
 from fuzz_pickles import malicious_pickles  # noqa: E402
 
 from t2i.errors import T2IError  # noqa: E402

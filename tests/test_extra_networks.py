@@ -6,7 +6,6 @@ import json
 import logging
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch

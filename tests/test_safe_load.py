@@ -285,7 +285,6 @@ def test_a_pickle_named_safetensors_is_never_unpickled(tmp_path):
 def test_no_message_suggests_loading_unsafely(tmp_path):
     """torch's refusals advise `weights_only=False` and allow-listing globals: t2i passes on what
     was refused, never that advice."""
-    import io
     import sys
     from pathlib import Path
 
