@@ -66,10 +66,27 @@ def build(which: str, size: int):
 
 
 def add_unet_arguments(parser: argparse.ArgumentParser, unet: str, size: int) -> None:
-    """--unet, --size and --threads, with these defaults (shared with compile_interleaved.py)."""
+    """--unet, --size, --threads and --runtime, with these defaults (shared with compile_interleaved.py)."""
     parser.add_argument("--unet", choices=("default", "sd15"), default=unet)
     parser.add_argument("--size", type=int, default=size, help="sd15: image size in pixels")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runtime", choices=("float32", "auto"), default="float32",
+                        help="the UNet (and VAE) that eager t2i and --compile run: float32, or t2i's own choice "
+                             "for this CPU (Runtime.auto: bf16 channels_last with AMX); the reference stays float32")
+
+
+def place(module: nn.Module, runtime: str, holder: nn.Module) -> tuple[nn.Module, torch.dtype]:
+    """(`module`, the UNet or the VAE, as t2i's runtime places it; its dtype): a placed copy, or
+    `module` itself where the runtime keeps float32. `holder`'s UNet decides (a small one stays float32)."""
+    if runtime == "float32":
+        return module, torch.float32
+    from t2i.runtime import Runtime
+
+    chosen = Runtime.auto("auto", "cpu").for_model(holder)
+    dtype, layout = chosen.placement("unet")
+    if dtype == torch.float32 and layout == torch.contiguous_format:
+        return module, dtype
+    return nn.Module.to(copy.deepcopy(module), dtype=dtype, memory_format=layout), dtype
 
 
 def step_inputs(holder, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +104,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     holder, _ = build(args.unet, args.size)
+    holder.unet, _ = place(holder.unet, args.runtime, holder)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     report = compile_unet_cached(holder, args.cache, notes=lambda line: print(line, file=sys.stderr))
     print(json.dumps({"wall": time.perf_counter() - start_wall, "cpu_main": time.process_time() - start_cpu,
@@ -97,7 +115,7 @@ def run_child(args) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--size", str(args.size),
-                          "--threads", str(args.threads), "--cache", args.cache], capture_output=True, text=True,
+                          "--threads", str(args.threads), "--cache", args.cache, "--runtime", args.runtime], capture_output=True, text=True,
                          check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,9 +197,10 @@ class _Decoder(nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
-def vae_decode(args, latents: torch.Tensor) -> dict:
-    """One decode of `latents` (batch 1): eager float32 and OpenVINO at each precision; min wall and
-    CPU s of --repeats after a warm-up, and each image's cosine against eager."""
+def vae_decode(args, latents: torch.Tensor, holder: nn.Module) -> dict:
+    """One decode of `latents` (batch 1): eager float32, eager in t2i's runtime (--runtime auto, where
+    it is not float32) and OpenVINO at each precision; min wall and CPU s of --repeats after a
+    warm-up, and each image's cosine against eager float32."""
     if args.unet == "default":
         from t2i.checkpoints.registry import load_model
         from t2i.runtime import Runtime
@@ -196,7 +215,14 @@ def vae_decode(args, latents: torch.Tensor) -> dict:
     with torch.no_grad():
         reference = decoder(z)
         out = {"eager fp32": best(lambda: decoder(z), args.repeats)}
-    print("VAE eager", out["eager fp32"], flush=True)
+        print("VAE eager", out["eager fp32"], flush=True)
+        placed, dtype = place(decoder, args.runtime, holder)
+        if placed is not decoder:
+            zd = z.to(dtype)
+            name = f"eager t2i runtime ({str(dtype).removeprefix('torch.')})"
+            out[name] = best(lambda: placed(zd), args.repeats)
+            out[f"{name} facts"] = {"cosine": cosine(placed(zd).float(), reference)}
+            print("VAE", name, out[name], flush=True)
     for precision in [] if args.no_openvino else args.openvino_precision:
         call, facts = openvino_callable(decoder, (z,), args.threads, precision)
         name = "OpenVINO" if precision == "auto" else f"OpenVINO {precision}"
@@ -248,7 +274,7 @@ def main() -> None:
     from t2i.speedups import compile_unet_cached, inductor_options
 
     holder, length = build(args.unet, args.size)
-    unet = holder.unet
+    unet = holder.unet  # float32: the reference, and what OpenVINO converts
     latents, context = step_inputs(holder, length)
     x2, t = torch.cat([latents, latents]), torch.tensor(500)
 
@@ -260,6 +286,18 @@ def main() -> None:
     steps["eager fp32"] = best(lambda: torch_step(x2, t), args.repeats)
     reference = denoise(torch_step, latents, args.steps)
     print("eager", steps["eager fp32"], flush=True)
+    fast, dtype = place(unet, args.runtime, holder)  # what t2i runs, eager and compiled
+    context_t2i = context.to(dtype)
+
+    def t2i_step(x, step_t):
+        with torch.no_grad():
+            return fast(x.to(dtype), step_t, encoder_hidden_states=context_t2i).sample.float()
+
+    if fast is not unet:
+        name = f"eager t2i runtime ({str(dtype).removeprefix('torch.')})"
+        steps[name] = best(lambda: t2i_step(x2, t), args.repeats)
+        results[f"cosine {name}"] = [cosine(a, b) for a, b in zip(denoise(t2i_step, latents, args.steps), reference)]
+        print(name, steps[name], flush=True)
     # OpenVINO before the compile: it converts the plain module (the compile changes it in place)
 
     if not args.no_openvino:
@@ -271,7 +309,7 @@ def main() -> None:
                                          zip(denoise(lambda x, s: ov_step(x, s, context), latents, args.steps), reference)]
             print(name, steps[name], flush=True)
     if args.vae:
-        results["vae_decode_s"] = vae_decode(args, reference[-1])
+        results["vae_decode_s"] = vae_decode(args, reference[-1], holder)
     if args.frozen:
         frozen_unet = copy.deepcopy(unet)
 
@@ -288,10 +326,11 @@ def main() -> None:
                                                      zip(denoise(frozen_step, latents, args.steps), reference)]
         print("frozen", steps["torch.compile, freezing"], flush=True)
     start = time.perf_counter()
+    holder.unet = fast
     report = compile_unet_cached(holder, args.cache, notes=print)
     results["third_load_in_process"] = {"wall": time.perf_counter() - start, "source": report.source}
-    steps["t2i --compile"] = best(lambda: torch_step(x2, t), args.repeats)
-    compiled = denoise(torch_step, latents, args.steps)
+    steps["t2i --compile"] = best(lambda: t2i_step(x2, t), args.repeats)
+    compiled = denoise(t2i_step, latents, args.steps)
     results["cosine t2i --compile"] = [cosine(a, b) for a, b in zip(compiled, reference)]
     print("compiled", steps["t2i --compile"], flush=True)
 

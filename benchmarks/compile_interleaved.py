@@ -1,6 +1,8 @@
 """One UNet step with CFG (batch 2) by four backends in turn, round after round, in one process:
 OpenVINO float32, eager float32, t2i's `--compile` and torch.compile with Inductor's default
-options (what t2i's `--compile` used before it kept t2i's memory layout).
+options (what t2i's `--compile` used before it kept t2i's memory layout). With `--runtime auto`
+the eager and compiled UNets are placed as t2i places them on this CPU (bf16 channels_last with
+AMX) and OpenVINO runs twice more: with its own precision choice (bf16 with AMX) as well.
 
 compile_cache.py times each backend's repeats back to back; on a machine whose speed drifts (a
 shared host), a backend then gets a fast or a slow stretch of its own and the ratios move by tens
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-from compile_cache import _Plain, add_unet_arguments, build, openvino_callable, step_inputs
+from compile_cache import _Plain, add_unet_arguments, build, openvino_callable, place, step_inputs
 
 
 def main() -> None:
@@ -41,13 +43,18 @@ def main() -> None:
     latents, context = step_inputs(holder, length)
     x, t = torch.cat([latents, latents]), torch.tensor(500)
 
-    eager = copy.deepcopy(unet)
     backends = {}
-    if not args.no_openvino:  # converted from the plain module, before any compile
-        ov_step, facts = openvino_callable(_Plain(eager).eval(), (x, t, context), args.threads, "f32")
-        print("OpenVINO", facts, flush=True)
-        backends["OpenVINO f32"] = lambda: ov_step(x, t, context)
-    backends["eager float32"] = lambda: eager(x, t, encoder_hidden_states=context).sample
+    if not args.no_openvino:  # converted from the plain float32 module, before any compile
+        for precision in ("f32", "auto") if args.runtime == "auto" else ("f32",):
+            ov_step, facts = openvino_callable(_Plain(unet).eval(), (x, t, context), args.threads, precision)
+            print("OpenVINO", facts, flush=True)
+            backends[f"OpenVINO {precision if precision == 'f32' else 'own choice'}"] = (
+                lambda step=ov_step, x=x, context=context: step(x, t, context))  # float32 inputs, bound now
+    unet, dtype = place(unet, args.runtime, holder)
+    holder.unet = unet
+    x, context = x.to(dtype), context.to(dtype)
+    eager = copy.deepcopy(unet)
+    backends[f"eager {str(dtype).removeprefix('torch.')}"] = lambda: eager(x, t, encoder_hidden_states=context).sample
     defaults = copy.deepcopy(unet)
     defaults.compile()  # Inductor's default options; compiled on its first call below
     with tempfile.TemporaryDirectory(prefix="t2i-compile-bench-") as temp:
