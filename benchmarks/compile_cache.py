@@ -115,8 +115,8 @@ def run_child(args) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--size", str(args.size),
-                          "--threads", str(args.threads), "--cache", args.cache, "--runtime", args.runtime], capture_output=True, text=True,
-                         check=True)
+                          "--threads", str(args.threads), "--cache", args.cache, "--runtime", args.runtime],
+                         capture_output=True, text=True, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_wall"] = time.perf_counter() - start

@@ -38,7 +38,7 @@ FLAGS: dict[str, tuple[str, dict, str]] = {
     "--max-aspect": ("max_aspect", {}, "largest bucket aspect ratio (default 2)"),
     "--flip": ("flip", {"action": "store_true"}, "random horizontal flips; a mirrored image's caption trades "
                                                  "\"left\" and \"right\""),
-    "--flip-keeps-captions": ("flip_swaps_sides", {"action": "store_false"},
+    "--flip-keeps-captions": ("flip_keeps_captions", {"action": "store_true"},
                               "with --flip: leave \"left\" and \"right\" in mirrored images' captions as written"),
     "--caption-dropout": ("caption_dropout", {}, "share of images trained with an empty caption"),
     "--steps": ("steps", {}, "optimizer steps (default: per method and model size)"),

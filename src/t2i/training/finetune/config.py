@@ -95,7 +95,7 @@ class FinetuneConfig:
     buckets: bool = True  # aspect-ratio buckets; False: centre-crop every image to a square
     max_aspect: Annotated[float, between(1.0, 8.0)] = 2.0
     flip: bool = False  # random horizontal flips (doubles the latent cache)
-    flip_swaps_sides: bool = True  # a mirrored image's caption says "right" where it said "left", and back
+    flip_keeps_captions: bool = False  # False: a mirrored image's caption says "right" where it said "left", and back
     caption_dropout: Optional[Fraction] = None  # share of steps trained on the empty caption
     max_pixels: Annotated[int, between(64, 10**10)] = MAX_PIXELS  # larger images are skipped (bombs)
 

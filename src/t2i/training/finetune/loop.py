@@ -277,7 +277,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
                 encoder.gradient_checkpointing_enable()
     captions = data.captions + (class_data.captions if class_data else []) + [""]
     mirrored_offset = None
-    if cfg.flip and cfg.flip_swaps_sides:  # mirrored captions after the others: caption i's is i + offset
+    if cfg.flip and not cfg.flip_keeps_captions:  # mirrored captions after the others: caption i's is i + offset
         mirrored_offset = len(captions)
         captions = captions + [mirror_caption(c) for c in captions]
     text = TextSource(model, net, captions, setup, outdir / "cache" / "text.pt", is_main, model_id)
