@@ -193,3 +193,5 @@ def test_a_flipped_image_trains_on_its_mirrored_caption():
     caps, flips = torch.cat(captions), torch.cat(flipped)
     assert flips.any() and (~flips).any()
     assert torch.equal(caps >= n + 1, flips)
+    # each in its own copy's range: own caption i, or its mirror i + offset
+    assert caps[~flips].max() < n and caps[flips].min() >= n + 1 and caps[flips].max() < 2 * n + 1

@@ -276,6 +276,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
             if setup.text_params and hasattr(encoder, "gradient_checkpointing_enable"):
                 encoder.gradient_checkpointing_enable()
     captions = data.captions + (class_data.captions if class_data else []) + [""]
+    empty = len(captions) - 1
     mirrored_offset = None
     if cfg.flip and not cfg.flip_keeps_captions:  # mirrored captions after the others: caption i's is i + offset
         mirrored_offset = len(captions)
@@ -291,7 +292,6 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
     if resume and not trainer.load():
         log(f"no checkpoint in {outdir}: starting from the beginning")
     offsets = (0, len(data.captions))
-    empty = offsets[1] + (len(class_data.captions) if class_data else 0)
     loss_fn = make_loss_fn(cfg, model, text, data, class_data, offsets, empty,
                            (acc.process_index, acc.num_processes), mirrored_offset)
     prompts = _sample_prompts(cfg, data)
