@@ -92,8 +92,9 @@ sys.meta_path.insert(0, _Watch())
 """
 
 T2I_CHILD = PROLOGUE + r"""
-from t2i.interfaces.cli import main
-code = main(sys.argv[4:])
+from t2i.interfaces.cli import program
+sys.argv = ["t2i", *sys.argv[4:]]
+code = program()  # the `t2i` program itself, with what it sets up for its own process
 mark("exit")
 dump()
 sys.exit(code)

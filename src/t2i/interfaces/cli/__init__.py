@@ -73,12 +73,24 @@ def _command_of(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def program() -> int:
+    """The `t2i` program (console script, `python -m t2i.interfaces.cli`): main() in a process of its
+    own, which may therefore tune process-wide settings such as the CPU allocator."""
+    return main(own_process=True)
+
+
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Run one command. Called from Python (tests, scripts) it leaves process-wide settings alone."""
     from t2i.errors import T2IError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     args = build_parser(only=command if command in COMMANDS else None).parse_args(argv)
+    args.own_process = own_process
+    if own_process and args.command != "serve":  # serve decides by its devices, before its workers start
+        from t2i.cpu_allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         args.run(args)
     except (T2IError, ValueError, OSError) as err:

@@ -1,6 +1,6 @@
 """`python -m t2i.interfaces.cli ...` (and `accelerate launch -m t2i.interfaces.cli ...`)."""
 import sys
 
-from t2i.interfaces.cli import main
+from t2i.interfaces.cli import program
 
-sys.exit(main())
+sys.exit(program())

@@ -114,10 +114,15 @@ def run_serve(args) -> None:
     config.check()  # before fastapi and torch load: a refused bind answers at once
     if config.model and not Path(config.model).exists():
         raise FileNotFoundError(f"--model {config.model} does not exist")
-    if config.threads:
-        import torch
+    import torch
 
+    if config.threads:
         torch.set_num_threads(config.threads)
+    on_cpu = all(device == "cpu" or (device is None and not torch.cuda.is_available()) for device in config.devices)
+    if on_cpu and getattr(args, "own_process", False):
+        from t2i.cpu_allocator import reuse_freed_memory
+
+        reuse_freed_memory()  # before the workers' threads start: they then share the main heap
     from t2i.interfaces.api.logs import setup_logging
     from t2i.interfaces.api.server import serve
 
