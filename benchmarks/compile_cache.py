@@ -73,6 +73,22 @@ def add_unet_arguments(parser: argparse.ArgumentParser, unet: str, size: int) ->
     parser.add_argument("--runtime", choices=("float32", "auto"), default="float32",
                         help="the UNet (and VAE) that eager t2i and --compile run: float32, or t2i's own choice "
                              "for this CPU (Runtime.auto: bf16 channels_last with AMX); the reference stays float32")
+    add_allocator_argument(parser)
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allocator", choices=("t2i", "system"), default="t2i",
+                        help="t2i: keep freed memory for reuse as the `t2i` program does on a CPU "
+                             "(t2i.cpu_allocator; OpenVINO reuses its own buffers either way); system: glibc's defaults")
+
+
+def apply_allocator(args: argparse.Namespace) -> None:
+    """Call first, before any thread starts (the setting is process-wide)."""
+    if args.allocator == "t2i":
+        from t2i.cpu_allocator import reuse_freed_memory
+
+        print("allocator: freed memory kept for reuse" if reuse_freed_memory() else "allocator: system (not glibc)",
+              file=sys.stderr)
 
 
 def place(module: nn.Module, runtime: str, holder: nn.Module) -> tuple[nn.Module, torch.dtype]:
@@ -115,7 +131,8 @@ def run_child(args) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", "--unet", args.unet, "--size", str(args.size),
-                          "--threads", str(args.threads), "--cache", args.cache, "--runtime", args.runtime],
+                          "--threads", str(args.threads), "--cache", args.cache, "--runtime", args.runtime,
+                          "--allocator", args.allocator],
                          capture_output=True, text=True, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -256,6 +273,7 @@ def main() -> None:
                              "the in-process compile then fills or reads --cache")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_allocator(args)
     if args.child:
         return child(args)
     torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from compile_cache import _Plain, add_unet_arguments, build, openvino_callable, place, step_inputs
+from compile_cache import _Plain, add_unet_arguments, apply_allocator, build, openvino_callable, place, step_inputs
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--cache", help="t2i compile cache folder (default: a fresh temporary one)")
     parser.add_argument("--no-openvino", action="store_true")
     args = parser.parse_args()
+    apply_allocator(args)
     torch.set_num_threads(args.threads)
     from t2i.speedups import compile_unet_cached
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from compile_cache import _Decoder, cosine, openvino_callable
+from compile_cache import _Decoder, add_allocator_argument, apply_allocator, cosine, openvino_callable
 
 
 def main() -> None:
@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image size in pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    add_allocator_argument(parser)
     args = parser.parse_args()
+    apply_allocator(args)
     torch.set_num_threads(args.threads)
     from t2i.evaluate.random_sd import random_sd_vae
     from t2i.runtime import Runtime
