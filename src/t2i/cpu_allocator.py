@@ -2,10 +2,11 @@
 
 glibc hands every allocation above its mmap threshold (at most 32 MiB) its own fresh mapping and
 unmaps it on free, and it gives the top of the heap back to the kernel past a small trim threshold.
-A diffusion step or a VAE decode at 512x512 allocates and frees tens of tensors of 16-130 MiB, so
-each one comes back as new pages that the kernel must fault in and zero: that is memory traffic
-on top of the arithmetic. Measured on a 2-core Xeon (BENCHMARKS.md, "CPU allocator"): SD 1.5 VAE
-decode at 512² 1.65 -> 1.05 s, a UNet step 1.39 -> 1.25 s, with the same peak memory.
+An SD 1.5 VAE decode at 512x512 allocates and frees tens of activations of 64-128 MiB (the UNet's
+larger tensors pass the threshold too), so each one comes back as new pages that the kernel must
+fault in and zero: memory traffic on top of the arithmetic. Measured on a 2-core Xeon with AMX
+(BENCHMARKS.md, "Freed memory kept for reuse"): the decode 1.65 -> 1.05 s, a UNet step with CFG
+1.39 -> 1.25 s, the same image and the same peak memory.
 
 `reuse_freed_memory()` sets three documented mallopt(3) parameters for the whole process:
 - M_MMAP_MAX 0: large blocks come from the heap, where freed ones are reused;
@@ -14,8 +15,10 @@ decode at 512² 1.65 -> 1.05 s, a UNet step 1.39 -> 1.25 s, with the same peak m
 - M_ARENA_MAX 1: threads created afterwards (the server's workers) share the main heap: a thread's
   own arena is capped at 64 MiB and maps larger blocks afresh whatever M_MMAP_MAX says.
 
-It is process-wide, so only front doors call it (the CLI for CPU runs, `t2i serve`), before they
-start threads; Python API users on a CPU may call it themselves. T2I_CPU_ALLOCATOR=system leaves
+It is process-wide, so only the `t2i` program calls it, at its start, before any thread: for every
+command but `serve` (a short process; on a GPU only its host-side memory is concerned), and for
+`serve` when all its devices are CPUs. `main()` called from Python leaves the process alone;
+Python API users on a CPU may call this themselves. T2I_CPU_ALLOCATOR=system leaves
 malloc as it is. Elsewhere than glibc (macOS, musl, Windows) it does nothing.
 """
 from __future__ import annotations
