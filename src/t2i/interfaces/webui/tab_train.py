@@ -66,9 +66,12 @@ def build(ctx, tab) -> None:
     def refresh():
         import pandas as pd
 
+        # Whether to keep polling is read before the state: a run that ends between the two reads
+        # then gets one more tick, which shows it finished. The other order could stop the timer
+        # on a page that still says "running" (seen once in CI: the run had finished in 8 s).
+        still = trainer.running()
         state, losses, grids, tail = trainer.status()
         frame = pd.DataFrame(losses, columns=["series", "step", "loss"]) if losses else None
-        still = trainer.running()
         return (f'<div class="t2i-info" data-points="{len(losses)}">{html.escape(state)}</div>', frame, grids[-9:],
                 tail, gr.Timer(active=still))
 
