@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from t2i.diffusion.lcm import (boundary_scalings, consistency_output, ddim_step, predicted_eps, predicted_x0,
-                               solver_timesteps)
+from t2i.diffusion.lcm import (boundary_scalings, consistency_output, ddim_step, phase_edges, phase_output,
+                               predicted_eps, predicted_x0, solver_timesteps)
 from t2i.errors import ParamError
 from t2i.pipelines.generation_params import Img2ImgParams, Txt2ImgParams
 
@@ -66,7 +66,7 @@ class PointDenoiser(torch.nn.Module):
         return SimpleNamespace(sample=eps)
 
 
-def _point_setup(wrong, weighting="none"):
+def _point_setup(wrong, weighting="none", consistency="lcm"):
     from diffusers import DDPMScheduler
 
     from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
@@ -76,18 +76,19 @@ def _point_setup(wrong, weighting="none"):
     model = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
                             scheduler_config=lambda: dict(SCHEDULE))
     latents = target.expand(8, -1, -1, -1).clone()
-    cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=4.0, weighting=weighting)
+    cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=4.0, weighting=weighting,
+                         consistency=consistency, solver_steps=40 if consistency == "phased" else 50)
     fn = lcm_loss_fn(model, PointDenoiser(alphas, target), latents, ["x"] * 8, cfg, "epsilon")
     student = PointDenoiser(alphas, target, wrong)
     return fn, student
 
 
-@pytest.mark.parametrize("weighting", ["none", "signal"])
-def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise(weighting):
-    fn, exact = _point_setup(0.0, weighting)
+@pytest.mark.parametrize("weighting,consistency", [("none", "lcm"), ("signal", "lcm"), ("none", "phased")])
+def test_consistency_loss_vanishes_for_an_exact_denoiser_and_not_otherwise(weighting, consistency):
+    fn, exact = _point_setup(0.0, weighting, consistency)
     loss, n = fn({"unet": exact}, 0, torch.Generator().manual_seed(0))
     assert n == 8 and loss.item() < 1e-8  # every trajectory leads to z*: f is consistent
-    fn, off = _point_setup(0.3, weighting)
+    fn, off = _point_setup(0.3, weighting, consistency)
     loss, _ = fn({"unet": off}, 0, torch.Generator().manual_seed(0))
     assert loss.item() > 1e-6
     loss.backward()
@@ -104,6 +105,67 @@ class RecordingDenoiser(PointDenoiser):
     def forward(self, x, t, context):
         self.seen.append(t.clone())
         return super().forward(x, t, context)
+
+
+def test_phase_edges_are_the_ddim_samplers_timesteps_and_each_phase_jumps_to_its_edge():
+    from diffusers import DDIMScheduler
+
+    assert phase_edges(1000, 4) == [999, 749, 499, 249]
+    with pytest.raises(ValueError, match="must divide"):
+        phase_edges(1000, 3)
+    scheduler = DDIMScheduler(**SCHEDULE, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
+    for phases in (1, 2, 4, 8):
+        scheduler.set_timesteps(phases)
+        assert scheduler.timesteps.tolist() == phase_edges(1000, phases)  # DDIM at `phases` steps visits the edges
+        assert set(phase_edges(1000, phases)) <= set(solver_timesteps(1000, 40).tolist())
+    scheduler.set_timesteps(4)
+    alphas = scheduler.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    # a DDIM step from an edge is the phase function to the next edge; the last one lands on DDIM's final alpha
+    torch.testing.assert_close(phase_output(out, x, alphas[749], alphas[499], "epsilon"),
+                               scheduler.step(out, 749, x).prev_sample, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(phase_output(out, x, alphas[249], scheduler.final_alpha_cumprod, "epsilon"),
+                               scheduler.step(out, 249, x).prev_sample, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(phase_output(out, x, alphas[499], alphas[499], "v_prediction"), x)  # at its edge: x
+
+
+def test_phased_loss_targets_the_teachers_step_at_an_edge_and_the_student_elsewhere():
+    from diffusers import DDPMScheduler
+
+    from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
+
+    alphas = DDPMScheduler(**SCHEDULE).alphas_cumprod.float()
+    target = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    model = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
+                            scheduler_config=lambda: dict(SCHEDULE))
+    latents = target.expand(8, -1, -1, -1).clone()
+
+    def loss_with(t_n, wrong_at):
+        cfg = LCMOptimConfig(batch_size=8, loss="l2", guidance_min=1.0, guidance_max=1.0, consistency="phased",
+                             solver_steps=40, focus_timesteps=(t_n,), focus_share=1.0)
+        fn = lcm_loss_fn(model, PointDenoiser(alphas, target), latents, ["x"] * 8, cfg, "epsilon")
+        student = WrongAt(alphas, target, wrong_at)
+        return fn({"unet": student}, 0, torch.Generator().manual_seed(0))[0].item()
+
+    # a student exact at t_n but wrong one grid step (25) lower: from 774 that step lands on the edge 749,
+    # whose target is the teacher's step as it is, so nothing is wrong; from 724 (mid-phase, edge 499)
+    # the target is the student's own jump from 699, which is wrong
+    assert loss_with(774, 749) < 1e-10
+    assert loss_with(724, 699) > 1e-4
+    assert loss_with(774, 774) > 1e-4  # and a student wrong where it predicts is wrong at an edge too
+
+
+class WrongAt(PointDenoiser):
+    """A PointDenoiser that is off (by 0.3 in eps) only at timestep `wrong_at`."""
+
+    def __init__(self, alphas, target, wrong_at):
+        super().__init__(alphas, target)
+        self.wrong_at = wrong_at
+
+    def forward(self, x, t, context):
+        out = super().forward(x, t, context).sample
+        return SimpleNamespace(sample=out + 0.3 * (t == self.wrong_at).view(-1, 1, 1, 1))
 
 
 def test_focus_timesteps_draw_the_sampler_points_and_keep_the_rest_uniform():
@@ -157,6 +219,9 @@ def test_focus_settings_are_checked():
     with pytest.raises(ValueError, match=r"\[750\] are not on the 50-point solver grid"):
         check_teacher(teacher, 50, (999, 750, 499))
     assert check_teacher(teacher, 50, (999, 759, 499, 259)) == "epsilon"
+    with pytest.raises(ValueError, match=r"solver_steps \(50\) must be a multiple of optim.phases \(4\)"):
+        check_settings(LCMTrainConfig(optim=LCMOptimConfig(consistency="phased", phases=4)))
+    check_settings(LCMTrainConfig(optim=LCMOptimConfig(consistency="phased", phases=4, solver_steps=40)))
 
 
 def test_consistency_output_at_zero_is_the_input():
@@ -202,6 +267,53 @@ def test_recipe_writes_a_kohya_lcm_lora(tiny_lcm):
     assert "LCM-LoRA" in meta["ss_training_comment"]
     assert (out / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
     assert list((out / "samples").glob("*.png"))
+
+
+def test_export_script_writes_the_runs_lora_at_a_chosen_strength_and_precision(tiny_lcm, tmp_path):
+    from safetensors.torch import load_file
+
+    from t2i.checkpoints.safe_load import read_safetensors_header
+
+    trained, run = tiny_lcm
+    out = tmp_path / "half.safetensors"
+    done = subprocess.run([sys.executable, "benchmarks/lcm_export.py", "--run", str(run), "--out", str(out),
+                           "--strength", "0.5", "--half"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    full, half = load_file(trained), load_file(out)
+    assert full.keys() == half.keys() and all(t.dtype == torch.float16 for t in half.values() if t.ndim > 0)
+    for key, tensor in full.items():
+        factor = 0.5 if key.endswith("lora_up.weight") else 1.0  # every layer's change halved
+        torch.testing.assert_close(half[key].float(), tensor * factor, rtol=2e-3, atol=1e-5)
+    assert '"scale": 0.5' in read_safetensors_header(out)[1]["t2i_lcm"]
+    assert not list(tmp_path.glob("tmp*"))  # the diffusers copy went with its temporary folder
+    missing = subprocess.run([sys.executable, "benchmarks/lcm_export.py", "--run", str(tmp_path), "--out",
+                              str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no lcm.ckpt" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_phased_lora_samples_with_ddim_at_its_phases_under_fast(tiny_model_dir, tiny_loaded, tmp_path):
+    from safetensors import safe_open
+
+    from t2i.pipelines.fast import apply_fast
+    from t2i.training.finetune.config import LoraOptions
+    from t2i.training.lcm import LCMOptimConfig, LCMTrainConfig, train_lcm
+    from t2i.training.ldm import DataConfig
+
+    cfg = LCMTrainConfig(teacher=str(tiny_model_dir), data=DataConfig(size=8),
+                         lora=LoraOptions(rank=2, conv_rank=0, targets="transformer"),
+                         optim=LCMOptimConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=0, log_every=0,
+                                              checkpoint_every=0, sample_every=0, encode_batch_size=8,
+                                              consistency="phased", phases=2, solver_steps=10),
+                         name="tiny_pcm", sample_prompts=("a red circle",))
+    train_lcm(cfg, tmp_path)
+    lora = tmp_path / "tiny_pcm.safetensors"
+    with safe_open(str(lora), "pt") as f:
+        meta = f.metadata()
+    assert "DDIM, SGM Uniform, exactly 2 steps" in meta["ss_training_comment"]
+    fast = apply_fast(Txt2ImgParams(prompt="x", fast_lora=str(lora)), tiny_loaded)
+    assert (fast.steps, fast.sampler, fast.scheduler, fast.cfg_scale) == (2, "DDIM", "SGM Uniform", 1.0)
+    mine = apply_fast(Txt2ImgParams(prompt="x", fast_lora=str(lora), sampler="Euler"), tiny_loaded)
+    assert (mine.steps, mine.sampler) == (2, "Euler")  # asked for: kept
 
 
 def test_recipe_refuses_what_it_cannot_distil(tmp_path):

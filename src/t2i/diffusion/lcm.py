@@ -17,6 +17,14 @@ its timesteps come from the grid of `solver_timesteps`, so a model distilled her
 it unchanged. Guidance is baked in as LCM-LoRA does it: the teacher's classifier-free guided step
 is the target and the student gets no guidance input, so sampling runs at CFG scale 1 (one
 UNet call per step) or a small plain CFG on top.
+
+Phased consistency (Wang et al. 2024, "Phased Consistency Models"; Heek et al. 2024, "Multistep
+Consistency Models") splits the trajectory into as many phases as the sampler takes steps and
+learns, per phase, the map from any point of the phase to the phase's lower edge. Its function is
+the DDIM jump to that edge, `phase_output`, which equals its input at the edge itself, so the
+boundary condition holds without scalings; sampling is plain deterministic DDIM at the edges
+(`phase_edges`: the trailing spacing DDIM uses), one UNet call per phase. Each phase is a short
+stretch of the trajectory, an easier map than LCM's all the way to x0.
 """
 from __future__ import annotations
 
@@ -76,3 +84,22 @@ def consistency_output(model_output: Tensor, x_t: Tensor, t: Tensor, alpha_bar: 
 def ddim_step(x0: Tensor, eps: Tensor, alpha_bar_prev: Tensor) -> Tensor:
     """The deterministic DDIM update to the previous grid point from (x0_hat, eps_hat)."""
     return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
+
+
+def phase_edges(num_train_timesteps: int, phases: int) -> list[int]:
+    """The phases' upper edges, highest first: DDIM's trailing timesteps for `phases` steps
+    ([999, 749, 499, 249] for 1000 training timesteps and 4 phases). Each phase runs from its edge
+    down to the next one; the last down to the clean end (DDIM's final alpha)."""
+    if phases < 1 or num_train_timesteps % phases:
+        raise ValueError(f"{phases} phases must divide the {num_train_timesteps} training timesteps")
+    step = num_train_timesteps // phases
+    return [num_train_timesteps - 1 - i * step for i in range(phases)]
+
+
+def phase_output(model_output: Tensor, x_t: Tensor, alpha_bar: Tensor, alpha_bar_edge: Tensor,
+                 prediction_type: str) -> Tensor:
+    """The phased consistency function: the DDIM jump from x_t (at alpha_bar) to the phase's lower
+    edge (at alpha_bar_edge) with the model's x0 and eps estimates; x_t itself when the two levels agree."""
+    x0 = predicted_x0(model_output, x_t, alpha_bar, prediction_type)
+    eps = predicted_eps(model_output, x_t, alpha_bar, prediction_type)
+    return ddim_step(x0, eps, alpha_bar_edge)

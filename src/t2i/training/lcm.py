@@ -40,7 +40,8 @@ from t2i.checkpoints.registry import load_model
 from t2i.config import BatchSize, LearningRate, Seed, Steps, at_least, between, to_dict
 from t2i.data.cache import load_cache, save_cache
 from t2i.data.images import load_image_source
-from t2i.diffusion.lcm import SOLVER_STEPS, consistency_output, ddim_step, predicted_eps, predicted_x0, solver_timesteps
+from t2i.diffusion.lcm import (SOLVER_STEPS, consistency_output, ddim_step, phase_edges, phase_output, predicted_eps,
+                               predicted_x0, solver_timesteps)
 from t2i.diffusion.samplers import make_scheduler
 from t2i.diffusion.sampling import denoise, draw_noise, make_generators
 from t2i.metadata import write_png
@@ -80,7 +81,9 @@ class LCMOptimConfig(OptimConfig):
     # timesteps keep almost no signal (the bundled model's linear betas: a_999 = 4e-5, where an
     # x0 estimate divides the noise error by 0.006), the highest timesteps otherwise dominate the
     # loss with errors the LCM sampler mostly discards (it re-noises x0 right away).
-    weighting: Literal["none", "signal"] = "none"
+    # "edge" (phased only): the distance at the phase's edge divided by sqrt(alpha_bar) there, i.e. in
+    # units of x0, so that the noisy early phases, whose edges keep little signal, still count
+    weighting: Literal["none", "signal", "edge"] = "none"
     # `focus_share` of each batch draws t_n from `focus_timesteps` (solver grid points) instead of
     # uniformly from the grid. Why: an n-step LCM sampler evaluates the consistency function only
     # at its n timesteps (4 steps of the 50-point grid: 999, 759, 499, 259), while uniform draws
@@ -91,6 +94,12 @@ class LCMOptimConfig(OptimConfig):
     focus_timesteps: tuple[int, ...] = ()
     focus_share: Annotated[float, between(0.0, 1.0)] = 0.0
     encode_batch_size: BatchSize = 64
+    # "lcm": the consistency function maps to x0 and samples with the LCM sampler (any step count);
+    # "phased": one phase per sampling step, each mapped to its lower edge, sampled with DDIM at
+    # exactly `phases` steps (t2i.diffusion.lcm). solver_steps must then be a multiple of phases,
+    # so every edge is a grid point (4 phases: solver_steps 40, k = 25).
+    consistency: Literal["lcm", "phased"] = "lcm"
+    phases: Annotated[int, between(1, 50)] = 4
 
 
 @dataclass
@@ -104,6 +113,9 @@ class LCMTrainConfig:
     name: str = "lcm_lora"  # the LoRA file: OUTDIR/NAME.safetensors
     sample_prompts: tuple[str, ...] = ()
     sample_steps: Annotated[int, between(1, 50)] = 4
+    # every layer's change in the written LoRA is multiplied by this, so `--fast` (weight 1) applies
+    # it: a distilled LoRA can overshoot at full strength (the bundled model's: 0.8)
+    strength: Annotated[float, between(0.0, 4.0)] = 1.0
 
 
 def _teacher_path(spec: str) -> str | None:
@@ -122,6 +134,12 @@ def check_settings(cfg: LCMTrainConfig) -> None:
                          "sampler's timesteps (4-step LCM: [999, 759, 499, 259]) or set focus_share: 0")
     if not 0.0 <= o.focus_share <= 1.0:
         raise ValueError(f"optim.focus_share must be between 0 and 1, got {o.focus_share}")
+    if o.weighting == "edge" and o.consistency != "phased":
+        raise ValueError("optim.weighting: edge is for consistency: phased; LCM's distance is in x0 units already "
+                         "(use none or signal)")
+    if o.consistency == "phased" and o.solver_steps % o.phases:
+        raise ValueError(f"optim.solver_steps ({o.solver_steps}) must be a multiple of optim.phases ({o.phases}) with "
+                         f"consistency: phased, so every phase edge is a solver grid point (4 phases: solver_steps 40)")
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name:
         raise ValueError(f"name must be a plain file name (no folders), got {cfg.name!r}")
 
@@ -209,6 +227,13 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
     alphas = torch.tensor(_alphas_cumprod(model), dtype=torch.float32)
     grid = solver_timesteps(len(alphas), cfg.solver_steps)
     k = len(alphas) // cfg.solver_steps
+    phased = cfg.consistency == "phased"
+    if phased:
+        edges = torch.tensor(phase_edges(len(alphas), cfg.phases))
+        # DDIM's level below the first training timestep (where its last step lands): appended, so
+        # that index -1, the timestep below the last phase's edge, reads it
+        final_alpha = 1.0 if model.scheduler_config().get("set_alpha_to_one", True) else alphas[0].item()
+        alphas = torch.cat([alphas, torch.tensor([final_alpha])])
     with torch.no_grad():
         empty = model.encode_prompts([""])  # (1, T, D): the teacher's unconditional context
 
@@ -219,7 +244,7 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
         idx = torch.randint(0, len(latents), (n,), generator=generator)
         z0 = latents[idx].to(device)
         t = draw_timesteps(grid, n, generator, cfg)
-        t_prev = (t - k).clamp(min=0)
+        t_prev = t - k if phased else (t - k).clamp(min=0)
         noise = torch.randn(z0.shape, generator=generator).to(device)
         scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(n, generator=generator)
         shape = (n, 1, 1, 1)
@@ -235,10 +260,26 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
             x0_u, x0_c = (predicted_x0(o, z_t, a, prediction_type) for o in (out_u, out_c))
             eps_u, eps_c = (predicted_eps(o, z_t, a, prediction_type) for o in (out_u, out_c))
             z_prev = ddim_step(x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u), a_prev)
-            target = consistency_output(unet(z_prev, t_prev, cond).sample.float(), z_prev, t_prev, a_prev,
-                                        prediction_type)
-        prediction = consistency_output(unet(z_t, t, cond).sample.float(), z_t, t, a, prediction_type)
-        weight = a.sqrt() if cfg.weighting == "signal" else torch.ones_like(a)
+            if phased:
+                # the largest edge below t (-1: the clean end); a teacher step that lands on it is the target as it is
+                edge = torch.cat([edges, torch.tensor([-1])])[(edges.view(1, -1) >= t.cpu().view(-1, 1)).sum(1)]
+                a_edge = alphas[edge].view(shape).to(device)
+                at_edge = (t_prev.cpu() == edge).view(shape).to(device)
+                student_prev = unet(z_prev, t_prev.clamp(min=0), cond).sample.float()
+                target = torch.where(at_edge, z_prev, phase_output(student_prev, z_prev, a_prev, a_edge, prediction_type))
+            else:
+                target = consistency_output(unet(z_prev, t_prev, cond).sample.float(), z_prev, t_prev, a_prev,
+                                            prediction_type)
+        if phased:
+            prediction = phase_output(unet(z_t, t, cond).sample.float(), z_t, a, a_edge, prediction_type)
+        else:
+            prediction = consistency_output(unet(z_t, t, cond).sample.float(), z_t, t, a, prediction_type)
+        if cfg.weighting == "signal":
+            weight = a.sqrt()
+        elif cfg.weighting == "edge" and phased:
+            weight = 1 / a_edge.sqrt()
+        else:
+            weight = torch.ones_like(a)
         return _distance(prediction, target, cfg, weight), n
 
     return loss_fn
@@ -250,19 +291,29 @@ def _alphas_cumprod(model) -> list[float]:
     return DDPMScheduler.from_config(model.scheduler_config()).alphas_cumprod.float().tolist()
 
 
+def sampling_settings(cfg: LCMTrainConfig) -> tuple[str, str, int]:
+    """(sampler, schedule type, steps) the distilled LoRA samples with: LCM at `sample_steps`, or a
+    phased one's DDIM at exactly its number of phases, with trailing spacing (the web UI's "SGM
+    Uniform") whatever the model's own spacing, so that its timesteps are the phase edges."""
+    if cfg.optim.consistency == "phased":
+        return "DDIM", "SGM Uniform", cfg.optim.phases
+    return "LCM", "Automatic", cfg.sample_steps
+
+
 @torch.no_grad()
 def save_lcm_samples(model, cfg: LCMTrainConfig, step: int, outdir: Path) -> Path:
     """A grid: one row per sample prompt, 4 seeds, LCM sampler at CFG 1 (how the LoRA is used)."""
     model.unet.eval()
+    sampler, schedule, steps = sampling_settings(cfg)
     prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
     latent = (cfg.resolution or model.config.resolution) // model.vae_scale_factor
     seeds = list(range(4))
     images = []
     for prompt in prompts:
         generators = make_generators(seeds)
-        latents = denoise(model.unet, make_scheduler("LCM", "Automatic", model.scheduler_config()),
+        latents = denoise(model.unet, make_scheduler(sampler, schedule, model.scheduler_config()),
                           draw_noise(generators, (model.latent_channels, latent, latent)),
-                          model.encode_prompts([prompt]), None, steps=cfg.sample_steps, cfg_scale=1.0,
+                          model.encode_prompts([prompt]), None, steps=steps, cfg_scale=1.0,
                           generators=generators)
         param = next(model.vae.parameters())
         images += to_pil_images(model.decode_latents(latents.to(param.device, param.dtype)))
@@ -283,10 +334,7 @@ def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, sto
     model.requires_grad_(False).eval()
     latents, captions = cached_latents(model, cfg, outdir / "cache")
     teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
-    add_lora(model, cfg.lora, train_text_encoder=False)
-    run_config = {"family": "lcm", **to_dict(cfg)}
-    trainer = Trainer("lcm", {"unet": model.unet}, cfg.optim, outdir, cfg.seed, run_config, trained_only=True)
+    trainer = student_trainer(model, cfg, outdir)
     if resume:
         trainer.load()
     loss_fn = lcm_loss_fn(model, teacher_unet, latents, captions, cfg.optim, prediction)
@@ -296,11 +344,31 @@ def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, sto
     if trainer.step < cfg.optim.steps and not trainer.stopped_on_budget:
         return model
     trainer.apply_ema()
-    metadata = {"ss_training_comment": "LCM-LoRA (latent consistency distillation) by t2i; sample with the LCM "
-                                       "sampler, 2-8 steps, CFG scale 1",
-                "t2i_lcm": json.dumps({"steps": trainer.step, "guidance": [cfg.optim.guidance_min,
-                                                                           cfg.optim.guidance_max],
-                                       "solver_steps": cfg.optim.solver_steps, "teacher": cfg.teacher})}
-    save_lora(model, ["unet"], outdir, cfg.name, metadata)
+    write_lcm_lora(model, cfg, trainer.step, outdir)
     save_lcm_samples(model, cfg, trainer.step, outdir)
     return model
+
+
+def student_trainer(model, cfg: LCMTrainConfig, outdir: Path) -> Trainer:
+    """Add the LoRA (initialised from cfg.seed) to `model`'s UNet and return its Trainer, whose
+    checkpoint is OUTDIR/lcm.ckpt."""
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    add_lora(model, cfg.lora, train_text_encoder=False)
+    run_config = {"family": "lcm", **to_dict(cfg)}
+    return Trainer("lcm", {"unet": model.unet}, cfg.optim, outdir, cfg.seed, run_config, trained_only=True)
+
+
+def write_lcm_lora(model, cfg: LCMTrainConfig, step: int, outdir: Path, name: str | None = None,
+                   dtype: torch.dtype | None = None) -> Path:
+    """OUTDIR/NAME.safetensors (kohya; and the diffusers file) from the UNet's LoRA layers, scaled by
+    cfg.strength, with metadata that says how to sample it (read by `--fast`)."""
+    sampler, schedule, steps = sampling_settings(cfg)
+    how = ("the LCM sampler, 2-8 steps" if sampler == "LCM" else
+           f"phased consistency; sample with DDIM, {schedule}, exactly {steps} steps")
+    metadata = {"ss_training_comment": f"LCM-LoRA (latent consistency distillation) by t2i; {how}, CFG scale 1",
+                "t2i_lcm": json.dumps({"steps": step, "guidance": [cfg.optim.guidance_min, cfg.optim.guidance_max],
+                                       "solver_steps": cfg.optim.solver_steps, "teacher": cfg.teacher,
+                                       "consistency": cfg.optim.consistency, "sampler": sampler,
+                                       "schedule_type": schedule, "sample_steps": steps,
+                                       "scale": cfg.strength})}
+    return save_lora(model, ["unet"], outdir, name or cfg.name, metadata, scale=cfg.strength, dtype=dtype)

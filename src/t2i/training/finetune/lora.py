@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 ADAPTER = "default"
@@ -90,12 +91,17 @@ def family_of(model) -> str:
     return getattr(model.config, "family", "sd1")
 
 
-def save_lora(model, components: list[str], outdir: Path, name: str, metadata: dict[str, str]) -> Path:
-    """Write OUTDIR/NAME.safetensors (kohya) and OUTDIR/diffusers/pytorch_lora_weights.safetensors."""
+def save_lora(model, components: list[str], outdir: Path, name: str, metadata: dict[str, str],
+              scale: float = 1.0, dtype: torch.dtype | None = None) -> Path:
+    """Write OUTDIR/NAME.safetensors (kohya) and OUTDIR/diffusers/pytorch_lora_weights.safetensors.
+    scale multiplies every layer's change (its up weights), so weight 1 applies `scale` times what
+    was trained; dtype (e.g. float16) casts the written weights."""
     from t2i.checkpoints.atomic_write import write_state_dict
     from t2i.extra_networks.lora import kohya_state_dict
 
-    layers = lora_layers(model, components)
+    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
+    layers = {key: (cast(down), cast(up * scale), alpha) for key, (down, up, alpha) in
+              lora_layers(model, components).items()}
     family = family_of(model)
     kohya = kohya_state_dict(layers, family=family, unet_config=model.unet.config)
     ranks = sorted({int(t.shape[0]) for k, t in kohya.items() if k.endswith(".lora_down.weight")})
