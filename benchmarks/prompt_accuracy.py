@@ -7,6 +7,7 @@ one row per guidance scale.
 
     python benchmarks/prompt_accuracy.py --n 200 --cfg 3 5 7.5 [--model DIR] [--sampler "DPM++ 2M"]
     python benchmarks/prompt_accuracy.py --n 200 --fast        # the bundled LCM-LoRA, LCM, 4 steps, CFG 1
+    python benchmarks/prompt_accuracy.py --n 200 --fast --steps 8   # as `t2i generate --fast --steps 8`
     python benchmarks/prompt_accuracy.py --n 200 --lora FILE --sampler LCM --steps 4 --cfg 1
 """
 from __future__ import annotations
@@ -17,24 +18,24 @@ import time
 import torch
 
 
-def generate_many(loaded, prompts, seeds, sampler, steps, cfg_scale, batch_size):
+def generate_many(loaded, prompts, seeds, sampler, steps, cfg_scale, batch_size, schedule_type=None):
     """Batches of different prompts in one UNet call (the pipeline takes one prompt per run)."""
     model = loaded.model
 
     def contexts(chunk):
         return model.encode_prompts(chunk), model.encode_prompts([""] * len(chunk))
 
-    return denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size)
+    return denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size, schedule_type)
 
 
-def denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size):
+def denoise_batches(model, contexts, prompts, seeds, sampler, steps, cfg_scale, batch_size, schedule_type=None):
     """`contexts(chunk) -> (cond, uncond)`; one UNet call per batch of different prompts (any
     conditioning: text, retrieved neighbours, ...)."""
     from t2i.diffusion.samplers import make_scheduler, resolve_sampler
     from t2i.diffusion.sampling import denoise, draw_noise, make_generators
     from t2i.pipelines.txt2img import latents_to_images
 
-    name, schedule = resolve_sampler(sampler)
+    name, schedule = resolve_sampler(sampler, schedule_type)
     size = model.config.latent_size
     images = []
     for i in range(0, len(prompts), batch_size):
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--image-seed", type=int, default=1000, help="seed of the first image")
     parser.add_argument("--cfg", type=float, nargs="+", default=[5.0])
     parser.add_argument("--sampler", default="DPM++ 2M")
+    parser.add_argument("--scheduler", default="Automatic", help="schedule type (the web UI's: Karras, SGM Uniform, ...)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
@@ -68,13 +70,20 @@ def main() -> None:
     parser.add_argument("--lora-weight", type=float, default=1.0,
                         help="the LoRA's weight, as <lora:NAME:W> (the shipped LCM-LoRA has 0.8 baked in: 1 = 0.8)")
     parser.add_argument("--fast", action="store_true",
-                        help="as `t2i generate --fast`: the model's LCM-LoRA, LCM sampler, 4 steps, CFG 1")
+                        help="as `t2i generate --fast`: the LoRA (--lora, else the bundled LCM-LoRA) and the settings "
+                             "it was distilled for (LCM, 4 steps, CFG 1), where --sampler, --scheduler, --steps and "
+                             "--cfg are left at their defaults")
     args = parser.parse_args()
     if args.fast:
-        from t2i.pipelines.fast import FAST_SETTINGS, bundled_fast_lora
+        from t2i.pipelines.fast import bundled_fast_lora, fast_settings
 
         args.lora = args.lora or str(bundled_fast_lora())
-        args.sampler, args.steps, args.cfg = FAST_SETTINGS["sampler"], FAST_SETTINGS["steps"], [FAST_SETTINGS["cfg_scale"]]
+        settings = {"cfg_scale": 1.0, **fast_settings(args.lora)}
+        flags = {"sampler": "sampler", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg"}
+        for name, value in settings.items():
+            dest = flags[name]
+            if getattr(args, dest) == parser.get_default(dest):  # as the pipeline: what was asked for wins
+                setattr(args, dest, [value] if dest == "cfg" else value)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -90,11 +99,11 @@ def main() -> None:
     prompts = evaluation_prompts(args.n, args.prompt_seed)
     seeds = [args.image_seed + i for i in range(args.n)]
     print(f"model {loaded.name} ({loaded.hash}){f' + LoRA {args.lora} at {args.lora_weight:g}' if args.lora else ''}, {args.n} prompts, "
-          f"{args.sampler}, {args.steps} steps, torch threads {torch.get_num_threads()}")
+          f"{args.sampler} ({args.scheduler}), {args.steps} steps, torch threads {torch.get_num_threads()}")
     rows = []
     for cfg in args.cfg:
         start, cpu_start = time.perf_counter(), time.process_time()
-        images = generate_many(loaded, prompts, seeds, args.sampler, args.steps, cfg, args.batch_size)
+        images = generate_many(loaded, prompts, seeds, args.sampler, args.steps, cfg, args.batch_size, args.scheduler)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         results = [check(img, p) for img, p in zip(images, prompts)]
         summary = score(results)
