@@ -15,13 +15,19 @@ the same model with trainable LoRA layers, and the consistency function's formul
    weights that are saved);
 4. loss = pseudo-Huber (or L2) between f_student(z_t, t_n) and the target.
 
+With `optim.consistency: phased` f is instead the DDIM jump to the lower edge of t_n's phase
+(t2i.diffusion.lcm: one phase per sampling step), and where the teacher's step lands on that edge
+its result is the target as it is (the phase's boundary condition).
+
 The guidance is baked in, with no guidance input to the UNet (a LoRA cannot add one), so the
-result samples with the LCM sampler at CFG scale 1: one UNet call per step.
+result samples at CFG scale 1 (one UNet call per step) with the LCM sampler, or a phased LoRA with
+DDIM at its phases; the LoRA's metadata (`t2i_lcm`) names the sampler, and `--fast` reads it.
 
 Works for any model `load_model` reads with one text encoder (the bundled model, t2i folders, SD
 1.x/2.x single files and diffusers folders); data: the `shapes` set or a folder of captioned
 images (`data:` as in the LDM recipe). Outputs in `outdir`: lcm.ckpt (resumable), sample grids
-in samples/ (LCM, 4 steps, CFG 1), and when done NAME.safetensors, a kohya-format LoRA (the
+in samples/ (that sampler, CFG 1), and when done NAME.safetensors (every layer's change times
+`strength`), a kohya-format LoRA (the
 web UI, ComfyUI, diffusers' load_lora_weights and t2i's `<lora:NAME:1>` / `--fast-lora` read it),
 plus diffusers/pytorch_lora_weights.safetensors (t2i.training.finetune.lora writes both).
 """
@@ -302,7 +308,7 @@ def sampling_settings(cfg: LCMTrainConfig) -> tuple[str, str, int]:
 
 @torch.no_grad()
 def save_lcm_samples(model, cfg: LCMTrainConfig, step: int, outdir: Path) -> Path:
-    """A grid: one row per sample prompt, 4 seeds, LCM sampler at CFG 1 (how the LoRA is used)."""
+    """A grid: one row per sample prompt, 4 seeds, the LoRA's sampler at CFG 1 (how it is used)."""
     model.unet.eval()
     sampler, schedule, steps = sampling_settings(cfg)
     prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
