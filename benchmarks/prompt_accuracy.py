@@ -78,7 +78,7 @@ def main() -> None:
         from t2i.pipelines.fast import bundled_fast_lora, fast_settings
 
         args.lora = args.lora or str(bundled_fast_lora())
-        settings = {"cfg_scale": 1.0, **fast_settings(args.lora)}
+        settings = fast_settings(args.lora)
         flags = {"sampler": "sampler", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg"}
         for name, value in settings.items():
             dest = flags[name]
