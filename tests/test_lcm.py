@@ -291,6 +291,20 @@ def test_export_script_writes_the_runs_lora_at_a_chosen_strength_and_precision(t
     assert missing.returncode == 2 and "no lcm.ckpt" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_prompt_accuracy_fast_keeps_the_flags_given_as_generate_does():
+    def header(*flags):
+        done = subprocess.run([sys.executable, "benchmarks/prompt_accuracy.py", "--n", "2", "--threads", "1", "--fast",
+                               *flags], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        return lines[0], lines[-1].split("|")[1].strip()  # the settings line, the row's CFG scale
+
+    settings, cfg = header()
+    assert "LCM (Automatic), 4 steps" in settings and cfg == "1"
+    settings, cfg = header("--steps", "8")  # asked for: kept (it had silently run 4 steps)
+    assert "LCM (Automatic), 8 steps" in settings and cfg == "1"
+
+
 def test_a_phased_lora_samples_with_ddim_at_its_phases_under_fast(tiny_model_dir, tiny_loaded, tmp_path):
     from safetensors import safe_open
 
