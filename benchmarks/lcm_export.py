@@ -31,9 +31,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from t2i.checkpoints.registry import load_model
-    from t2i.runtime import Runtime
-    from t2i.training.lcm import student_trainer, write_lcm_lora
+    from t2i.training.lcm import load_teacher, student_trainer, write_lcm_lora
     from t2i.training.registry import load_training_config
 
     torch.set_num_threads(args.threads)
@@ -47,7 +45,7 @@ def main(argv=None) -> int:
         return 2
     if args.strength is not None:
         cfg = dataclasses.replace(cfg, strength=args.strength)
-    model = load_model(None if cfg.teacher in ("", "default") else cfg.teacher, Runtime.auto("full")).model
+    model = load_teacher(cfg)
     trainer = student_trainer(model, cfg, run)
     trainer.load()
     if not args.raw:

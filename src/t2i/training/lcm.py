@@ -128,6 +128,11 @@ def _teacher_path(spec: str) -> str | None:
     return None if spec in ("", "default") else spec
 
 
+def load_teacher(cfg: LCMTrainConfig):
+    """The model `cfg.teacher` names, in float32 (the student is trained on top of it)."""
+    return load_model(_teacher_path(cfg.teacher), Runtime.auto("full")).model
+
+
 def check_settings(cfg: LCMTrainConfig) -> None:
     """Mistakes found before the teacher is loaded."""
     o = cfg.optim
@@ -308,7 +313,8 @@ def sampling_settings(cfg: LCMTrainConfig) -> tuple[str, str, int]:
 
 @torch.no_grad()
 def save_lcm_samples(model, cfg: LCMTrainConfig, step: int, outdir: Path) -> Path:
-    """A grid: one row per sample prompt, 4 seeds, the LoRA's sampler at CFG 1 (how it is used)."""
+    """A grid: one row per sample prompt, 4 seeds, the LoRA's sampler at CFG 1 (how it is used; the
+    trained weights as they are, before the written file's `strength`)."""
     model.unet.eval()
     sampler, schedule, steps = sampling_settings(cfg)
     prompts = list(cfg.sample_prompts) or ["a red circle", "a blue square above a yellow triangle"]
@@ -335,7 +341,7 @@ def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, sto
     outdir.mkdir(parents=True, exist_ok=True)
     check_settings(cfg)
     save_run_config({"family": "lcm", **to_dict(cfg)}, outdir)  # `t2i train outdir/config.yaml` reruns it
-    model = load_model(_teacher_path(cfg.teacher), Runtime.auto("full")).model
+    model = load_teacher(cfg)
     prediction = check_teacher(model, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
     model.requires_grad_(False).eval()
     latents, captions = cached_latents(model, cfg, outdir / "cache")
