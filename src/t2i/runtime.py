@@ -15,9 +15,15 @@ The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast
   slower). The text encoder stays float32: it runs once per prompt, so bf16 would only cost
   accuracy. The scheduler math stays float32 (t2i.diffusion.sampling casts to the model dtype for
   each UNet call only).
-- A CPU with AVX512-BF16 but no AMX: float32. Measured on a 2-core Xeon of that kind (BENCHMARKS.md,
-  "bf16 without AMX"): torch's bf16 matmuls reach 82 GFLOP/s against 152 for float32 on one
-  thread (150 against 263 on two), so bf16 would only cost accuracy there.
+- An AMD CPU with AVX512-BF16 (Zen 4 and later; no AMX): the same bf16 + channels_last as AMX.
+  Measured on a 2-core AMD EPYC (family 25, model 17; BENCHMARKS.md, "bf16 on an AMD EPYC"):
+  bf16 matmuls reach 401-412 GFLOP/s against 170-176 for float32, an SD 1.5 UNet step with CFG
+  takes 6.4 s against 10.6 s, a 512x512 VAE decode 7.5 s against 17.1 s.
+- An Intel CPU with AVX512-BF16 but no AMX (Cooper Lake, or a VM that hides AMX): float32.
+  Measured on a 2-core Xeon of that kind (BENCHMARKS.md, "bf16 without AMX"): torch's bf16 matmuls
+  reach 82 GFLOP/s against 152 for float32 on one thread (150 against 263 on two), so bf16 would
+  only cost accuracy there. The vendor, not the flag, is what tells the two apart: both report
+  avx512_bf16, and on the Xeon float32 runs near its peak while on the EPYC it does not.
 - Any other CPU: float32 (bf16 without native support is emulated, ~100x slower than fp32).
 - A small UNet (t2i's own bundled model) stays float32 on every CPU: its small convolutions
   are bound by per-op overhead, not by the matmul peak that bf16 raises (see `for_model`).
@@ -35,15 +41,26 @@ PRECISIONS = ("auto", "full")
 SMALL_UNET_PARAMS = 50_000_000
 
 
-def _cpuinfo_flags() -> set[str]:
+def _cpuinfo_field(key: str) -> str:
+    """The value of /proc/cpuinfo's first `key` line (x86: the same for every core), or ""."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):  # x86: the same for every core
-            return set(line.partition(":")[2].split())
-    return set()
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return ""
+
+
+def _cpuinfo_flags() -> set[str]:
+    return set(_cpuinfo_field("flags").split())
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor ("GenuineIntel", "AuthenticAMD"), or "" where /proc/cpuinfo does not say."""
+    return _cpuinfo_field("vendor_id")
 
 
 def cpu_native_bf16() -> str | None:
@@ -89,11 +106,14 @@ class Runtime:
                        "a VAE that overflows float16 is redone in float32")
         if dev.type == "cpu":
             feature = cpu_native_bf16()
-            if feature == "amx_bf16":
+            vendor = cpu_vendor()
+            if feature == "amx_bf16" or (feature == "avx512_bf16" and vendor == "AuthenticAMD"):
+                reason = f"CPU has {feature}" if feature == "amx_bf16" else f"AMD CPU with {feature}"
                 return cls(dev, torch.bfloat16, threads, channels_last=True, text_dtype=torch.float32,
-                           small_unet_dtype=torch.float32, reason=f"CPU has {feature}")
-            if feature is not None:  # AVX512-BF16 alone: measured slower than float32 (module docstring)
-                return cls(dev, torch.float32, threads, reason=f"CPU has {feature} but no AMX: float32 is faster")
+                           small_unet_dtype=torch.float32, reason=reason)
+            if feature is not None:  # Intel with AVX512-BF16 alone: measured slower than float32 (docstring)
+                return cls(dev, torch.float32, threads,
+                           reason=f"{vendor or 'CPU'} has {feature} but no AMX: float32 is faster")
             return cls(dev, torch.float32, threads, reason="CPU without native bf16")
         return cls(dev, torch.float32, threads, reason=f"{dev.type}: float32")
 
