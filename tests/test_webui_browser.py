@@ -127,7 +127,9 @@ def test_interrupt_stops_only_the_users_own_job(browser, server):
         second.locator("#txt2img_prompt textarea").fill("a blue square")
         set_number(second, "txt2img_steps", 5)
         first.click("#txt2img_generate")
-        first.locator("#txt2img_progress .t2i-progress-bar").wait_for()
+        # running, not the bar: the bar is 0 px wide until the first step is done, and Playwright
+        # does not count an element without width as visible
+        first.locator("#txt2img_progress [data-state=running]").wait_for()
         second.click("#txt2img_generate")  # queued behind the first user's job
         second.locator("#txt2img_progress [data-state=queued]").wait_for()
         assert "Waiting in the queue" in second.inner_text("#txt2img_progress")
