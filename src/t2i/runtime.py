@@ -17,13 +17,13 @@ The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast
   each UNet call only).
 - An AMD CPU with AVX512-BF16 (Zen 4 and later; no AMX): the same bf16 + channels_last as AMX.
   Measured on a 2-core AMD EPYC (family 25, model 17; BENCHMARKS.md, "bf16 on an AMD EPYC"):
-  bf16 matmuls reach 401-412 GFLOP/s against 170-176 for float32, an SD 1.5 UNet step with CFG
-  takes 6.4 s against 10.6 s, a 512x512 VAE decode 7.5 s against 17.1 s.
+  bf16 matmuls reach 398-412 GFLOP/s against 152-176 for float32, an SD 1.5 UNet step with CFG
+  takes 6.1-6.4 s against 10.6-12.4 s, a 512x512 VAE decode 7.5 s against 17.1 s.
 - An Intel CPU with AVX512-BF16 but no AMX (Cooper Lake, or a VM that hides AMX): float32.
   Measured on a 2-core Xeon of that kind (BENCHMARKS.md, "bf16 without AMX"): torch's bf16 matmuls
   reach 82 GFLOP/s against 152 for float32 on one thread (150 against 263 on two), so bf16 would
   only cost accuracy there. The vendor, not the flag, is what tells the two apart: both report
-  avx512_bf16, and on the Xeon float32 runs near its peak while on the EPYC it does not.
+  avx512_bf16, and torch's float32 matmuls were the faster on the Xeon, its bf16 ones on the EPYC.
 - Any other CPU: float32 (bf16 without native support is emulated, ~100x slower than fp32).
 - A small UNet (t2i's own bundled model) stays float32 on every CPU: its small convolutions
   are bound by per-op overhead, not by the matmul peak that bf16 raises (see `for_model`). On
@@ -115,7 +115,7 @@ class Runtime:
                            small_unet_dtype=torch.float32, reason=reason)
             if feature is not None:  # Intel with AVX512-BF16 alone: measured slower than float32 (docstring)
                 return cls(dev, torch.float32, threads,
-                           reason=f"{vendor or 'CPU'} has {feature} but no AMX: float32 is faster")
+                           reason=f"{vendor or 'this'} CPU has {feature} but no AMX: float32 is faster")
             return cls(dev, torch.float32, threads, reason="CPU without native bf16")
         return cls(dev, torch.float32, threads, reason=f"{dev.type}: float32")
 
