@@ -52,7 +52,12 @@ def test_cpu_vendor_reads_cpuinfo(monkeypatch, tmp_path):
     assert runtime_module.cpu_vendor() == "AuthenticAMD"
     assert runtime_module._cpuinfo_flags() == {"fpu", "avx2"}
     cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an ARM machine names no vendor_id
+    monkeypatch.setattr(runtime_module.platform, "processor", lambda: "aarch64")
     assert runtime_module.cpu_vendor() == ""
+    cpuinfo.unlink()  # Windows: no /proc/cpuinfo, the vendor is in the processor string
+    monkeypatch.setattr(runtime_module.platform, "processor",
+                        lambda: "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD")
+    assert runtime_module.cpu_vendor() == "AuthenticAMD"
 
 
 def test_full_precision_and_cpus_without_bf16_stay_float32(bf16_cpu, monkeypatch):

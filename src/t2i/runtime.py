@@ -32,6 +32,7 @@ The automatic choice ("auto" precision), from measurements (BENCHMARKS.md, "Fast
 """
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,8 +62,13 @@ def _cpuinfo_flags() -> set[str]:
 
 
 def cpu_vendor() -> str:
-    """The x86 vendor ("GenuineIntel", "AuthenticAMD"), or "" where /proc/cpuinfo does not say."""
-    return _cpuinfo_field("vendor_id")
+    """The x86 vendor ("GenuineIntel", "AuthenticAMD"), or "" where neither /proc/cpuinfo (Linux) nor
+    the platform's processor string (Windows: "AMD64 Family 25 Model 17 ..., AuthenticAMD") says."""
+    vendor = _cpuinfo_field("vendor_id")
+    if vendor:
+        return vendor
+    processor = platform.processor()
+    return next((name for name in ("AuthenticAMD", "GenuineIntel") if name in processor), "")
 
 
 def cpu_native_bf16() -> str | None:
@@ -108,8 +114,8 @@ class Runtime:
                        "a VAE that overflows float16 is redone in float32")
         if dev.type == "cpu":
             feature = cpu_native_bf16()
-            vendor = cpu_vendor()
-            if feature == "amx_bf16" or (feature == "avx512_bf16" and vendor == "AuthenticAMD"):
+            vendor = cpu_vendor() if feature == "avx512_bf16" else ""  # only AVX512-BF16 alone depends on it
+            if feature == "amx_bf16" or vendor == "AuthenticAMD":
                 reason = f"CPU has {feature}" if feature == "amx_bf16" else f"AMD CPU with {feature}"
                 return cls(dev, torch.bfloat16, threads, channels_last=True, text_dtype=torch.float32,
                            small_unet_dtype=torch.float32, reason=reason)
