@@ -52,6 +52,10 @@ def _no_leak(server, answer: httpx.Response) -> None:
     ({"override_settings": {"sd_vae": "../vae.pt"}}, "override_settings"),
     ({"override_settings": {"CLIP_stop_at_last_layers": "2"}}, "override_settings"),
     ({"t2i_job_id": "../../x"}, "t2i_job_id"),
+    ({"alwayson_scripts": {"": True}}, "alwayson_scripts"),  # found by the fuzz test below: was a 500
+    ({"alwayson_scripts": {"ADetailer": "on"}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": 1}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts"),
 ])
 def test_bad_txt2img_answers_422_naming_the_field(server, change, field):
     answer = _post(server, "/sdapi/v1/txt2img", {**VALID, **change})
@@ -110,7 +114,8 @@ def test_unknown_keys_are_ignored_and_a_valid_img2img_runs(server):
     image = Image.new("RGB", (64, 64), (10, 200, 10))
     answer = _post(server, "/sdapi/v1/img2img", {**VALID, "init_images": [png_b64(image, prefix=True)],
                                                  "some_future_key": {"a": 1}, "resize_mode": 2,
-                                                 "inpainting_fill": 1, "sampler_index": "Euler"})
+                                                 "inpainting_fill": 1, "sampler_index": "Euler",
+                                                 "alwayson_scripts": {"ADetailer": {"args": [False]}, "Other": {}}})
     assert answer.status_code == 200, answer.text
     info = json.loads(answer.json()["info"])
     assert info["sampler_name"] == "Euler" and "Resize mode: Resize and fill" in info["infotexts"][0]

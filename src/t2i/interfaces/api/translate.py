@@ -136,8 +136,11 @@ def _refuse(req: BaseModel, values: dict) -> None:
         no("refiner_checkpoint", "t2i has no refiner pass; leave it empty")
     if req.s_min_uncond:
         no("s_min_uncond", "not supported by t2i; send 0")
-    for name, active in (req.alwayson_scripts or {}).items():
-        args = active.get("args") if isinstance(active, dict) else active
+    for name, script in (req.alwayson_scripts or {}).items():
+        args = script.get("args") if isinstance(script, dict) else script
+        if args is not None and not isinstance(args, list):
+            no("alwayson_scripts", f"{name!r}: each script is an object with an \"args\" list, as in the web UI "
+               f"({{\"args\": [false]}} for a disabled one)")
         if args and args[0] not in (False, None):
             no("alwayson_scripts", f"t2i has no always-on script {name!r}")
     if getattr(req, "initial_noise_multiplier", None) not in (None, 1, 1.0):
