@@ -220,6 +220,33 @@ def test_config_file_flags_override_and_user_errors(tiny_model_dir, shapes_folde
     assert bad.returncode == 2 and "lr" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_user_errors_stop_before_anything_is_written(tiny_model_dir, shapes_folder, tmp_path):
+    slash = cli("finetune", "lora", "--model", tiny_model_dir, "--data", shapes_folder, "--outdir", tmp_path / "a",
+                "--name", "sub/n", *STEPS)  # once trained all its steps, then failed to write
+    assert slash.returncode == 2 and "is a path" in slash.stderr and "Traceback" not in slash.stderr
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("mine")
+    into_file = cli("finetune", "lora", "--data", shapes_folder, "--outdir", tmp_path / "file")
+    assert into_file.returncode == 2 and "is a file, not a folder" in into_file.stderr
+    assert (tmp_path / "file").read_text() == "mine"
+    # once: trained on the CPU, wrote untrained weights, ignored the flag
+    for flags, says in ((["--device", "cuda:99"], "--device cuda:99"), (["--device", "gpu0"], "not a torch device"),
+                        (["--steps", 0], "greater than or equal to 1"), (["--flip-keeps-captions"], "add --flip")):
+        wrong = cli("finetune", "lora", "--data", shapes_folder, "--outdir", tmp_path / "b", *flags)
+        assert wrong.returncode == 2 and says in wrong.stderr and "Traceback" not in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "b").exists()
+
+    out = tmp_path / "out"
+    first = cli("finetune", "lora", "--model", tiny_model_dir, "--data", shapes_folder, "--outdir", out, "--rank", 2,
+                "--sample-every", 0, *STEPS)
+    assert first.returncode == 0, first.stderr
+    config = (out / "config.yaml").read_text()
+    other = cli("finetune", "hypernetwork", "--model", tiny_model_dir, "--data", shapes_folder, "--outdir", out,
+                "--resume", "--sample-every", 0, *STEPS)
+    assert other.returncode == 2 and "does not fit" in other.stderr and "Traceback" not in other.stderr
+    assert (out / "config.yaml").read_text() == config  # the run's own config, to resume it with
+
+
 def trained_lora(path):
     return load_file(str(path))
 

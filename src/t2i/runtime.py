@@ -38,10 +38,30 @@ from pathlib import Path
 
 import torch
 
+from t2i.errors import ParamError
+
 PRECISIONS = ("auto", "full")
 # A UNet with fewer parameters than this runs in float32 on a CPU even where bf16 is native.
 # t2i's bundled model has 4.1 M; Stable Diffusion UNets have 860 M (SD 1.x/2.x) to 2.6 G (SDXL).
 SMALL_UNET_PARAMS = 50_000_000
+
+
+def check_device(device: str | None):
+    """A torch.device for `device` (None: cuda when available, else cpu); ParamError for a name
+    torch does not know or a device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ParamError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParamError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ParamError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ParamError(f"--device {device}: t2i runs on cpu or cuda devices")
+    return dev
 
 
 def _cpuinfo_field(key: str) -> str:

@@ -56,7 +56,7 @@ def _sample_clip_guided(session, params: SampleParams, images, settings, emit) -
 
 def run_upscale(session, params: UpscaleParams, images, settings, emit) -> RunResult:
     from t2i.pipelines.model_upscalers import UpscalerLibrary
-    from t2i.pipelines.session_models import check_device
+    from t2i.runtime import check_device
 
     validate_strict(params)
     images = image_list(images)

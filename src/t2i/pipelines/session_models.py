@@ -11,30 +11,11 @@ from t2i.errors import ParamError
 from t2i.pipelines.load_settings import LoadSettings
 from t2i.pipelines.schema import validate_strict
 from t2i.pipelines.session_types import ModelEntry, NoteCallback, parameter_bytes
+from t2i.runtime import check_device
 
 # Phase events of a load at DEBUG level (silent unless a caller enables the logger):
 # benchmarks/cold_start.py times a cold start's phases from them.
 TIMING = logging.getLogger("t2i.timing")
-
-
-def check_device(device: str | None):
-    """A torch.device for `device` (None: cuda when available, else cpu); ParamError for a name
-    torch does not know or a device this machine does not have."""
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ParamError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParamError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ParamError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ParamError(f"--device {device}: t2i runs on cpu or cuda devices")
-    return dev
 
 
 def apply_threads(settings: LoadSettings) -> None:

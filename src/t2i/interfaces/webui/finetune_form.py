@@ -3,7 +3,7 @@ flag table (interfaces/cli/finetune.py FLAGS: its config key and help) with its 
 bounds and choices read from FinetuneConfig's annotations (training/finetune/config.py). A field
 added there and given a flag appears here; nothing is copied by hand.
 
-    fields = finetune_fields()                       # [FinetuneField("steps", int, None, 0, 10**12, ...), ...]
+    fields = finetune_fields()                       # [FinetuneField("steps", int, None, 1, 10**12, ...), ...]
     data = config_data("lora", {"steps": 3, "lora.rank": 2, "data": "pics/"}, fields)
     config_from(data)                                # the same validation as the CLI's
 """

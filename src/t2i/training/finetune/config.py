@@ -17,6 +17,7 @@ from t2i.data.preflight import MAX_PIXELS
 METHODS = ("lora", "dreambooth", "ti", "hypernetwork", "full")
 Method = Literal["lora", "dreambooth", "ti", "hypernetwork", "full"]
 Rank = Annotated[int, between(1, 1024)]
+RunSteps = Annotated[int, between(1, 10**12)]  # a run of 0 steps would write untrained weights
 
 
 @dataclass
@@ -100,7 +101,7 @@ class FinetuneConfig:
     max_pixels: Annotated[int, between(64, 10**10)] = MAX_PIXELS  # larger images are skipped (bombs)
 
     # optimisation
-    steps: Optional[Steps] = None
+    steps: Optional[RunSteps] = None
     batch_size: Optional[BatchSize] = None
     grad_accum: Annotated[int, between(1, 4096)] = 1
     lr: Optional[LearningRate] = None
@@ -132,6 +133,11 @@ class FinetuneConfig:
     hypernetwork: HypernetworkOptions = field(default_factory=HypernetworkOptions)
 
     def __post_init__(self):
+        if any(sep in self.name for sep in "/\\") or self.name in (".", ".."):
+            raise ValueError(f"name {self.name!r} is a path; it names the output files in outdir "
+                             f"(OUTDIR/NAME.safetensors): give a plain name without / or \\ and put the folder in outdir")
+        if self.flip_keeps_captions and not self.flip:
+            raise ValueError("flip_keeps_captions (--flip-keeps-captions) applies only with flip: add --flip or drop it")
         if self.train_text_encoder and self.method in ("ti", "hypernetwork"):
             raise ValueError(f"train_text_encoder does not apply to {self.method}")
         if self.prior.enabled and self.method == "ti":

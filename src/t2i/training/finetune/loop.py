@@ -41,7 +41,9 @@ def _log(message: str) -> None:
 def _accelerator(cfg: FinetuneConfig):
     from accelerate import Accelerator
 
-    cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    from t2i.runtime import check_device
+
+    cpu = check_device(cfg.device).type == "cpu"  # a clear error for a device this machine does not have
     try:
         return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
     except ValueError as err:
@@ -213,6 +215,8 @@ def make_loss_fn(cfg: FinetuneConfig, model, text: TextSource, data: TrainData, 
 
 
 def _check_outdir(outdir: Path, resume: bool) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"--outdir {outdir} is a file, not a folder: choose another --outdir")
     checkpoint = outdir / f"{CHECKPOINT}.ckpt"
     if checkpoint.is_file() and not resume:
         raise ValueError(f"{outdir} already holds a fine-tuning checkpoint; pass --resume to continue it "
@@ -249,9 +253,6 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
     is_main = acc.is_main_process
     if is_main:
         outdir.mkdir(parents=True, exist_ok=True)
-        from t2i.config import save_yaml
-
-        save_yaml(cfg, outdir / "config.yaml")
     model_id = f"{loaded.path}|{loaded.hash}|{model.config.scaling_factor}"
     resolution = cfg.resolution or int(model.config.resolution)
     read = dict(resolution=resolution, use_buckets=cfg.buckets, max_aspect=cfg.max_aspect, flip=cfg.flip,
@@ -291,6 +292,10 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | Non
                       trained_only=True, param_groups=_param_groups(net, setup, cfg), make_optimizer=_optimizer(cfg))
     if resume and not trainer.load():
         log(f"no checkpoint in {outdir}: starting from the beginning")
+    if is_main:  # only now: a resume that does not fit the checkpoint keeps the run's own config.yaml
+        from t2i.config import save_yaml
+
+        save_yaml(cfg, outdir / "config.yaml")
     offsets = (0, len(data.captions))
     loss_fn = make_loss_fn(cfg, model, text, data, class_data, offsets, empty,
                            (acc.process_index, acc.num_processes), mirrored_offset)
