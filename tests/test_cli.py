@@ -39,6 +39,16 @@ def test_from_file_makes_images_for_each_line(tiny_model_dir, tmp_path):
     assert all(f.parent == tmp_path / "out" for f in files)
 
 
+def test_from_file_refuses_per_line_options(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red circle\n--prompt "a blue square" --steps 3\n')
+    out = cli("generate", "--from-file", prompts, "--model", tiny_model_dir, "--steps", 1,
+              "--outdir", tmp_path / "out", "--threads", 1)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "line 2 holds options" in out.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
+
+
 def test_user_errors_print_one_line_without_traceback(tiny_model_dir, tmp_path):
     cases = [
         (("generate", "x", "--model", tiny_model_dir, "--sampler", "Euler b"), "DPM++ 2M"),

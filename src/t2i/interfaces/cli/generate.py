@@ -40,10 +40,16 @@ def read_prompts(args) -> list[str]:
         try:
             lines = args.from_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
-            raise ParamError(f"cannot read prompts from {args.from_file}: {err}") from err
+            hint = "; save it as UTF-8 text" if isinstance(err, UnicodeDecodeError) else ""
+            raise ParamError(f"cannot read prompts from {args.from_file}: {err}{hint}") from err
         prompts = [line.strip() for line in lines if line.strip()]
         if not prompts:
             raise ParamError(f"{args.from_file} holds no prompts (one per line expected)")
+        for number, line in enumerate(lines, 1):
+            if line.strip().startswith("--"):  # the web UI script's per-line options: not read here
+                raise ParamError(f"{args.from_file} line {number} holds options ({line.strip()[:40]!r}): --from-file "
+                                 f"reads one plain prompt per line; give options such as --steps as flags of "
+                                 f"`t2i generate`, or use --infotext FILE per image")
         return prompts
     return [args.prompt if args.prompt is not None else ""]
 
