@@ -372,3 +372,24 @@ def test_lora_from_an_embedding_trains_on_its_vectors(tiny_model_dir, plain_fold
     save_file({"emb_params": torch.randn(2, 48)}, str(tmp_path / "wide.safetensors"))
     with pytest.raises(ValueError, match="made for another model"):
         lora(tmp_path / "d", init_embedding=str(tmp_path / "wide.safetensors"))
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_model_dir, shapes_folder, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = ["finetune", "lora", "--model", tiny_model_dir, "--data", shapes_folder, "--outdir", out, "--rank", 2,
+            "--steps", 100000, "--checkpoint-every", 2, "--sample-every", 0, "--batch-size", 2, "--threads", 1]
+    proc = subprocess.Popen([sys.executable, "-m", "t2i.interfaces.cli", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as at a terminal
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "finetune.ckpt").is_file() and proc.poll() is None:
+        time.sleep(0.2)
+    assert (out / "finetune.ckpt").is_file(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "run the same command with --resume" in err
+    assert torch.load(out / "finetune.ckpt", weights_only=True)["modules"]["net"]  # whole, loadable

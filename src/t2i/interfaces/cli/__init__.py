@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         print(f"t2i {args.command}: error: {_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resumable = args.command in ("train", "finetune")  # their checkpoints are written atomically, so kept whole
+        print("interrupted" + ("; the last checkpoint written is kept: run the same command with --resume to "
+                               "continue from it" if resumable else ""), file=sys.stderr)
         return 130
     finally:
         from t2i.checkpoints.preload import discard_all
