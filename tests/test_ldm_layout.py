@@ -256,7 +256,7 @@ def test_init_from_a_model_of_another_shape_is_a_load_error(tiny_model_dir):
 
 
 def test_a_run_started_from_a_model_keeps_its_latent_scaling(tiny_model_dir, tmp_path):
-    from t2i.training.ldm import train_ldm
+    from t2i.training.ldm import export_from_checkpoints, train_ldm
 
     source = json.loads((tiny_model_dir / T2I_CONFIG).read_text())["config"]["scaling_factor"]
     cfg = tiny_train_config(vae_steps=2, unet_steps=2)
@@ -265,3 +265,5 @@ def test_a_run_started_from_a_model_keeps_its_latent_scaling(tiny_model_dir, tmp
     train_ldm(cfg, tmp_path)
     saved = json.loads((tmp_path / "model" / T2I_CONFIG).read_text())["config"]
     assert saved["scaling_factor"] == source
+    export_from_checkpoints(cfg, tmp_path, tmp_path / "exported")  # a folder from the checkpoints: the same scaling
+    assert json.loads((tmp_path / "exported" / T2I_CONFIG).read_text())["config"]["scaling_factor"] == source

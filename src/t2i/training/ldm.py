@@ -316,6 +316,8 @@ def export_from_checkpoints(cfg: LDMTrainConfig, outdir: str | Path, target: str
     latents = load_weights_object(latents_path)
     usable = isinstance(latents, torch.Tensor) and latents.is_floating_point() and latents.numel() > 1
     scale = (1.0 / latents.float().std()).item() if usable else 0.0
+    if cfg.init_from is not None and usable:  # as train_ldm: a run started from a model keeps its scaling
+        scale = source_scaling_factor(cfg.init_from)
     if not 0 < scale < float("inf"):
         raise ModelLoadError(f"{latents_path} is not this run's latents cache (float latents of nonzero spread); run "
                              f"`t2i train ... --resume` once to rebuild it")
