@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from t2i.training.lcm import load_teacher, student_trainer, write_lcm_lora
+    from t2i.training.lcm import load_base, student_trainer, write_lcm_lora
     from t2i.training.registry import load_training_config
 
     torch.set_num_threads(args.threads)
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         return 2
     if args.strength is not None:
         cfg = dataclasses.replace(cfg, strength=args.strength)
-    model = load_teacher(cfg)
+    model = load_base(cfg)  # the model the LoRA was trained on
     trainer = student_trainer(model, cfg, run)
     trainer.load()
     if not args.raw:

@@ -1,6 +1,7 @@
 """Few-step generation (issue 16, item 1): the LCM math against diffusers' LCM and DDIM
 schedulers and an analytic denoiser, the distillation recipe on a tiny model, and `fast`
 through the pipeline, the infotext and the CLI."""
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -343,6 +344,80 @@ def test_recipe_refuses_what_it_cannot_distil(tmp_path):
     odd = SimpleNamespace(scheduler_config=lambda: dict(SCHEDULE))
     with pytest.raises(ValueError, match="must divide"):
         check_teacher(odd, 30)
+
+
+def test_a_teacher_other_than_the_base_gets_its_own_prompts_and_the_student_the_bases():
+    """base != teacher: the teacher's UNet sees the teacher's text states, the student the base's."""
+    from diffusers import DDPMScheduler
+
+    from t2i.training.lcm import LCMOptimConfig, lcm_loss_fn
+
+    alphas = DDPMScheduler(**SCHEDULE).alphas_cumprod.float()
+    target = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    base = SimpleNamespace(encode_prompts=lambda prompts: torch.zeros(len(prompts), 3, 8),
+                           scheduler_config=lambda: dict(SCHEDULE))
+    teacher_states = lambda prompts: torch.ones(len(prompts), 5, 8)  # noqa: E731  (another shape, to tell apart)
+    teacher, student = ContextRecorder(alphas, target), ContextRecorder(alphas, target)
+    cfg = LCMOptimConfig(batch_size=4, loss="l2", guidance_min=2.0, guidance_max=2.0)
+    fn = lcm_loss_fn(base, teacher, target.expand(4, -1, -1, -1).clone(), ["x"] * 4, cfg, "epsilon", teacher_states)
+    loss, _ = fn({"unet": student}, 0, torch.Generator().manual_seed(0))
+    assert [c.shape[1:] for c in teacher.contexts] == [(5, 8)]  # uncond and cond in one call, both the teacher's
+    assert torch.equal(teacher.contexts[0], torch.ones(8, 5, 8))
+    assert student.contexts and all(c.shape[1:] == (3, 8) and not c.any() for c in student.contexts)
+    assert loss.item() < 1e-8  # both exact: still consistent
+
+
+class ContextRecorder(PointDenoiser):
+    def __init__(self, alphas, target):
+        super().__init__(alphas, target)
+        self.contexts = []
+
+    def forward(self, x, t, context):
+        self.contexts.append(context.clone())
+        return super().forward(x, t, context)
+
+
+def test_recipe_distils_a_longer_trained_teacher_into_a_lora_for_the_base(tiny_model_dir, tmp_path):
+    """`base`: the LoRA goes on the base and learns from a teacher that shares its VAE; a teacher
+    with another VAE is refused before training."""
+    from safetensors import safe_open
+
+    from t2i.checkpoints.diffusers_folder import save_ldm_folder
+    from t2i.checkpoints.registry import load_model
+    from t2i.extra_networks.lora import read_lora
+    from t2i.models.ldm import LatentDiffusion
+    from t2i.runtime import Runtime
+    from t2i.training.finetune.config import LoraOptions
+    from t2i.training.lcm import LCMOptimConfig, LCMTrainConfig, train_lcm
+    from t2i.training.ldm import DataConfig
+    from conftest import tiny_ldm_config
+
+    teacher = load_model(tiny_model_dir, Runtime.auto("full", "cpu")).model
+    with torch.no_grad():  # "more training": other UNet and text encoder weights, the same VAE
+        for p in [*teacher.unet.parameters(), *teacher.text_encoder.parameters()]:
+            p.add_(0.01 * torch.randn_like(p))
+    save_ldm_folder(teacher, tmp_path / "teacher")
+    torch.manual_seed(5)
+    save_ldm_folder(LatentDiffusion(tiny_ldm_config()), tmp_path / "stranger")  # another VAE
+
+    def config(teacher_dir):
+        return LCMTrainConfig(teacher=str(teacher_dir), base=str(tiny_model_dir), data=DataConfig(size=8),
+                              lora=LoraOptions(rank=2, targets="attention"),
+                              optim=LCMOptimConfig(steps=2, batch_size=2, lr=1e-2, warmup_steps=0, log_every=0,
+                                                   checkpoint_every=0, sample_every=0, encode_batch_size=8),
+                              name="from_teacher", sample_prompts=("a red circle",), sample_steps=2)
+
+    with pytest.raises(ValueError, match="latent space"):
+        train_lcm(config(tmp_path / "stranger"), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "lcm.ckpt").exists()
+    model = train_lcm(config(tmp_path / "teacher"), tmp_path / "run")
+    written = tmp_path / "run" / "from_teacher.safetensors"
+    assert len(read_lora(written)) > 0
+    with safe_open(str(written), "pt") as f:
+        meta = json.loads(f.metadata()["t2i_lcm"])
+    assert meta["teacher"] == str(tmp_path / "teacher") and meta["base"] == str(tiny_model_dir)
+    base_text = load_model(tiny_model_dir, Runtime.auto("full", "cpu")).model.text_encoder.state_dict()
+    assert all(torch.equal(v, base_text[k]) for k, v in model.text_encoder.state_dict().items())  # the base's
 
 
 # ----------------------------------------------------------------------------- fast

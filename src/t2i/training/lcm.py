@@ -111,6 +111,10 @@ class LCMOptimConfig(OptimConfig):
 @dataclass
 class LCMTrainConfig:
     teacher: str = "default"  # "default" (the bundled model), a t2i model folder, an SD file or diffusers folder
+    # the model the LoRA is trained on and applies to; "" = the teacher itself (LCM-LoRA's recipe). Another
+    # model here learns from a teacher that shares its latent space (the same VAE), e.g. a longer-trained
+    # copy of it: the LoRA then carries the teacher's gains as well as the few-step sampling
+    base: str = ""
     resolution: Annotated[int, between(0, 16384)] = 0  # training image size; 0: the teacher's native size
     data: DataConfig = field(default_factory=lambda: DataConfig(size=20_000))
     lora: LoraOptions = field(default_factory=_default_lora)
@@ -129,8 +133,34 @@ def _teacher_path(spec: str) -> str | None:
 
 
 def load_teacher(cfg: LCMTrainConfig):
-    """The model `cfg.teacher` names, in float32 (the student is trained on top of it)."""
+    """The model `cfg.teacher` names, in float32."""
     return load_model(_teacher_path(cfg.teacher), Runtime.auto("full")).model
+
+
+def has_own_base(cfg: LCMTrainConfig) -> bool:
+    return cfg.base not in ("", cfg.teacher)
+
+
+def load_base(cfg: LCMTrainConfig, teacher=None):
+    """The model the LoRA is trained on, in float32: `cfg.base`, or the teacher (`teacher` when it is
+    loaded already)."""
+    if has_own_base(cfg):
+        return load_model(_teacher_path(cfg.base), Runtime.auto("full")).model
+    return teacher if teacher is not None else load_teacher(cfg)
+
+
+def check_same_latent_space(base, teacher) -> None:
+    """A teacher that is not the base must denoise the base's latents on the base's noise schedule:
+    the same VAE weights (so the same latent space and scaling) and the same training schedule."""
+    if base.scheduler_config() != teacher.scheduler_config():
+        raise ValueError("the teacher and the base have different noise schedules (scheduler configs); "
+                         "distil from a teacher trained from the base, or leave `base` empty")
+    ours, theirs = base.vae.state_dict(), teacher.vae.state_dict()
+    same = ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    if not same or base.config.scaling_factor != teacher.config.scaling_factor:
+        raise ValueError("the teacher and the base do not share a latent space (their VAEs or scaling factors "
+                         "differ): a teacher for another base must keep the base's VAE (t2i's LDM recipe: "
+                         "vae_from); or leave `base` empty")
 
 
 def check_settings(cfg: LCMTrainConfig) -> None:
@@ -206,11 +236,11 @@ def encode_latents(model, images_uint8: torch.Tensor, batch_size: int) -> torch.
 
 
 def cached_latents(model, cfg: LCMTrainConfig, cache_dir: Path) -> tuple[torch.Tensor, list[str]]:
-    """(scaled latents, captions) of the training data, encoded once per (teacher, data, size)."""
-    teacher = _teacher_path(cfg.teacher)
-    stamp = Path(teacher).stat().st_mtime_ns if teacher and Path(teacher).exists() else 0
+    """(scaled latents, captions) of the training data, encoded once per (encoding model, data, size)."""
+    encoder = _teacher_path(cfg.base if has_own_base(cfg) else cfg.teacher)  # the model whose VAE encodes
+    stamp = Path(encoder).stat().st_mtime_ns if encoder and Path(encoder).exists() else 0
     resolution = cfg.resolution or model.config.resolution
-    key = f"{Path(teacher).resolve() if teacher else 'default'}@{stamp}|{to_dict(cfg.data)}|r{resolution}"
+    key = f"{Path(encoder).resolve() if encoder else 'default'}@{stamp}|{to_dict(cfg.data)}|r{resolution}"
     path = cache_dir / "lcm_latents.pt"
     state = load_cache(path, lambda s: isinstance(s, dict) and s.get("key") == key)
     if state is not None:
@@ -233,8 +263,9 @@ def _distance(a: torch.Tensor, b: torch.Tensor, cfg: LCMOptimConfig, weight: tor
 
 
 def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str], cfg: LCMOptimConfig,
-                prediction_type: str):
-    """The Trainer's loss: one consistency distillation step (see the module docstring)."""
+                prediction_type: str, teacher_prompts=None):
+    """The Trainer's loss: one consistency distillation step (see the module docstring).
+    `teacher_prompts`: the teacher's own prompt encoder when it is not `model` (another base)."""
     alphas = torch.tensor(_alphas_cumprod(model), dtype=torch.float32)
     grid = solver_timesteps(len(alphas), cfg.solver_steps)
     k = len(alphas) // cfg.solver_steps
@@ -245,8 +276,9 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
         # that index -1, the timestep below the last phase's edge, reads it
         final_alpha = 1.0 if model.scheduler_config().get("set_alpha_to_one", True) else alphas[0].item()
         alphas = torch.cat([alphas, torch.tensor([final_alpha])])
+    encode_for_teacher = teacher_prompts or model.encode_prompts
     with torch.no_grad():
-        empty = model.encode_prompts([""])  # (1, T, D): the teacher's unconditional context
+        empty = encode_for_teacher([""])  # (1, T, D): the teacher's unconditional context
 
     def loss_fn(modules, step, generator):
         unet = modules["unet"]
@@ -264,9 +296,12 @@ def lcm_loss_fn(model, teacher_unet, latents: torch.Tensor, captions: list[str],
         t, t_prev = t.to(device), t_prev.to(device)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
         with torch.no_grad():
-            cond = model.encode_prompts([captions[i] for i in idx.tolist()]).to(device)
-            uncond = empty.to(device).expand_as(cond)
-            out = teacher_unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([uncond, cond])).sample.float()
+            batch_captions = [captions[i] for i in idx.tolist()]
+            cond = model.encode_prompts(batch_captions).to(device)  # the student's
+            teacher_cond = cond if teacher_prompts is None else teacher_prompts(batch_captions).to(device)
+            uncond = empty.to(device).expand_as(teacher_cond)
+            out = teacher_unet(torch.cat([z_t, z_t]), torch.cat([t, t]),
+                               torch.cat([uncond, teacher_cond])).sample.float()
             out_u, out_c = out.chunk(2)
             x0_u, x0_c = (predicted_x0(o, z_t, a, prediction_type) for o in (out_u, out_c))
             eps_u, eps_c = (predicted_eps(o, z_t, a, prediction_type) for o in (out_u, out_c))
@@ -335,21 +370,29 @@ def save_lcm_samples(model, cfg: LCMTrainConfig, step: int, outdir: Path) -> Pat
 
 def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, stop_after: int | None = None,
               budget=None):
-    """Distil; a finished (or budget-stopped) run writes OUTDIR/NAME.safetensors. Returns the teacher
-    model with the LoRA-carrying UNet (eval mode)."""
+    """Distil; a finished (or budget-stopped) run writes OUTDIR/NAME.safetensors. Returns the base
+    model (the teacher unless cfg.base names another) with the LoRA-carrying UNet (eval mode)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     check_settings(cfg)
     save_run_config({"family": "lcm", **to_dict(cfg)}, outdir)  # `t2i train outdir/config.yaml` reruns it
-    model = load_teacher(cfg)
-    prediction = check_teacher(model, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
+    teacher = load_teacher(cfg)
+    prediction = check_teacher(teacher, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
+    model = load_base(cfg, teacher)
+    teacher_prompts = None
+    if model is not teacher:
+        check_teacher(model, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
+        check_same_latent_space(model, teacher)
+        teacher.requires_grad_(False).eval()
+        teacher_unet, teacher_prompts = teacher.unet, teacher.encode_prompts
     model.requires_grad_(False).eval()
     latents, captions = cached_latents(model, cfg, outdir / "cache")
-    teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
+    if model is teacher:
+        teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
     trainer = student_trainer(model, cfg, outdir)
     if resume:
         trainer.load()
-    loss_fn = lcm_loss_fn(model, teacher_unet, latents, captions, cfg.optim, prediction)
+    loss_fn = lcm_loss_fn(model, teacher_unet, latents, captions, cfg.optim, prediction, teacher_prompts)
     on_sample = lambda step: save_lcm_samples(model, cfg, step, outdir)  # noqa: E731
     trainer.fit(loss_fn, on_sample=on_sample, stop_after=stop_after, budget=budget)
     model.unet.eval()
@@ -380,6 +423,7 @@ def write_lcm_lora(model, cfg: LCMTrainConfig, step: int, outdir: Path, name: st
     metadata = {"ss_training_comment": f"LCM-LoRA (latent consistency distillation) by t2i; {how}, CFG scale 1",
                 "t2i_lcm": json.dumps({"steps": step, "guidance": [cfg.optim.guidance_min, cfg.optim.guidance_max],
                                        "solver_steps": cfg.optim.solver_steps, "teacher": cfg.teacher,
+                                       "base": cfg.base or cfg.teacher,
                                        "consistency": cfg.optim.consistency, "sampler": sampler,
                                        "schedule_type": schedule, "sample_steps": steps,
                                        "scale": cfg.strength})}
