@@ -379,16 +379,15 @@ def train_lcm(cfg: LCMTrainConfig, outdir: str | Path, resume: bool = False, sto
     teacher = load_teacher(cfg)
     prediction = check_teacher(teacher, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
     model = load_base(cfg, teacher)
-    teacher_prompts = None
-    if model is not teacher:
+    model.requires_grad_(False).eval()
+    if model is teacher:  # LCM-LoRA: a frozen copy of the UNet the LoRA goes into
+        teacher_unet, teacher_prompts = copy.deepcopy(model.unet).requires_grad_(False).eval(), None
+    else:
         check_teacher(model, cfg.optim.solver_steps, cfg.optim.focus_timesteps)
         check_same_latent_space(model, teacher)
         teacher.requires_grad_(False).eval()
         teacher_unet, teacher_prompts = teacher.unet, teacher.encode_prompts
-    model.requires_grad_(False).eval()
     latents, captions = cached_latents(model, cfg, outdir / "cache")
-    if model is teacher:
-        teacher_unet = copy.deepcopy(model.unet).requires_grad_(False).eval()
     trainer = student_trainer(model, cfg, outdir)
     if resume:
         trainer.load()
