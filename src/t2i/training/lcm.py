@@ -138,7 +138,8 @@ def load_teacher(cfg: LCMTrainConfig):
 
 
 def has_own_base(cfg: LCMTrainConfig) -> bool:
-    return cfg.base not in ("", cfg.teacher)
+    # "" and "default" both name the bundled model as teacher: compare what they load
+    return cfg.base != "" and _teacher_path(cfg.base) != _teacher_path(cfg.teacher)
 
 
 def load_base(cfg: LCMTrainConfig, teacher=None):
